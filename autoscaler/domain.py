@@ -1,0 +1,213 @@
+"""Plain, frozen values shared by every part: what an instance is, what a backend is, what a sample is,
+and what a decision says. No I/O, no SDK imports: the engine and the simulator depend on this module only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+#: Tag keys every provider writes on instances (and volumes where the cloud has them).
+TAG_POOL = "autoscaler:pool"
+TAG_MODEL_VERSION = "autoscaler:model-version"
+TAG_LAUNCH_TOKEN = "autoscaler:launch-token"
+TAG_MANAGED_BY = "managed-by"
+MANAGED_BY_VALUE = "gpu-autoscaler"
+
+
+class CloudState(StrEnum):
+    """Where the provider says an instance is; the controller derives the lifecycle from it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    TERMINATED = "terminated"
+
+
+class Lifecycle(StrEnum):
+    """The controller's view of a node, recorded in the store on every change."""
+
+    LAUNCHING = "launching"
+    BOOTING = "booting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    TERMINATED = "terminated"
+
+
+class TerminateOutcome(StrEnum):
+    """What ``Provider.terminate`` did for one instance id."""
+
+    TERMINATING = "terminating"
+    ALREADY_GONE = "already-gone"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One machine of a pool as the provider reports it."""
+
+    id: str
+    pool: str
+    instance_type: str
+    model_version: str
+    launch_token: str
+    launched_at: datetime
+    state: CloudState
+    address: str | None = None
+    port: int = 7860
+    zone: str | None = None
+    image: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str | None:
+        """``host:port`` the node serves on, once it has an address."""
+        return f"{self.address}:{self.port}" if self.address else None
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What to launch: everything a provider needs that is not provider configuration."""
+
+    pool: str
+    image: str
+    model_version: str
+    instance_types: tuple[str, ...]
+    port: int = 7860
+    user_data: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """Instances that exist for a client token after ``Provider.launch``, and why any are missing.
+
+    ``shortfall`` is ``None`` when ``len(instances) == count``; otherwise it names what stopped the
+    provider ("quota", "capacity") and ``notes`` says what was tried.
+    """
+
+    instances: tuple[Instance, ...]
+    shortfall: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One ``server`` line of a balancer: where traffic goes and how much of it."""
+
+    address: str
+    port: int
+    instance_id: str
+    weight: int = 1
+    max_fails: int = 2
+    fail_timeout_s: int = 30
+    backup: bool = False
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the backend."""
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One scalar reading of a query. ``value is None`` means *no data*, never zero; ``error`` says why."""
+
+    value: float | None
+    observed_at: datetime | None = None
+    error: str | None = None
+
+    @classmethod
+    def missing(cls, error: str) -> Sample:
+        """A reading that produced no usable number, with the reason."""
+        return cls(value=None, observed_at=None, error=error)
+
+    @property
+    def has_data(self) -> bool:
+        """True when the value is a finite number."""
+        return self.value is not None and math.isfinite(self.value)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node as the decision engine sees it: lifecycle, capacity and load, nothing cloud-specific."""
+
+    id: str
+    lifecycle: Lifecycle
+    instance_type: str
+    capacity_streams: int
+    model_version: str
+    launched_at: datetime
+    active_streams: float | None = None
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One step of a decision's reason trail: a check's vote, a cap, a window, a fallback.
+
+    ``kind`` is one of ``check``, ``schedule``, ``bound``, ``window``, ``rate``, ``cooldown``,
+    ``fallback``, ``capacity``, ``victim``, ``final``. ``detail`` holds the numbers (query, value,
+    vote, factor, before/after) so reports and logs only render.
+    """
+
+    kind: str
+    name: str
+    message: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, for the store and ``explain --json``."""
+        return {"kind": self.kind, "name": self.name, "message": self.message, "detail": dict(self.detail)}
+
+
+class Direction(StrEnum):
+    """Which way a decision moves the pool."""
+
+    OUT = "out"
+    IN = "in"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the engine decided for one pool at one instant, and why.
+
+    ``desired`` counts nodes that are serving or booting (draining nodes are not capacity).
+    ``launch`` nodes are to be launched; ``victims`` (node ids, in order) are to be drained.
+    """
+
+    pool: str
+    at: datetime
+    ready: int
+    booting: int
+    draining: int
+    desired: int
+    launch: int
+    victims: tuple[str, ...]
+    reasons: tuple[Reason, ...]
+
+    @property
+    def current(self) -> int:
+        """Nodes that count as capacity now or soon: serving plus booting."""
+        return self.ready + self.booting
+
+    @property
+    def direction(self) -> Direction:
+        """OUT when launching, IN when draining victims, HOLD otherwise."""
+        if self.launch > 0:
+            return Direction.OUT
+        if self.victims:
+            return Direction.IN
+        return Direction.HOLD
+
+    def summary(self) -> str:
+        """One line for logs: ``hold 6 (ready 5, booting 1)`` and the final reason."""
+        final = next((r.message for r in reversed(self.reasons) if r.kind == "final"), "")
+        return (
+            f"{self.direction.value} {self.current}→{self.desired} "
+            f"(ready {self.ready}, booting {self.booting}, draining {self.draining}) {final}"
+        ).strip()

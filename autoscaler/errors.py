@@ -1,0 +1,61 @@
+"""One exception type per failure mode.
+
+Adapters raise these (chained with ``raise ... from`` to the SDK error) so the controller can
+react to *what* failed rather than to which library failed. Only the tick boundary catches
+broadly; everything else catches the narrowest type it can handle.
+"""
+
+from __future__ import annotations
+
+
+class AutoscalerError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class PolicyError(AutoscalerError):
+    """A policy file is unreadable or invalid; ``problems`` lists every finding."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = problems or []
+
+
+class ScenarioError(AutoscalerError):
+    """A dry-run scenario or its demand source is unusable (missing file, malformed trace, bad window)."""
+
+
+class MetricsUnavailable(AutoscalerError):
+    """The metrics backend could not be queried at all (down, timeout, HTTP error)."""
+
+
+class ProviderError(AutoscalerError):
+    """A cloud or local provider call failed after its retry budget."""
+
+
+class TransientProviderError(ProviderError):
+    """Throttling or a 5xx that outlived the retry budget; the next tick may succeed."""
+
+
+class InsufficientCapacity(ProviderError):
+    """The provider has no stock of an instance type in a zone; try the next type or zone."""
+
+    def __init__(self, message: str, instance_type: str | None = None, zone: str | None = None) -> None:
+        super().__init__(message)
+        self.instance_type = instance_type
+        self.zone = zone
+
+
+class QuotaExceeded(ProviderError):
+    """An account quota blocks launching; no further scale-out this tick."""
+
+
+class InstanceNotFound(ProviderError):
+    """The instance does not exist (never did, or is already gone)."""
+
+
+class BalancerError(AutoscalerError):
+    """The balancer rejected or failed to apply a backend list; the previous list still serves."""
+
+
+class StoreError(AutoscalerError):
+    """The decision store could not be read or written."""

@@ -1,0 +1,152 @@
+"""The four adapter families the controller depends on, each a small Protocol with its contract.
+
+Every family has a recording fake beside its real implementations (``metrics/fake.py``,
+``providers/fake.py``, ``balancers/fake.py``, ``store/memory.py``) and one contract test suite in
+``autoscaler/testing/`` that every implementation passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from autoscaler.domain import Backend, Instance, LaunchResult, LaunchSpec, Lifecycle, Sample, TerminateOutcome
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Where "now" comes from; tests and the simulator inject their own."""
+
+    def now(self) -> datetime:
+        """The current instant, timezone-aware (UTC)."""
+        ...
+
+
+@runtime_checkable
+class MetricsSource(Protocol):
+    """Reads the pool's signals.
+
+    Contract:
+    - ``query`` never raises for a data problem. An unreachable backend, a timeout, an HTTP or
+      PromQL error, an empty result, a NaN/Inf, or a sample older than the source's staleness
+      bound all return ``Sample.missing(reason)``: *no data*, never zero.
+    - Calls fail fast (a bounded timeout, at most one attempt per tick): the controller would
+      rather hold for a tick than pile retries onto a struggling backend.
+    - A multi-series result is reduced to its maximum for ``query`` (write ``sum()``/``avg()`` in
+      the query to say otherwise).
+    """
+
+    def query(self, promql: str, *, now: datetime) -> Sample:
+        """Evaluate ``promql`` at ``now`` and return one scalar reading or a missing one."""
+        ...
+
+    def query_by_instance(self, promql: str, *, now: datetime, label: str = "instance_id") -> Mapping[str, float]:
+        """Evaluate ``promql`` and map each series' ``label`` value to its number.
+
+        Series without the label, or with a non-finite value, are left out; any failure returns an
+        empty mapping (callers treat a missing node as *unknown*, not zero).
+        """
+        ...
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Launches and terminates the pool's machines.
+
+    Contract:
+    - ``list_instances`` returns every instance tagged with the pool that is not terminated
+      (pending, running, stopping), reading all pages. It raises ``TransientProviderError`` when
+      throttled or 5xx beyond the retry budget, ``ProviderError`` otherwise; it never returns a
+      partial list silently.
+    - ``launch`` is idempotent on ``client_token``: instances tagged with that launch token count
+      toward ``count``, so a retry or a controller restart with the same token never launches
+      more than ``count`` in total. It tries ``spec.instance_types`` in order (and zones in the
+      provider's order); ``InsufficientCapacity`` on one moves to the next. It raises
+      ``InsufficientCapacity`` or ``QuotaExceeded`` only when nothing exists for the token;
+      when some were launched, ``LaunchResult.shortfall`` says what stopped it.
+    - ``terminate`` is idempotent: an id that is already gone (terminated, or unknown to the
+      provider) returns ``TerminateOutcome.ALREADY_GONE`` and never raises ``InstanceNotFound``.
+      It does not wait for the machine to stop.
+    """
+
+    name: str
+
+    def list_instances(self, pool: str) -> list[Instance]:
+        """Every non-terminated instance of ``pool``."""
+        ...
+
+    def launch(self, spec: LaunchSpec, count: int, client_token: str) -> LaunchResult:
+        """Make ``count`` instances exist for ``client_token``; return them (and any shortfall)."""
+        ...
+
+    def terminate(self, instance_ids: Sequence[str]) -> dict[str, TerminateOutcome]:
+        """Start terminating each id; report per id what happened."""
+        ...
+
+
+@runtime_checkable
+class Balancer(Protocol):
+    """Owns the list of backends traffic is sent to.
+
+    Contract:
+    - ``apply`` replaces the whole backend list atomically. It is idempotent: applying the list
+      that is already in force changes nothing (no reload). When the new list is rejected
+      (config check fails, reload fails, API error), the previous list keeps serving and
+      ``BalancerError`` is raised, chained to the cause.
+    - ``current`` returns the list in force; ``BalancerError`` if it cannot be read.
+    - Removing a backend stops *new* work for it; work already in flight is allowed to finish
+      (nginx graceful reload, a target group's deregistration delay). Draining is observed by the
+      controller, not awaited here.
+    """
+
+    name: str
+
+    def current(self) -> list[Backend]:
+        """The backends in force now."""
+        ...
+
+    def apply(self, backends: Sequence[Backend]) -> None:
+        """Put exactly ``backends`` in force, or raise ``BalancerError`` leaving the old list."""
+        ...
+
+
+@runtime_checkable
+class HealthProbe(Protocol):
+    """Asks a node whether it can serve (``GET /healthz`` answering 200)."""
+
+    def healthy(self, instance: Instance) -> bool:
+        """True only on a timely 200; any error or timeout is False."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Keeps every tick's inputs, decision and reasons, every instance's lifecycle, and the
+    engine's memory between ticks.
+
+    Contract: writes of one tick (``record_tick``) are one transaction; a failure raises
+    ``StoreError`` and writes nothing. Reads of a pool with no history return empty values.
+    """
+
+    def record_tick(self, pool: str, at: datetime, inputs: Mapping[str, Any], decision: Mapping[str, Any],
+                    memory: Mapping[str, Any], error: str | None = None) -> int:
+        """Persist one tick and the engine memory after it; return the tick's id."""
+        ...
+
+    def load_memory(self, pool: str) -> dict[str, Any] | None:
+        """The engine memory saved by the last tick of ``pool``, or None."""
+        ...
+
+    def record_lifecycle(self, pool: str, instance_id: str, state: Lifecycle, at: datetime,
+                         detail: Mapping[str, Any] | None = None) -> None:
+        """Append a lifecycle transition of one instance (only when it changes)."""
+        ...
+
+    def lifecycles(self, pool: str) -> dict[str, tuple[Lifecycle, datetime]]:
+        """Latest lifecycle of each instance of ``pool`` and when it was entered."""
+        ...
+
+    def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest ticks of ``pool``, newest first, as JSON-ready dicts."""
+        ...

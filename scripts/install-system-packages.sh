@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and the demo run as plain processes: nginx (full, not the
+# nginx-light dummy) and prometheus (with promtool). Their packages' own services must not start on
+# the default ports, so a policy-rc.d that denies every service start is in place during the install.
+set -euo pipefail
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+policy=/usr/sbin/policy-rc.d
+restore=""
+if [ -e "$policy" ]; then restore=$(mktemp); $SUDO cp "$policy" "$restore"; fi
+printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+$SUDO chmod +x "$policy"
+trap 'if [ -n "$restore" ]; then $SUDO cp "$restore" "$policy"; else $SUDO rm -f "$policy"; fi' EXIT
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The packages may have left their daemons enabled for the next boot; they are never started here.
+for svc in nginx prometheus prometheus-node-exporter; do
+  $SUDO pkill -x "$svc" 2>/dev/null || true
+done
+echo "installed: ${need[*]}"
