@@ -18,8 +18,4 @@ trap 'if [ -n "$restore" ]; then $SUDO cp "$restore" "$policy"; else $SUDO rm -f
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# The packages may have left their daemons enabled for the next boot; they are never started here.
-for svc in nginx prometheus prometheus-node-exporter; do
-  $SUDO pkill -x "$svc" 2>/dev/null || true
-done
 echo "installed: ${need[*]}"

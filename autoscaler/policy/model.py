@@ -6,11 +6,24 @@ Durations are written ``90s``, ``5m``, ``2h``, ``1d`` or a number of seconds and
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from croniter import CroniterBadDateError, croniter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -25,13 +38,26 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=float(value))
+        return _seconds_to_timedelta(float(value))
     if isinstance(value, str):
         match = _DURATION.match(value)
+        if not match and value.strip().startswith("-"):
+            raise ValueError("a duration cannot be negative")
         if not match:
             raise ValueError(f"{value!r} is not a duration; write e.g. '90s', '5m', '2h', '1d'")
-        return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        return _seconds_to_timedelta(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
     raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '2h'")
+
+
+def _seconds_to_timedelta(seconds: float) -> timedelta:
+    # timedelta raises OverflowError (which pydantic does not turn into a validation error) for
+    # infinity or beyond ~2.7 million years; report both as an ordinary invalid value.
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError as exc:
+        raise ValueError("the duration is too long") from exc
 
 
 def _format_duration(value: timedelta) -> str:
@@ -43,14 +69,25 @@ Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
     PlainSerializer(_format_duration, return_type=str, when_used="json"),
-    Field(json_schema_extra={"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)?$"}),
+    # What a policy author may write: seconds as a number, or a number with a unit.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+            ],
+            "description": "A duration: seconds, or a number with a unit (ms, s, m, h, d), e.g. 90s, 5m.",
+        }
+    ),
 ]
 
 
 class StrictModel(BaseModel):
     """Base of every policy model: unknown keys are errors, values are immutable after load."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN or infinity in a policy number (``.nan`` in YAML) is always a mistake: a band ``above: .nan``
+    # would silently never fire.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- provider
@@ -58,13 +95,17 @@ class LocalProviderConfig(StrictModel):
     """Instances are processes on 127.0.0.1 running the simulated ASR node (``autoscaler.node``)."""
 
     kind: Literal["local"] = "local"
-    state_dir: str = Field(".autoscaler/local", description="Where the local fleet keeps its instance records.")
+    state_dir: str = Field(
+        default=".autoscaler/local", description="Where the local fleet keeps its instance records."
+    )
     host: str = "127.0.0.1"
-    load_delay: Duration = Field(timedelta(seconds=5), description="How long a node's model takes to load.")
-    gpu_memory_mib: int = Field(24576, gt=0, description="Simulated GPU memory per node.")
-    model_memory_mib: int = Field(3400, gt=0, description="GPU memory the model weights take.")
-    stream_memory_mib: int = Field(1900, gt=0, description="GPU memory each active stream takes.")
-    real_time_factor: float = Field(1.0, gt=0, description="Processing seconds per second of audio.")
+    load_delay: Duration = Field(
+        default=timedelta(seconds=5), description="How long a node's model takes to load."
+    )
+    gpu_memory_mib: int = Field(default=24576, gt=0, description="Simulated GPU memory per node.")
+    model_memory_mib: int = Field(default=3400, gt=0, description="GPU memory the model weights take.")
+    stream_memory_mib: int = Field(default=1900, gt=0, description="GPU memory each active stream takes.")
+    real_time_factor: float = Field(default=1.0, gt=0, description="Processing seconds per second of audio.")
 
 
 class AwsProviderConfig(StrictModel):
@@ -72,13 +113,19 @@ class AwsProviderConfig(StrictModel):
 
     kind: Literal["aws"]
     region: str
-    endpoint_url: str | None = Field(None, description="Override (tests point it at moto); else AWS_ENDPOINT_URL.")
+    endpoint_url: str | None = Field(
+        default=None, description="Override (tests point it at moto); else AWS_ENDPOINT_URL."
+    )
     subnets: list[str] = Field(min_length=1, description="Subnet ids, across zones, in order of preference.")
     security_groups: list[str] = Field(default_factory=list)
-    instance_profile: str | None = Field(None, description="IAM instance profile name or ARN.")
+    instance_profile: str | None = Field(default=None, description="IAM instance profile name or ARN.")
     key_name: str | None = None
-    image_owner: str = Field("self", description="Owner filter when looking the AMI up by model-version tag.")
-    max_attempts: int = Field(5, ge=1, le=20, description="botocore standard-mode retry attempts per call.")
+    image_owner: str = Field(
+        default="self", description="Owner filter when looking the AMI up by model-version tag."
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, le=20, description="botocore standard-mode retry attempts per call."
+    )
 
 
 class AlibabaProviderConfig(StrictModel):
@@ -86,13 +133,15 @@ class AlibabaProviderConfig(StrictModel):
 
     kind: Literal["alibaba"]
     region: str
-    endpoint: str | None = Field(None, description="Override (tests point it at a local endpoint).")
+    endpoint: str | None = Field(default=None, description="Override (tests point it at a local endpoint).")
     protocol: Literal["https", "http"] = "https"
-    vswitches: list[str] = Field(min_length=1, description="VSwitch ids, across zones, in order of preference.")
+    vswitches: list[str] = Field(
+        min_length=1, description="VSwitch ids, across zones, in order of preference."
+    )
     security_group: str
     ram_role: str | None = None
     key_pair: str | None = None
-    max_attempts: int = Field(5, ge=1, le=20)
+    max_attempts: int = Field(default=5, ge=1, le=20)
 
 
 ProviderConfig = Annotated[
@@ -105,9 +154,11 @@ class InstanceTypeSpec(StrictModel):
     """One instance type the pool may launch, in order of preference."""
 
     name: str = Field(min_length=1)
-    streams: int = Field(10, gt=0, description="Concurrent streams one node of this type serves.")
+    streams: int = Field(default=10, gt=0, description="Concurrent streams one node of this type serves.")
     price_per_hour: float = Field(ge=0, description="On-demand price, for cost figures.")
-    weight: int = Field(1, ge=1, le=100, description="Balancer weight (the reference deployment's weight=3).")
+    weight: int = Field(
+        default=1, ge=1, le=100, description="Balancer weight (the reference deployment's weight=3)."
+    )
 
 
 class ImageSpec(StrictModel):
@@ -129,7 +180,7 @@ class LaunchConfig(StrictModel):
     model_version: str = Field(min_length=1, description="Every node must serve this version.")
     image: ImageSpec = Field(default_factory=lambda: ImageSpec(id="local"))
     instance_types: list[InstanceTypeSpec] = Field(min_length=1)
-    port: int = Field(7860, gt=0, lt=65536)
+    port: int = Field(default=7860, gt=0, lt=65536)
     user_data: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -139,15 +190,21 @@ class NginxBalancerConfig(StrictModel):
     """An nginx upstream rewritten as a file included by the operator's nginx.conf."""
 
     kind: Literal["nginx"] = "nginx"
-    upstream: str = Field("fun_asr_backend", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    upstream_file: str = Field(".autoscaler/nginx/upstream.conf", description="The file nginx includes.")
-    nginx_conf: str | None = Field(None, description="Main config for `nginx -t -c`; default: nginx's own.")
-    nginx_prefix: str | None = Field(None, description="`-p` prefix when nginx runs from a private folder.")
+    upstream: str = Field(default="fun_asr_backend", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    upstream_file: str = Field(
+        default=".autoscaler/nginx/upstream.conf", description="The file nginx includes."
+    )
+    nginx_conf: str | None = Field(
+        default=None, description="Main config for `nginx -t -c`; default: nginx's own."
+    )
+    nginx_prefix: str | None = Field(
+        default=None, description="`-p` prefix when nginx runs from a private folder."
+    )
     nginx_binary: str = "nginx"
-    zone_size: str = Field("64k", pattern=r"^\d+[kKmM]?$")
-    max_fails: int = Field(2, ge=0)
+    zone_size: str = Field(default="64k", pattern=r"^\d+[kKmM]?$")
+    max_fails: int = Field(default=2, ge=0)
     fail_timeout: Duration = timedelta(seconds=30)
-    backup_nodes: int = Field(0, ge=0, description="How many nodes stand as `backup`.")
+    backup_nodes: int = Field(default=0, ge=0, description="How many nodes stand as `backup`.")
 
 
 class AlbBalancerConfig(StrictModel):
@@ -176,8 +233,12 @@ class PrometheusConfig(StrictModel):
 
     url: str = "http://127.0.0.1:9090"
     timeout: Duration = timedelta(seconds=3)
-    staleness: Duration = Field(timedelta(seconds=60), description="A sample older than this is no data.")
-    file_sd_path: str | None = Field(None, description="Where to write the file_sd target list of nodes.")
+    staleness: Duration = Field(
+        default=timedelta(seconds=60), description="A sample older than this is no data."
+    )
+    file_sd_path: str | None = Field(
+        default=None, description="Where to write the file_sd target list of nodes."
+    )
 
 
 class HealthConfig(StrictModel):
@@ -185,7 +246,9 @@ class HealthConfig(StrictModel):
 
     path: str = "/healthz"
     timeout: Duration = timedelta(seconds=2)
-    boot_timeout: Duration = Field(timedelta(minutes=10), description="Not healthy by then: replaced.")
+    boot_timeout: Duration = Field(
+        default=timedelta(minutes=10), description="Not healthy by then: replaced."
+    )
 
 
 class DrainConfig(StrictModel):
@@ -204,14 +267,18 @@ class _CheckBase(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     query: str = Field(min_length=1, description="PromQL returning one number.")
     signal: Signal | None = Field(
-        None, description="What the query measures, so the dry-run simulator can stand in for Prometheus."
+        default=None,
+        description="What the query measures, so the dry-run simulator can stand in for Prometheus.",
     )
 
-    @model_validator(mode="after")
-    def _query_not_blank(self) -> _CheckBase:
-        if not self.query.strip():
-            raise ValueError("query is empty")
-        return self
+    # A field validator (not a model validator) so a blank query is reported together with the
+    # check's other errors: pydantic skips model validators once any field has failed.
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank (only spaces)")
+        return value
 
 
 class TargetTrackingCheck(_CheckBase):
@@ -219,9 +286,9 @@ class TargetTrackingCheck(_CheckBase):
 
     type: Literal["target_tracking"]
     target: float = Field(gt=0)
-    tolerance: float = Field(0.1, ge=0, lt=1)
+    tolerance: float = Field(default=0.1, ge=0, lt=1)
     per: Literal["node", "pool"] = Field(
-        "node", description="node: value is per ready node (HPA); pool: value is a pool total."
+        default="node", description="node: value is per ready node (HPA); pool: value is a pool total."
     )
 
 
@@ -230,8 +297,8 @@ class Step(StrictModel):
 
     above: float | None = None
     below: float | None = None
-    change: int | None = Field(None, description="+N or -N nodes.")
-    change_percent: float | None = Field(None, description="+P or -P percent of current nodes.")
+    change: int | None = Field(default=None, description="+N or -N nodes.")
+    change_percent: float | None = Field(default=None, description="+P or -P percent of current nodes.")
 
     @model_validator(mode="after")
     def _well_formed(self) -> Step:
@@ -249,7 +316,7 @@ class StepCheck(_CheckBase):
 
     type: Literal["step"]
     steps: list[Step] = Field(min_length=1)
-    for_ticks: int = Field(1, ge=1, description="Consecutive ticks in a band before it votes.")
+    for_ticks: int = Field(default=1, ge=1, description="Consecutive ticks in a band before it votes.")
 
 
 Check = Annotated[TargetTrackingCheck | StepCheck, Field(discriminator="type")]
@@ -272,12 +339,37 @@ class ScheduledCapacity(StrictModel):
     """A floor and/or ceiling over a recurring window, optionally only within date ranges."""
 
     name: str = Field(min_length=1)
-    timezone: str = Field("UTC", description="IANA time zone, e.g. Asia/Shanghai.")
-    cron: str | None = Field(None, description="When each window opens (5-field cron).")
-    duration: Duration | None = Field(None, description="How long each cron window lasts.")
+    timezone: str = Field(default="UTC", description="IANA time zone, e.g. Asia/Shanghai.")
+    cron: str | None = Field(default=None, description="When each window opens (5-field cron).")
+    duration: Duration | None = Field(default=None, description="How long each cron window lasts.")
     dates: list[DateRange] = Field(default_factory=list, description="Only within these dates.")
-    min_nodes: int | None = Field(None, ge=0)
-    max_nodes: int | None = Field(None, ge=1)
+    min_nodes: int | None = Field(default=None, ge=0)
+    max_nodes: int | None = Field(default=None, ge=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        # zoneinfo is the IANA database itself (system or the tzdata package): no hand-kept list.
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name like 'Asia/Shanghai'") from exc
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _fires(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
+        # A syntactically valid expression can still never match a date (``0 0 31 2 *``); croniter
+        # gives up after searching decades, which is the check we want.
+        try:
+            croniter(value, datetime(2000, 1, 1)).get_next(datetime)
+        except CroniterBadDateError as exc:
+            raise ValueError(f"cron {value!r} never fires") from exc
+        return value
 
     @model_validator(mode="after")
     def _complete(self) -> ScheduledCapacity:
@@ -295,8 +387,8 @@ class ScheduledCapacity(StrictModel):
 class RatePolicy(StrictModel):
     """At most ``nodes`` or ``percent`` of current nodes changed per ``period``."""
 
-    nodes: int | None = Field(None, ge=1)
-    percent: float | None = Field(None, gt=0)
+    nodes: int | None = Field(default=None, ge=1)
+    percent: float | None = Field(default=None, gt=0)
     period: Duration
 
     @model_validator(mode="after")
@@ -310,11 +402,15 @@ class DirectionBehavior(StrictModel):
     """HPA-style behaviour for one direction."""
 
     stabilization: Duration = Field(
-        timedelta(0), description="Scale-in uses the highest recommendation over this window (HPA)."
+        default=timedelta(0), description="Scale-in uses the highest recommendation over this window (HPA)."
     )
     policies: list[RatePolicy] = Field(default_factory=list)
-    select: Literal["max", "min"] = Field("max", description="Which rate policy wins when several apply.")
-    cooldown: Duration = Field(timedelta(0), description="No move in this direction this soon after one.")
+    select: Literal["max", "min"] = Field(
+        default="max", description="Which rate policy wins when several apply."
+    )
+    cooldown: Duration = Field(
+        default=timedelta(0), description="No move in this direction this soon after one."
+    )
 
 
 def _scale_in_default() -> DirectionBehavior:
@@ -326,16 +422,18 @@ class Behavior(StrictModel):
 
     scale_out: DirectionBehavior = Field(default_factory=DirectionBehavior)
     scale_in: DirectionBehavior = Field(default_factory=_scale_in_default)
-    max_launching: int | None = Field(None, ge=1, description="Most nodes booting at once.")
-    min_node_lifetime: Duration = Field(timedelta(0), description="Billing granularity: keep nodes this long.")
+    max_launching: int | None = Field(default=None, ge=1, description="Most nodes booting at once.")
+    min_node_lifetime: Duration = Field(
+        default=timedelta(0), description="Billing granularity: keep nodes this long."
+    )
 
 
 class MissingData(StrictModel):
     """What to do after ``after_ticks`` consecutive ticks in which some check had no data."""
 
-    after_ticks: int = Field(3, ge=1)
+    after_ticks: int = Field(default=3, ge=1)
     action: Literal["hold", "keep_at_least", "fixed"] = "hold"
-    nodes: int | None = Field(None, ge=0)
+    nodes: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _nodes_when_needed(self) -> MissingData:
@@ -350,20 +448,47 @@ class Scaling(StrictModel):
     min_nodes: int = Field(ge=0)
     max_nodes: int = Field(ge=1)
     tick: Duration = timedelta(seconds=15)
+    boot_lead: Duration | None = Field(
+        default=None,
+        description="How far ahead of its window a scheduled floor applies, so nodes are ready when it "
+        "opens; default: health.boot_timeout.",
+    )
     checks: list[Check] = Field(default_factory=list)
     schedules: list[ScheduledCapacity] = Field(default_factory=list)
     behavior: Behavior = Field(default_factory=Behavior)
     on_missing_data: MissingData = Field(default_factory=MissingData)
 
-    @model_validator(mode="after")
-    def _bounds(self) -> Scaling:
-        if self.min_nodes > self.max_nodes:
-            raise ValueError(f"min_nodes ({self.min_nodes}) is greater than max_nodes ({self.max_nodes})")
-        names = [c.name for c in self.checks]
+    # Field validators that read earlier fields (``info.data``) rather than one model validator, so
+    # each finding is reported at its own key and alongside the other errors of the file.
+    @field_validator("max_nodes")
+    @classmethod
+    def _bounds(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_nodes")
+        if low is not None and low > value:
+            raise ValueError(f"min_nodes ({low}) is greater than max_nodes ({value})")
+        return value
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_names(cls, value: list[Check]) -> list[Check]:
+        names = [c.name for c in value]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"check names must be unique; repeated: {', '.join(duplicates)}")
-        return self
+        return value
+
+    @field_validator("schedules")
+    @classmethod
+    def _floors_reachable(
+        cls, value: list[ScheduledCapacity], info: ValidationInfo
+    ) -> list[ScheduledCapacity]:
+        high = info.data.get("max_nodes")
+        for schedule in value:
+            if high is not None and schedule.min_nodes is not None and schedule.min_nodes > high:
+                raise ValueError(
+                    f"schedule {schedule.name!r} has min_nodes {schedule.min_nodes} above max_nodes {high}"
+                )
+        return value
 
 
 # ------------------------------------------------------------------------------------------------- pool

@@ -1,0 +1,267 @@
+"""The nginx balancer: one ``upstream`` block in a file of its own, rewritten and gracefully reloaded.
+
+The operator's nginx.conf ``include``s the upstream file and ``proxy_pass``es to the upstream by
+name (see ``infra/nginx/nginx.conf.template``). Every ``apply``:
+
+1. renders the block in the reference deployment's format (``zone``, ``least_conn``, one
+   ``server`` line per backend, each ending in a ``# instance_id=...`` comment so ``current`` can
+   read the file back), servers sorted so that the same set always renders the same text;
+2. does nothing when that text is already the file's content (no reload for an unchanged list);
+3. writes the file atomically (temporary file, fsync, ``os.replace``), runs ``nginx -t`` on the
+   whole configuration, then ``nginx -s reload`` (SIGHUP to the master: new workers take new
+   connections, old workers finish the requests they hold);
+4. restores the previous file when the check or the reload fails and raises ``BalancerError``
+   carrying nginx's own message.
+
+``apply`` returns once nginx has accepted the reload signal. The master starts the new workers
+and retires the old ones about 100 ms later; until then an old worker may still accept a
+connection for the previous list (the executor's drain watching covers that window).
+
+Rendering decisions:
+
+- An upstream with no server is invalid nginx. An empty backend list renders the single line
+  ``server 127.0.0.1:1 down;`` marked as a placeholder, so nginx answers 502 at once instead of
+  refusing the whole configuration; ``current`` does not report it.
+- ``backup`` is rendered together with ``least_conn``: nginx rejects ``backup`` only with the
+  ``hash``, ``ip_hash`` and ``random`` methods (checked with nginx 1.22).
+- Numbers (weight, max_fails, fail_timeout, zone size) are passed through; nginx is the judge of
+  their validity (``weight=0`` fails ``nginx -t`` and the old list stays). Text that could change
+  the file's structure (whitespace, ``;``, ``{``, ``}``, ``#``, quotes) is refused before writing.
+
+One process should own a given nginx: ``apply`` is serialised within a process, not across them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoscaler.domain import Backend
+from autoscaler.errors import BalancerError
+from autoscaler.policy.model import NginxBalancerConfig
+
+#: The line standing in for "no backends" (nginx refuses an upstream without servers).
+PLACEHOLDER_SERVER = "server 127.0.0.1:1 down;  # placeholder: no backends in force"
+_HEADER = "# Managed by gpu-autoscaler (nginx balancer): rewritten on every change, edits are lost.\n"
+_UNSAFE = re.compile(r"[\s;{}#'\"\\]")
+_SERVER_LINE = re.compile(
+    r"^server\s+(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^\s:;]+)):(?P<port>\d+)"
+    r"(?P<params>(?:\s+[^\s;#]+)*)\s*;\s*#\s*instance_id=(?P<iid>\S+)\s*$"
+)
+#: Where a parsed server line takes the values it does not state from (nginx's own defaults
+#: differ, but every line this module writes states them all).
+_DEFAULT_BACKEND = Backend(address="", port=0, instance_id="")
+_PARAM = re.compile(r"^(?P<key>weight|max_fails|fail_timeout)=(?P<value>\d+)(?P<unit>s?)$")
+
+
+def render_upstream(name: str, zone_size: str, backends: Sequence[Backend]) -> str:
+    """The upstream file's text for ``backends``, in the reference deployment's format.
+
+    Primaries come before backups, each sorted by address, port and instance id. Raises
+    ``BalancerError`` for a duplicate instance id or endpoint, or for text nginx would misparse.
+    """
+    for text in (name, zone_size):
+        _check_token(text, "upstream setting")
+    seen_ids: set[str] = set()
+    seen_endpoints: set[tuple[str, int]] = set()
+    for backend in backends:
+        _check_token(backend.address, "backend address")
+        _check_token(backend.instance_id, "instance id")
+        if backend.instance_id in seen_ids:
+            raise BalancerError(f"instance {backend.instance_id} appears twice in the backend list")
+        if (backend.address, backend.port) in seen_endpoints:
+            raise BalancerError(f"endpoint {backend.endpoint} appears twice in the backend list")
+        seen_ids.add(backend.instance_id)
+        seen_endpoints.add((backend.address, backend.port))
+
+    ordered = sorted(backends, key=lambda b: (b.backup, b.address, b.port, b.instance_id))
+    lines = [_server_line(b) for b in ordered] or [PLACEHOLDER_SERVER]
+    body = "".join(f"    {line}\n" for line in lines)
+    return f"{_HEADER}upstream {name} {{\n    zone {name} {zone_size};\n    least_conn;\n{body}}}\n"
+
+
+def parse_upstream(text: str) -> list[Backend]:
+    """The backends of an upstream file written by ``render_upstream`` (the placeholder excluded).
+
+    Raises ``BalancerError`` on a ``server`` line this module did not write, rather than return a
+    partial list.
+    """
+    backends: list[Backend] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line.startswith("server ") and not line.startswith("server\t"):
+            continue
+        if line == PLACEHOLDER_SERVER:
+            continue
+        match = _SERVER_LINE.match(line)
+        if not match:
+            raise BalancerError(f"line {number} is not a server line written by the autoscaler: {line!r}")
+        backends.append(_backend_from(match, number))
+    return backends
+
+
+def _backend_from(match: re.Match[str], number: int) -> Backend:
+    values: dict[str, int] = {}
+    backup = False
+    for param in match.group("params").split():
+        if param == "backup":
+            backup = True
+            continue
+        found = _PARAM.match(param)
+        if not found:
+            raise BalancerError(f"line {number}: unknown server parameter {param!r}")
+        values[found.group("key")] = int(found.group("value"))
+    defaults = _DEFAULT_BACKEND
+    return Backend(
+        address=match.group("ip6") or match.group("host"),
+        port=int(match.group("port")),
+        instance_id=match.group("iid"),
+        weight=values.get("weight", defaults.weight),
+        max_fails=values.get("max_fails", defaults.max_fails),
+        fail_timeout_s=values.get("fail_timeout", defaults.fail_timeout_s),
+        backup=backup,
+    )
+
+
+def _server_line(backend: Backend) -> str:
+    host = f"[{backend.address}]" if ":" in backend.address else backend.address
+    params = f"weight={backend.weight} max_fails={backend.max_fails} fail_timeout={backend.fail_timeout_s}s"
+    if backend.backup:
+        params += " backup"
+    return f"server {host}:{backend.port} {params};  # instance_id={backend.instance_id}"
+
+
+def _check_token(text: str, what: str) -> None:
+    if not text or _UNSAFE.search(text):
+        raise BalancerError(f"{what} {text!r} is empty or holds characters nginx would misparse")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old or the new content, never a mix.
+
+    Writes a temporary file in the same folder, fsyncs it, renames it over ``path`` and fsyncs the
+    folder so the rename survives a crash. The file keeps its permissions (0644 when new), not the
+    0600 of a temporary file, so an nginx running as another user can still read it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class NginxBalancer:
+    """A ``Balancer`` that owns one nginx upstream block; see the module docstring for the steps.
+
+    ``command_timeout_s`` bounds each ``nginx -t`` and ``nginx -s reload`` call.
+    """
+
+    name = "nginx"
+
+    def __init__(self, config: NginxBalancerConfig, *, command_timeout_s: float = 15.0) -> None:
+        self.config = config
+        self.upstream_file = Path(config.upstream_file)
+        self.command_timeout_s = command_timeout_s
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------- protocol
+    def current(self) -> list[Backend]:
+        """The backends in the upstream file (an absent file means none yet).
+
+        Raises ``BalancerError`` when the file cannot be read or holds lines this balancer did not write.
+        """
+        text = self._read()
+        return [] if text is None else parse_upstream(text)
+
+    def apply(self, backends: Sequence[Backend]) -> None:
+        """Put exactly ``backends`` in force with a checked, graceful reload; no-op when unchanged.
+
+        On a failed check or reload the previous file is restored and ``BalancerError`` (chained to
+        the failed command) carries nginx's message.
+        """
+        new_text = render_upstream(self.config.upstream, self.config.zone_size, backends)
+        with self._lock:
+            old_text = self._read()
+            if old_text == new_text:
+                return
+            self._write(new_text)
+            try:
+                self._nginx("-t")
+                self._nginx("-s", "reload")
+            except BalancerError:
+                self._restore(old_text)
+                raise
+
+    # ------------------------------------------------------------------------------------ helpers
+    def command(self, *args: str) -> list[str]:
+        """The nginx command line for ``args`` with this balancer's ``-p`` and ``-c``."""
+        argv = [self.config.nginx_binary]
+        if self.config.nginx_prefix:
+            argv += ["-p", self.config.nginx_prefix]
+        if self.config.nginx_conf:
+            argv += ["-c", self.config.nginx_conf]
+        return [*argv, *args]
+
+    def _nginx(self, *args: str) -> None:
+        argv = self.command(*args)
+        try:
+            subprocess.run(  # argv comes from the validated policy, never through a shell
+                argv, capture_output=True, text=True, timeout=self.command_timeout_s, check=True,
+            )
+        except subprocess.CalledProcessError as exc:
+            message = (exc.stderr or exc.stdout or "").strip()
+            raise BalancerError(
+                f"`{' '.join(argv)}` failed (exit {exc.returncode}); the previous upstream is kept: {message}"
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise BalancerError(
+                f"`{' '.join(argv)}` did not finish within {self.command_timeout_s:.0f} s; "
+                "the previous upstream is kept"
+            ) from exc
+        except OSError as exc:
+            raise BalancerError(
+                f"cannot run `{' '.join(argv)}`: {exc}; the previous upstream is kept"
+            ) from exc
+
+    def _read(self) -> str | None:
+        try:
+            return self.upstream_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BalancerError(f"cannot read the upstream file {self.upstream_file}: {exc}") from exc
+
+    def _write(self, text: str) -> None:
+        try:
+            atomic_write(self.upstream_file, text)
+        except OSError as exc:
+            raise BalancerError(f"cannot write the upstream file {self.upstream_file}: {exc}") from exc
+
+    def _restore(self, old_text: str | None) -> None:
+        # The file must match what nginx serves again; a failure here is reported with the original
+        # error (the caller's BalancerError) as context.
+        if old_text is None:
+            self.upstream_file.unlink(missing_ok=True)
+        else:
+            self._write(old_text)
