@@ -134,6 +134,10 @@ class Store(Protocol):
         """Persist one tick and the engine memory after it; return the tick's id."""
         ...
 
+    def update_tick(self, tick_id: int, *, outcome: Mapping[str, Any], error: str | None = None) -> None:
+        """Attach what the executor did (and any error) to a recorded tick; ``StoreError`` if unknown."""
+        ...
+
     def load_memory(self, pool: str) -> dict[str, Any] | None:
         """The engine memory saved by the last tick of ``pool``, or None."""
         ...

@@ -1,0 +1,415 @@
+"""One tick of one pool: observe → decide → record → act → record the outcome.
+
+The controller depends only on the protocols in ``autoscaler.protocols``; which implementations
+it gets is ``autoscaler.wiring``'s business. The decision itself is the pure engine's
+(``autoscaler.policy.engine.decide``); everything here is about turning the world into the
+engine's inputs and the engine's answer back into calls, safely:
+
+- no data never removes capacity (the engine's rule, and the controller adds none of its own);
+- a node joins the balancer only after its own ``/healthz`` answers 200, and only when it runs the
+  pool's model version;
+- scale-in is drain-first: the victim leaves the balancer, its in-flight streams finish (or the
+  drain timeout passes), and only then is it terminated, on a later tick than the one that removed
+  it from the balancer;
+- when the balancer rejects a change, nothing is terminated that tick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from autoscaler.domain import (
+    Backend,
+    CloudState,
+    Decision,
+    Instance,
+    LaunchSpec,
+    Lifecycle,
+    Node,
+    Sample,
+    TerminateOutcome,
+)
+from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
+from autoscaler.policy.engine import EngineMemory, Evaluation, decide
+from autoscaler.policy.model import PoolPolicy
+from autoscaler.protocols import Balancer, Clock, MetricsSource, Provider, Store
+from autoscaler.telemetry import ControllerMetrics
+
+log = structlog.get_logger("autoscaler.controller")
+
+
+class NodeProbe:
+    """What the controller asks a node directly (``autoscaler.probes.HttpNodeProbe`` is the real one)."""
+
+    def healthy(self, instance: Instance) -> bool:  # pragma: no cover - protocol shape
+        """True only on a timely 200 from ``/healthz``."""
+        raise NotImplementedError
+
+    def active_streams(self, instance: Instance) -> float | None:  # pragma: no cover - protocol shape
+        """Streams in progress on the node, or None when unknown."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """The implementations one controller works with."""
+
+    provider: Provider
+    balancer: Balancer
+    metrics: MetricsSource
+    store: Store
+    probe: Any  # NodeProbe-shaped: healthy(instance) and active_streams(instance)
+    clock: Clock
+    write_targets: Callable[[list[Instance]], None] | None = None
+
+
+@dataclass
+class NodeState:
+    """An instance with the lifecycle the controller derived for it this tick."""
+
+    instance: Instance
+    lifecycle: Lifecycle
+    since: datetime
+    healthy: bool = False
+    active_streams: float | None = None
+
+
+def _sample_record(sample: Sample) -> dict[str, Any]:
+    return {"value": sample.value if sample.has_data else None, "error": sample.error,
+            "observed_at": sample.observed_at.isoformat() if sample.observed_at else None}
+
+
+@dataclass
+class Observation:
+    """What one tick saw: node states, check samples, and housekeeping it found necessary."""
+
+    states: dict[str, NodeState] = field(default_factory=dict)
+    samples: dict[str, Sample] = field(default_factory=dict)
+    transitions: list[tuple[str, Lifecycle, dict[str, Any]]] = field(default_factory=list)
+    replace: list[tuple[Instance, str]] = field(default_factory=list)
+
+    def inputs(self) -> dict[str, Any]:
+        """JSON-ready record of the inputs the engine decided on."""
+        return {
+            "samples": {name: _sample_record(s) for name, s in self.samples.items()},
+            "nodes": {s.instance.id: {"lifecycle": s.lifecycle.value, "healthy": s.healthy,
+                                      "active_streams": s.active_streams, "type": s.instance.instance_type,
+                                      "model_version": s.instance.model_version}
+                      for s in self.states.values()},
+            "replaced": {i.id: reason for i, reason in self.replace},
+        }
+
+
+@dataclass
+class TickOutcome:
+    """What one tick saw, decided and did; rendered by ``once``, ``demo`` and the logs."""
+
+    pool: str
+    at: datetime
+    decision: Decision | None = None
+    tick_id: int | None = None
+    launched: list[str] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)
+    terminated: dict[str, str] = field(default_factory=dict)
+    joined: list[str] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    nodes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the tick ran without any error."""
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the store keeps it as the tick's outcome)."""
+        return {
+            "launched": self.launched, "drained": self.drained, "terminated": self.terminated,
+            "joined": self.joined, "backends": self.backends, "errors": self.errors, "notes": self.notes,
+            "nodes": self.nodes,
+        }
+
+
+def decision_record(decision: Decision) -> dict[str, Any]:
+    """The decision as the store keeps it: counts, actions and the whole reason trail."""
+    return {
+        "direction": decision.direction.value, "desired": decision.desired, "current": decision.current,
+        "ready": decision.ready, "booting": decision.booting, "draining": decision.draining,
+        "launch": decision.launch, "victims": list(decision.victims), "summary": decision.summary(),
+        "reasons": [r.to_dict() for r in decision.reasons],
+    }
+
+
+class Controller:
+    """Runs ticks for one pool. ``policy`` is called each tick (a ``PolicyWatcher.current``)."""
+
+    def __init__(self, policy: Callable[[], PoolPolicy], adapters: Adapters,
+                 telemetry: ControllerMetrics | None = None,
+                 policy_error: Callable[[], str | None] | None = None) -> None:
+        self._policy = policy
+        self._policy_error = policy_error or (lambda: None)
+        self.adapters = adapters
+        self.telemetry = telemetry or ControllerMetrics()
+
+    # ------------------------------------------------------------------------------------- tick
+    def tick(self) -> TickOutcome:
+        """One full tick. Never raises: every failure ends up in ``TickOutcome.errors``, logged."""
+        started = time.monotonic()
+        policy = self._policy()
+        now = self.adapters.clock.now()
+        outcome = TickOutcome(pool=policy.pool, at=now)
+        reload_error = self._policy_error()
+        self.telemetry.policy_valid(policy.pool, reload_error is None)
+        if reload_error:
+            outcome.notes.append(f"policy file is invalid, keeping the last valid policy: {reload_error}")
+            log.warning("policy_invalid_kept_last_valid", pool=policy.pool, error=reload_error)
+        try:
+            self._tick(policy, now, outcome)
+        except AutoscalerError as exc:
+            outcome.errors.append(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # the tick boundary: the service stays up whatever happened
+            log.exception("tick_crashed", pool=policy.pool)
+            outcome.errors.append(f"unexpected {type(exc).__name__}: {exc}")
+        self.telemetry.tick_done(policy.pool, outcome, time.monotonic() - started)
+        log.info("tick", pool=policy.pool, summary=outcome.decision.summary() if outcome.decision else None,
+                 launched=outcome.launched, drained=outcome.drained, terminated=outcome.terminated,
+                 joined=outcome.joined, errors=outcome.errors or None)
+        return outcome
+
+    def _tick(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
+        store = self.adapters.store
+        observation = self.observe(policy, now)
+        states = observation.states
+        # Housekeeping the observation found: lifecycle changes, nodes that failed to boot.
+        for instance_id, lifecycle, detail in observation.transitions:
+            store.record_lifecycle(policy.pool, instance_id, lifecycle, now, detail)
+        for instance, reason in observation.replace:
+            self._terminate(policy, instance, now, outcome, reason)
+            if reason.startswith("not healthy within the boot timeout"):
+                self.telemetry.boot_failure(policy.pool)
+        for name, sample in observation.samples.items():
+            self.telemetry.check_sample(policy.pool, name, sample)
+        evaluation = self.evaluate(policy, observation, now)
+        decision = evaluation.decision
+        outcome.decision = decision
+        # ---- record (before acting, so the launch's client token comes from the recorded decision)
+        tick_id = store.record_tick(policy.pool, now, observation.inputs(), decision_record(decision),
+                                    evaluation.memory.model_dump(mode="json"))
+        outcome.tick_id = tick_id
+        # ---- act
+        try:
+            self._act(policy, decision, states, now, tick_id, outcome)
+        finally:
+            outcome.nodes = {i: s.lifecycle.value for i, s in states.items()}
+            try:
+                store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
+            except StoreError as exc:
+                outcome.errors.append(f"could not record the outcome: {exc}")
+
+    def evaluate(self, policy: PoolPolicy, observation: Observation, now: datetime) -> Evaluation:
+        """The engine's decision on an observation, with the memory the store kept."""
+        saved = self.adapters.store.load_memory(policy.pool)
+        memory = EngineMemory.model_validate(saved) if saved else EngineMemory()
+        nodes = [self._as_engine_node(policy, s) for s in observation.states.values()]
+        return decide(policy, observation.samples, nodes, memory, now)
+
+    def explain(self) -> tuple[PoolPolicy, Observation, Decision]:
+        """Observe and decide as a tick would, changing nothing anywhere (``autoscaler explain``)."""
+        policy = self._policy()
+        now = self.adapters.clock.now()
+        observation = self.observe(policy, now)
+        return policy, observation, self.evaluate(policy, observation, now).decision
+
+    # ---------------------------------------------------------------------------------- observe
+    def observe(self, policy: PoolPolicy, now: datetime) -> Observation:
+        """Read the provider, the store, the nodes and the metrics; change nothing.
+
+        Each live instance gets a lifecycle from the store's record, its cloud state and its own
+        health check; what should change (a record, a node to replace) is returned, not done.
+        """
+        store, probe = self.adapters.store, self.adapters.probe
+        instances = self.adapters.provider.list_instances(policy.pool)
+        recorded = store.lifecycles(policy.pool)
+        observation = Observation()
+        live = {i.id: i for i in instances if i.state not in (CloudState.TERMINATED, CloudState.STOPPING)}
+        listed = {i.id for i in instances}
+        for instance_id, (lifecycle, _since) in recorded.items():
+            if instance_id not in listed and lifecycle != Lifecycle.TERMINATED:
+                observation.transitions.append((instance_id, Lifecycle.TERMINATED, {"reason": "gone"}))
+        boot_timeout = policy.health.boot_timeout
+        for instance in live.values():
+            lifecycle, since = recorded.get(instance.id, (Lifecycle.LAUNCHING, instance.launched_at))
+            if lifecycle == Lifecycle.TERMINATED:
+                continue  # terminate was requested; the provider has not caught up yet
+            if lifecycle == Lifecycle.DRAINING:
+                observation.states[instance.id] = NodeState(
+                    instance, Lifecycle.DRAINING, since, active_streams=probe.active_streams(instance))
+                continue
+            healthy = instance.state == CloudState.RUNNING and probe.healthy(instance)
+            if healthy and instance.model_version != policy.launch.model_version \
+                    and lifecycle != Lifecycle.SERVING:
+                # Never let a node of another model version join: the same audio would give other text.
+                observation.replace.append((instance, f"model version {instance.model_version} is not "
+                                                      f"the pool's {policy.launch.model_version}"))
+                continue
+            if healthy:
+                observation.states[instance.id] = NodeState(
+                    instance, Lifecycle.SERVING, since if lifecycle == Lifecycle.SERVING else now, healthy=True,
+                    active_streams=probe.active_streams(instance))
+                continue
+            # Booting, or a serving node that stopped answering: not capacity now. It gets the boot
+            # timeout, from launch or from when it stopped answering, to come (back) up.
+            if lifecycle == Lifecycle.SERVING:
+                observation.transitions.append((instance.id, Lifecycle.BOOTING, {"reason": "health check failing"}))
+                since = now
+            elif lifecycle == Lifecycle.LAUNCHING:
+                observation.transitions.append((instance.id, Lifecycle.BOOTING, {}))
+                since = instance.launched_at
+            if now - since > boot_timeout:
+                observation.replace.append(
+                    (instance, f"not healthy within the boot timeout ({boot_timeout.total_seconds():.0f}s)"))
+                continue
+            observation.states[instance.id] = NodeState(instance, Lifecycle.BOOTING, since)
+        observation.samples = {check.name: self.adapters.metrics.query(check.query, now=now)
+                               for check in policy.scaling.checks}
+        return observation
+
+    def _as_engine_node(self, policy: PoolPolicy, state: NodeState) -> Node:
+        instance = state.instance
+        return Node(id=instance.id, lifecycle=state.lifecycle, instance_type=instance.instance_type,
+                    capacity_streams=policy.streams_of(instance.instance_type),
+                    model_version=instance.model_version, launched_at=instance.launched_at,
+                    active_streams=state.active_streams, image=instance.image)
+
+    # -------------------------------------------------------------------------------------- act
+    def _act(self, policy: PoolPolicy, decision: Decision, states: dict[str, NodeState], now: datetime,
+             tick_id: int, outcome: TickOutcome) -> None:
+        store = self.adapters.store
+        if decision.launch > 0:
+            self._launch(policy, decision.launch, f"{policy.pool}-tick-{tick_id}", states, now, outcome)
+        for victim in decision.victims:
+            state = states.get(victim)
+            if state is None:
+                continue
+            if state.lifecycle == Lifecycle.BOOTING:
+                # A booting node serves nobody: cancelling it needs no drain.
+                self._terminate(policy, state.instance, now, outcome, "scale-in: cancelled while booting")
+                del states[victim]
+                continue
+            store.record_lifecycle(policy.pool, victim, Lifecycle.DRAINING, now,
+                                   {"reason": "scale-in victim", "active_streams": state.active_streams})
+            state.lifecycle, state.since = Lifecycle.DRAINING, now
+            outcome.drained.append(victim)
+        if self.adapters.write_targets is not None:
+            try:
+                self.adapters.write_targets([s.instance for s in states.values()])
+            except OSError as exc:
+                outcome.errors.append(f"could not write the Prometheus target file: {exc}")
+        balancer_ok = self._apply_balancer(policy, states, now, outcome)
+        if balancer_ok:
+            self._finish_drains(policy, states, now, outcome)
+        else:
+            outcome.notes.append("balancer not updated: no draining node is terminated this tick")
+
+    def _launch(self, policy: PoolPolicy, count: int, token: str, states: dict[str, NodeState], now: datetime,
+                outcome: TickOutcome) -> None:
+        launch = policy.launch
+        spec = LaunchSpec(
+            pool=policy.pool, image=launch.image.id or "", model_version=launch.model_version,
+            instance_types=tuple(t.name for t in launch.instance_types), port=launch.port,
+            user_data=launch.user_data, tags=dict(launch.tags),
+        )
+        try:
+            result = self.adapters.provider.launch(spec, count, token)
+        except QuotaExceeded as exc:
+            outcome.errors.append(f"launch blocked by quota, no further scale-out this tick: {exc}")
+            return
+        except ProviderError as exc:
+            outcome.errors.append(f"launch of {count} failed: {type(exc).__name__}: {exc}")
+            return
+        for instance in result.instances:
+            if instance.id in states:
+                continue
+            self.adapters.store.record_lifecycle(policy.pool, instance.id, Lifecycle.LAUNCHING, now,
+                                                 {"token": token, "type": instance.instance_type})
+            states[instance.id] = NodeState(instance, Lifecycle.BOOTING, now)
+            outcome.launched.append(instance.id)
+        self.telemetry.launched(policy.pool, len(outcome.launched))
+        if result.shortfall:
+            outcome.notes.append(f"launched {len(result.instances)} of {count}: {result.shortfall} "
+                                 f"({'; '.join(result.notes)})")
+
+    def backends_for(self, policy: PoolPolicy, states: Mapping[str, NodeState]) -> list[Backend]:
+        """Serving, healthy nodes of the pool's model version, with weights and backups."""
+        serving = sorted((s.instance for s in states.values()
+                          if s.lifecycle == Lifecycle.SERVING and s.healthy and s.instance.address),
+                         key=lambda i: (i.launched_at, i.id))
+        balancer = policy.balancer
+        max_fails = getattr(balancer, "max_fails", 2)
+        fail_timeout = int(getattr(balancer, "fail_timeout", timedelta(seconds=30)).total_seconds())
+        backups = getattr(balancer, "backup_nodes", 0)
+        # The newest nodes stand as backups, and only while at least one primary remains.
+        n_backup = min(backups, max(len(serving) - 1, 0))
+        backends = []
+        for index, instance in enumerate(serving):
+            spec = policy.instance_type(instance.instance_type)
+            backends.append(Backend(
+                address=instance.address or "", port=instance.port, instance_id=instance.id,
+                weight=spec.weight if spec else 1, max_fails=max_fails, fail_timeout_s=fail_timeout,
+                backup=index >= len(serving) - n_backup,
+            ))
+        return backends
+
+    def _apply_balancer(self, policy: PoolPolicy, states: dict[str, NodeState], now: datetime,
+                        outcome: TickOutcome) -> bool:
+        backends = self.backends_for(policy, states)
+        try:
+            before = {b.instance_id for b in self.adapters.balancer.current()}
+            self.adapters.balancer.apply(backends)
+        except BalancerError as exc:
+            outcome.errors.append(f"balancer rejected the change, previous backends still serve: {exc}")
+            self.telemetry.balancer_error(policy.pool)
+            return False
+        outcome.backends = [b.endpoint for b in backends]
+        for backend in backends:
+            if backend.instance_id not in before:
+                outcome.joined.append(backend.instance_id)
+            self.adapters.store.record_lifecycle(policy.pool, backend.instance_id, Lifecycle.SERVING, now)
+        return True
+
+    def _finish_drains(self, policy: PoolPolicy, states: dict[str, NodeState], now: datetime,
+                       outcome: TickOutcome) -> None:
+        timeout = policy.drain.timeout
+        for instance_id, state in list(states.items()):
+            if state.lifecycle != Lifecycle.DRAINING or state.since >= now:
+                continue  # left the balancer this tick: give in-flight proxying a tick to settle
+            active = state.active_streams
+            if active is not None and active <= 0:
+                reason = "drained: no stream in flight"
+            elif now - state.since >= timeout:
+                reason = (f"drain timeout ({timeout.total_seconds():.0f}s) reached with "
+                          f"{'unknown' if active is None else int(active)} streams in flight")
+            else:
+                continue
+            self._terminate(policy, state.instance, now, outcome, reason)
+            del states[instance_id]
+
+    def _terminate(self, policy: PoolPolicy, instance: Instance, now: datetime, outcome: TickOutcome,
+                   reason: str) -> None:
+        try:
+            result = self.adapters.provider.terminate([instance.id])
+        except ProviderError as exc:
+            outcome.errors.append(f"terminate {instance.id} failed ({reason}): {exc}")
+            return
+        gone = result.get(instance.id, TerminateOutcome.ALREADY_GONE)
+        self.adapters.store.record_lifecycle(policy.pool, instance.id, Lifecycle.TERMINATED, now,
+                                             {"reason": reason, "outcome": gone.value})
+        outcome.terminated[instance.id] = reason
+        self.telemetry.terminated(policy.pool, reason)

@@ -1,0 +1,80 @@
+"""``MemoryStore``: the recording fake of the ``Store`` protocol, for unit tests and the simulator."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from autoscaler.domain import Lifecycle
+from autoscaler.errors import StoreError
+
+
+class MemoryStore:
+    """Keeps everything in lists; ``next_error`` makes the next write raise ``StoreError``."""
+
+    def __init__(self) -> None:
+        self.ticks: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.memory: dict[str, dict[str, Any]] = {}
+        self.next_error: Exception | None = None
+
+    def _maybe_fail(self) -> None:
+        if self.next_error is not None:
+            error, self.next_error = self.next_error, None
+            raise StoreError(str(error)) from error
+
+    def record_tick(self, pool: str, at: datetime, inputs: Mapping[str, Any], decision: Mapping[str, Any],
+                    memory: Mapping[str, Any], error: str | None = None) -> int:
+        """Append a tick; save ``memory`` for ``pool`` when given."""
+        self._maybe_fail()
+        tick_id = len(self.ticks) + 1
+        self.ticks.append({"id": tick_id, "pool": pool, "at": at.isoformat(), "inputs": copy.deepcopy(dict(inputs)),
+                           "decision": copy.deepcopy(dict(decision)), "error": error,
+                           "direction": decision.get("direction"), "desired": decision.get("desired")})
+        if memory:
+            self.memory[pool] = copy.deepcopy(dict(memory))
+        return tick_id
+
+    def update_tick(self, tick_id: int, *, outcome: Mapping[str, Any], error: str | None = None) -> None:
+        """Attach an outcome to a recorded tick."""
+        self._maybe_fail()
+        if not 1 <= tick_id <= len(self.ticks):
+            raise StoreError(f"tick {tick_id} does not exist")
+        tick = self.ticks[tick_id - 1]
+        tick["decision"]["outcome"] = dict(outcome)
+        if error:
+            tick["error"] = f"{tick['error']}; {error}" if tick["error"] else error
+
+    def load_memory(self, pool: str) -> dict[str, Any] | None:
+        """The last saved memory of ``pool``."""
+        saved = self.memory.get(pool)
+        return copy.deepcopy(saved) if saved is not None else None
+
+    def record_lifecycle(self, pool: str, instance_id: str, state: Lifecycle, at: datetime,
+                         detail: Mapping[str, Any] | None = None) -> None:
+        """Append a transition unless the instance is already in ``state``."""
+        self._maybe_fail()
+        current = self.lifecycles(pool).get(instance_id)
+        if current is not None and current[0] == state:
+            return
+        self.events.append({"pool": pool, "instance_id": instance_id, "state": state, "at": at,
+                            "detail": dict(detail or {})})
+
+    def lifecycles(self, pool: str) -> dict[str, tuple[Lifecycle, datetime]]:
+        """Latest lifecycle per instance."""
+        latest: dict[str, tuple[Lifecycle, datetime]] = {}
+        for event in self.events:
+            if event["pool"] == pool:
+                latest[event["instance_id"]] = (event["state"], event["at"])
+        return latest
+
+    def instance_history(self, pool: str, instance_id: str) -> list[dict[str, Any]]:
+        """Every transition of one instance, oldest first."""
+        return [{"state": e["state"].value, "at": e["at"].isoformat(), "detail": e["detail"]}
+                for e in self.events if e["pool"] == pool and e["instance_id"] == instance_id]
+
+    def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest ticks first."""
+        return [copy.deepcopy(t) for t in reversed(self.ticks) if t["pool"] == pool][:limit]

@@ -1,0 +1,82 @@
+"""The controller's own metrics (prometheus_client), served by ``autoscaler run --metrics-port``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from autoscaler.domain import Sample
+
+if TYPE_CHECKING:
+    from autoscaler.controller import TickOutcome
+
+
+class ControllerMetrics:
+    """Counters and gauges about ticks, decisions, nodes, missing data and policy reloads."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.ticks = Counter("autoscaler_ticks", "Ticks run, by result.", ["pool", "result"], registry=r)
+        self.tick_seconds = Histogram("autoscaler_tick_duration_seconds", "Wall time of one tick.", ["pool"],
+                                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+        self.desired = Gauge("autoscaler_desired_nodes", "Nodes the last decision wants.", ["pool"], registry=r)
+        self.nodes = Gauge("autoscaler_nodes", "Nodes by lifecycle after the last tick.", ["pool", "lifecycle"],
+                           registry=r)
+        self.decisions = Counter("autoscaler_decisions", "Decisions by direction.", ["pool", "direction"],
+                                 registry=r)
+        self.launches = Counter("autoscaler_launched_nodes", "Nodes launched.", ["pool"], registry=r)
+        self.terminations = Counter("autoscaler_terminated_nodes", "Nodes terminated, by reason.",
+                                    ["pool", "reason"], registry=r)
+        self.boot_failures = Counter("autoscaler_boot_failures", "Nodes replaced for failing to boot.",
+                                     ["pool"], registry=r)
+        self.balancer_errors = Counter("autoscaler_balancer_errors", "Balancer changes rejected.", ["pool"],
+                                       registry=r)
+        self.missing = Gauge("autoscaler_check_missing_data", "1 when a check had no data last tick.",
+                             ["pool", "check"], registry=r)
+        self.check_value = Gauge("autoscaler_check_value", "Last value read for a check.", ["pool", "check"],
+                                 registry=r)
+        self.policy_ok = Gauge("autoscaler_policy_valid",
+                               "0 while the policy file on disk is invalid and the last valid one is kept.",
+                               ["pool"], registry=r)
+
+    def policy_valid(self, pool: str, valid: bool) -> None:
+        """Whether the file on disk is the policy in force."""
+        self.policy_ok.labels(pool).set(1 if valid else 0)
+
+    def check_sample(self, pool: str, check: str, sample: Sample) -> None:
+        """A check's reading this tick."""
+        self.missing.labels(pool, check).set(0 if sample.has_data else 1)
+        if sample.has_data and sample.value is not None:
+            self.check_value.labels(pool, check).set(sample.value)
+
+    def launched(self, pool: str, count: int) -> None:
+        """Nodes launched this tick."""
+        if count:
+            self.launches.labels(pool).inc(count)
+
+    def terminated(self, pool: str, reason: str) -> None:
+        """A node terminated; the reason is reduced to its first words to keep label cardinality low."""
+        self.terminations.labels(pool, reason.split(":", maxsplit=1)[0].split("(", maxsplit=1)[0].strip()[:40]).inc()
+
+    def boot_failure(self, pool: str) -> None:
+        """A node did not become healthy in time."""
+        self.boot_failures.labels(pool).inc()
+
+    def balancer_error(self, pool: str) -> None:
+        """The balancer rejected a change."""
+        self.balancer_errors.labels(pool).inc()
+
+    def tick_done(self, pool: str, outcome: TickOutcome, seconds: float) -> None:
+        """Everything a finished tick tells."""
+        self.ticks.labels(pool, "ok" if outcome.ok else "error").inc()
+        self.tick_seconds.labels(pool).observe(seconds)
+        if outcome.decision is not None:
+            self.desired.labels(pool).set(outcome.decision.desired)
+            self.decisions.labels(pool, outcome.decision.direction.value).inc()
+        counts = {"booting": 0, "serving": 0, "draining": 0}
+        for lifecycle in outcome.nodes.values():
+            counts[lifecycle] = counts.get(lifecycle, 0) + 1
+        for lifecycle, count in counts.items():
+            self.nodes.labels(pool, lifecycle).set(count)

@@ -1,0 +1,122 @@
+"""Which implementation each adapter gets, from the policy's ``provider``/``balancer``/``metrics`` keys.
+
+The only place that knows the concrete classes; SDK modules are imported only for the kinds a
+policy names, so a local pool never imports boto3 or the Alibaba SDK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from autoscaler.controller import Adapters, Controller
+from autoscaler.domain import Instance
+from autoscaler.metrics.file_sd import write_targets
+from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.policy.load import PolicyWatcher
+from autoscaler.policy.model import (
+    AlbBalancerConfig,
+    AlibabaProviderConfig,
+    AwsProviderConfig,
+    LocalProviderConfig,
+    NginxBalancerConfig,
+    PoolPolicy,
+)
+from autoscaler.probes import HttpNodeProbe
+from autoscaler.protocols import Balancer, Clock, Provider, Store
+from autoscaler.store import open_store
+from autoscaler.telemetry import ControllerMetrics
+
+
+class SystemClock:
+    """The wall clock, in UTC."""
+
+    def now(self) -> datetime:
+        """Now, timezone-aware."""
+        return datetime.now(UTC)
+
+
+def build_provider(policy: PoolPolicy) -> Provider:
+    """The provider the policy names."""
+    config = policy.provider
+    if isinstance(config, LocalProviderConfig):
+        from autoscaler.providers.local import LocalProvider
+
+        return LocalProvider.for_policy(policy)
+    if isinstance(config, AwsProviderConfig):
+        from autoscaler.providers.aws import AwsProvider
+
+        return AwsProvider.for_policy(policy)
+    if isinstance(config, AlibabaProviderConfig):
+        from autoscaler.providers.alibaba import AlibabaProvider
+
+        return AlibabaProvider.for_policy(policy)
+    raise AssertionError(f"unhandled provider kind {config!r}")  # pragma: no cover - the model is closed
+
+
+def build_balancer(policy: PoolPolicy) -> Balancer:
+    """The balancer the policy names."""
+    config = policy.balancer
+    if isinstance(config, NginxBalancerConfig):
+        from autoscaler.balancers.nginx import NginxBalancer
+
+        return NginxBalancer(config)
+    if isinstance(config, AlbBalancerConfig):
+        from autoscaler.balancers.alb import AlbBalancer
+
+        return AlbBalancer(config)
+    from autoscaler.balancers.none import NoBalancer
+
+    return NoBalancer()
+
+
+def _write_targets(path: str, pool: str, instances: list[Instance]) -> None:
+    write_targets(path, instances, {"pool": pool})
+
+
+@dataclass
+class Runtime:
+    """A controller with the objects it was built from (so callers can close them)."""
+
+    controller: Controller
+    watcher: PolicyWatcher
+    store: Store
+    closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Close HTTP clients and database pools."""
+        for thing in self.closers:
+            thing.close()
+
+
+def build_runtime(policy_path: str | Path, store_url: str | None = None, *, clock: Clock | None = None,
+                  telemetry: ControllerMetrics | None = None, store: Store | None = None) -> Runtime:
+    """Everything ``run``/``once``/``explain`` need for one policy file.
+
+    Adapters follow the policy as loaded at start; a reloaded policy changes the rules, not the
+    adapters (changing provider or balancer kind needs a restart, as it would in any controller).
+    """
+    watcher = PolicyWatcher(policy_path)
+    policy = watcher.current()
+    real_store = store or open_store(store_url)
+    metrics = PrometheusSource(policy.metrics)
+    probe = HttpNodeProbe(health_path=policy.health.path, timeout_s=policy.health.timeout.total_seconds())
+    targets = policy.metrics.file_sd_path
+    adapters = Adapters(
+        provider=build_provider(policy), balancer=build_balancer(policy), metrics=metrics, store=real_store,
+        probe=probe, clock=clock or SystemClock(),
+        write_targets=partial(_write_targets, targets, policy.pool) if targets else None,
+    )
+
+    def policy_error() -> str | None:
+        error = watcher.last_error
+        return "; ".join(error.problems) or str(error) if error else None
+
+    controller = Controller(watcher.current, adapters, telemetry=telemetry, policy_error=policy_error)
+    closers: list[Any] = [metrics, probe]
+    if hasattr(real_store, "close"):
+        closers.append(real_store)
+    return Runtime(controller=controller, watcher=watcher, store=real_store, closers=closers)
