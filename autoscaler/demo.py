@@ -242,7 +242,7 @@ def run_demo(*, duration_s: float = 180.0, traces_dir: Path | None = None, polic
             say("demo: load starts")
             wall_start = time.monotonic()
             _replay(schedule, f"{nginx.url}/api/predict/", stats, duration_s)
-            say(f"demo: load ended; waiting for {stats.in_flight} transcriptions still in flight")
+            say(f"demo: load ended, every transcription answered; stopping the controller, fleet, nginx and prometheus")
             service.stop()
             runtime.close()
     finally:

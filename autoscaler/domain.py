@@ -15,6 +15,8 @@ from typing import Any
 TAG_POOL = "autoscaler:pool"
 TAG_MODEL_VERSION = "autoscaler:model-version"
 TAG_LAUNCH_TOKEN = "autoscaler:launch-token"
+#: The port the node serves on, so a restarted controller knows it without the policy.
+TAG_PORT = "autoscaler:port"
 TAG_MANAGED_BY = "managed-by"
 MANAGED_BY_VALUE = "gpu-autoscaler"
 

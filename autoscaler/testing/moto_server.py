@@ -24,9 +24,10 @@ process share resources: run one at a time.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,9 @@ def _moto_validation_on() -> Iterator[None]:
 
 
 @contextmanager
-def running_moto_server(*, validate: bool = True, env: Mapping[str, str] | None = None) -> Iterator[MotoServer]:
+def running_moto_server(
+    *, validate: bool = True, env: Mapping[str, str] | None = None
+) -> Iterator[MotoServer]:
     """Run a moto server on 127.0.0.1 (a free port) for the ``with`` block, then stop it.
 
     ``validate`` turns on moto's AMI and instance-type validation. ``env`` adds to (or overrides)
@@ -128,7 +131,7 @@ def running_moto_server(*, validate: bool = True, env: Mapping[str, str] | None 
         # Imported only now, so a first import of moto sees the validation switches.
         from moto.server import ThreadedMotoServer
 
-        with _moto_validation_on() if validate else _nothing():
+        with _moto_validation_on() if validate else nullcontext(), _quiet_request_log():
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()
             try:
@@ -141,8 +144,15 @@ def running_moto_server(*, validate: bool = True, env: Mapping[str, str] | None 
 
 
 @contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+def _quiet_request_log() -> Iterator[None]:
+    # werkzeug logs every request at INFO; a test run needs only its warnings.
+    log = logging.getLogger("werkzeug")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +167,143 @@ def moto(moto_server: MotoServer) -> MotoServer:
     """The module's moto server, reset to an empty account before the test."""
     moto_server.reset()
     return moto_server
+
+
+# ------------------------------------------------------------------------------------ an EC2 sandbox
+@dataclass(frozen=True)
+class Ec2Sandbox:
+    """What a provider test launches into: a VPC with one subnet per zone, a security group, an
+    instance profile and a stock AMI, all created on a moto server."""
+
+    endpoint_url: str
+    region: str
+    vpc_id: str
+    zones: tuple[str, ...]
+    subnets: tuple[str, ...]
+    security_group: str
+    instance_profile: str
+    base_image: str
+
+    def client(self, service: str) -> Any:
+        """A plain boto3 client of ``service`` on the sandbox's moto server (for set-up and checks)."""
+        import boto3
+
+        return boto3.client(service, region_name=self.region, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
+
+
+def make_ec2_sandbox(server: MotoServer, *, region: str = "us-east-1", zones: int = 2,
+                     instance_profile: str = "asr-node") -> Ec2Sandbox:
+    """Create a VPC (10.20.0.0/16) with ``zones`` subnets in different zones, a security group,
+    an instance profile with a role, and pick one of moto's stock Amazon Linux AMIs."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=region, endpoint_url=server.endpoint_url)
+    iam = boto3.client("iam", region_name=region, endpoint_url=server.endpoint_url)
+    zone_names = tuple(z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"])[:zones]
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = tuple(
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{n}.0/24", AvailabilityZone=zone)["Subnet"]["SubnetId"]
+        for n, zone in enumerate(zone_names, start=1)
+    )
+    group = ec2.create_security_group(GroupName="asr-nodes", Description="ASR nodes", VpcId=vpc)["GroupId"]
+    iam.create_role(RoleName=f"{instance_profile}-role", AssumeRolePolicyDocument='{"Version":"2012-10-17"}')
+    iam.create_instance_profile(InstanceProfileName=instance_profile)
+    iam.add_role_to_instance_profile(InstanceProfileName=instance_profile, RoleName=f"{instance_profile}-role")
+    stock = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-*"]},
+                                                            {"Name": "architecture", "Values": ["x86_64"]}])
+    base = sorted(image["ImageId"] for image in stock["Images"])[0]
+    return Ec2Sandbox(endpoint_url=server.endpoint_url, region=region, vpc_id=vpc, zones=zone_names,
+                      subnets=subnets, security_group=group, instance_profile=instance_profile, base_image=base)
+
+
+def bake_model_image(sandbox: Ec2Sandbox, model_version: str, *, name: str | None = None) -> str:
+    """Register an AMI tagged ``autoscaler:model-version=model_version`` as the Packer template would:
+    run a builder instance from the stock AMI, ``CreateImage`` from it, terminate the builder."""
+    from autoscaler.domain import TAG_MODEL_VERSION
+
+    ec2 = sandbox.client("ec2")
+    builder = ec2.run_instances(ImageId=sandbox.base_image, InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                                SubnetId=sandbox.subnets[0])["Instances"][0]["InstanceId"]
+    image = ec2.create_image(
+        InstanceId=builder, Name=name or f"asr-node-{model_version}",
+        TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": TAG_MODEL_VERSION, "Value": model_version}]}],
+    )["ImageId"]
+    ec2.terminate_instances(InstanceIds=[builder])
+    return str(image)
+
+
+# ------------------------------------------------------------------------------------ fault injection
+class _Body:
+    """The ``raw`` of an ``AWSResponse``: botocore reads the body through ``stream()``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._data
+
+
+def aws_error_response(code: str, message: str = "injected by a test", *, status: int = 400,
+                       protocol: str = "ec2") -> Any:
+    """An ``AWSResponse`` carrying an AWS error, as the service would send it.
+
+    ``protocol="ec2"`` renders EC2's ``<Response><Errors>`` body; ``"query"`` the
+    ``<ErrorResponse>`` body of query services such as ELBv2.
+    """
+    from xml.sax.saxutils import escape
+
+    from botocore.awsrequest import AWSResponse, HTTPHeaders
+
+    if protocol == "ec2":
+        body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{escape(code)}</Code>"
+                f"<Message>{escape(message)}</Message></Error></Errors><RequestID>fault</RequestID></Response>")
+    else:
+        body = (f"<ErrorResponse><Error><Type>{'Sender' if status < 500 else 'Receiver'}</Type>"
+                f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>"
+                f"<RequestId>fault</RequestId></ErrorResponse>")
+    headers = HTTPHeaders()
+    headers["Content-Type"] = "text/xml"
+    return AWSResponse("https://fault.invalid/", status, headers, _Body(body.encode()))
+
+
+#: Decides the answer to one request: an ``AWSResponse`` to short-circuit it, or None to send it.
+Answer = Callable[[int, Mapping[str, str]], Any]
+
+
+class RequestFaults:
+    """Answer some requests of one client operation with canned responses (botocore ``before-send``).
+
+    ``answer(n, params)`` is called for the n-th request (1-based, retries included) with the
+    request's form parameters; it returns an ``AWSResponse`` (see ``aws_error_response``) to
+    stand in for the service, or None to let the request reach moto. ``calls`` keeps every
+    request's parameters. Use as a context manager to unregister the hook at the end.
+    """
+
+    def __init__(self, client: Any, operation: str, answer: Answer) -> None:
+        self.client = client
+        self.operation = operation
+        self.answer = answer
+        self.calls: list[dict[str, str]] = []
+        service = client.meta.service_model.service_id.hyphenize()
+        self._event = f"before-send.{service}.{operation}"
+        self._id = f"autoscaler-faults-{id(self)}"
+        client.meta.events.register(self._event, self._before_send, unique_id=self._id)
+
+    def _before_send(self, request: Any, **_: Any) -> Any:
+        from urllib.parse import parse_qsl
+
+        body = request.body
+        text = body.decode() if isinstance(body, bytes) else str(body or "")
+        params = dict(parse_qsl(text))
+        self.calls.append(params)
+        return self.answer(len(self.calls), params)
+
+    def remove(self) -> None:
+        """Stop answering: later requests reach moto."""
+        self.client.meta.events.unregister(self._event, unique_id=self._id)
+
+    def __enter__(self) -> RequestFaults:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.remove()

@@ -1,0 +1,518 @@
+"""A ``Provider`` for Alibaba Cloud ECS, through the official SDK (``alibabacloud_ecs20140526``).
+
+What it sends:
+
+- ``list_instances``: ``DescribeInstances`` filtered by the pool and managed-by tags, reading
+  every page (``MaxResults`` / ``NextToken``).
+- ``launch``: first the same describe filtered by the launch-token tag, so instances a previous
+  call (or a controller that has since restarted) made for the token count toward ``count``; then
+  ``RunInstances`` for the difference, trying the pool's instance types in order and, for each,
+  the configured vswitches (zones) in order. ``MinAmount=1`` lets a zone with some stock launch
+  what it can, and the next zone is asked for the rest. Every instance carries the pool, model
+  version, launch token, port and managed-by tags.
+- ``terminate``: ``DescribeInstances`` by id (ids ECS no longer knows are ``ALREADY_GONE``), then
+  ``DeleteInstances`` with ``Force=true`` in batches of 100.
+
+Idempotency: each ``RunInstances`` carries an ECS ``ClientToken`` derived from the caller's token,
+the instance type, the vswitch, the amount and how many instances the token already had. A retry
+of the same request (after a timeout, or by a restarted controller that could not see the
+instances yet) therefore gets ECS's answer to the first one instead of new machines, while a
+top-up, or a move to the next zone, is a distinct request.
+
+Errors (see ``docs/alibaba.md``): throttling, 5xx and connection failures are retried with
+exponential backoff and full jitter inside a ``RetryBudget`` (attempts from the config's
+``max_attempts``, and a wall-clock deadline per operation), then raised as
+``TransientProviderError``. Stock and zone errors move the launch to the next vswitch, then the
+next type; quota and account errors stop the launch (``QuotaExceeded``, or a ``"quota"``
+shortfall when some instances exist). Anything else is an ``EcsError`` (a ``ProviderError``).
+Every raise is chained to the SDK's exception.
+
+Credentials come only from the SDK's default credential chain (``alibabacloud_credentials``:
+environment variables, profile files, the instance's RAM role); this module never reads, stores
+or logs them, and the SDK's own retries are left off so the budget above is the only one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from alibabacloud_credentials.client import Client as CredentialClient
+from alibabacloud_credentials.exceptions import CredentialException
+from alibabacloud_ecs20140526 import models as ecs_models
+from alibabacloud_ecs20140526.client import Client as EcsClient
+from alibabacloud_tea_openapi import models as openapi_models
+from alibabacloud_tea_openapi.exceptions import AlibabaCloudException, ThrottlingException
+from darabonba.exceptions import RetryError
+from Tea.exceptions import TeaException, UnretryableException
+
+from autoscaler.domain import (
+    MANAGED_BY_VALUE,
+    TAG_LAUNCH_TOKEN,
+    TAG_MANAGED_BY,
+    TAG_MODEL_VERSION,
+    TAG_POOL,
+    TAG_PORT,
+    CloudState,
+    Instance,
+    LaunchResult,
+    LaunchSpec,
+    TerminateOutcome,
+)
+from autoscaler.errors import InsufficientCapacity, ProviderError, QuotaExceeded
+from autoscaler.policy.model import AlibabaProviderConfig
+from autoscaler.protocols import Clock
+from autoscaler.providers.retry import BudgetExhausted, BudgetRun, RetryBudget
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: ECS's caps: instances per ``RunInstances`` / ``DeleteInstances``, results per page, tags per resource.
+MAX_BATCH = 100
+MAX_PAGE_SIZE = 100
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 128
+#: ECS accepts at most 32 KiB of base64 ``UserData``.
+MAX_USER_DATA = 32768
+#: Pages ``DescribeInstances`` may take before the provider assumes the endpoint loops.
+MAX_PAGES = 10_000
+DEFAULT_PORT = 7860
+
+#: ECS instance statuses and what they mean to the controller. ``Stopped`` is not terminated (the
+#: machine still exists and may be billed) but it serves nothing, so it counts with ``STOPPING``.
+ECS_STATES: Mapping[str, CloudState] = {
+    "Pending": CloudState.PENDING,
+    "Starting": CloudState.PENDING,
+    "Running": CloudState.RUNNING,
+    "Stopping": CloudState.STOPPING,
+    "Stopped": CloudState.STOPPING,
+}
+
+#: Error codes worth another attempt besides every ``Throttling*`` code and every 5xx answer.
+TRANSIENT_CODES = frozenset({
+    "ServiceUnavailable", "InternalError", "UnknownError", "LastTokenProcessing",
+    "OperationConflict", "IncorrectStatus.CreatingInstance",
+})
+#: Codes that mean "this type is not available in this zone now": try the next vswitch, then type.
+CAPACITY_CODES = frozenset({
+    "OperationDenied.NoStock", "Zone.NotOnSale", "Zone.NotOpen", "InvalidResourceType.NotSupported",
+    "InvalidVSwitchId.IpNotEnough", "ResourceNotAvailable", "OperationDenied.ZoneNotAvailable",
+})
+CAPACITY_PREFIXES = ("InvalidInstanceType.",)
+#: Codes that mean the account may not launch more: stop scaling out this tick.
+QUOTA_CODES = frozenset({
+    "InvalidAccountStatus.NotEnoughBalance", "Account.Arrearage", "InvalidAccountStatus.Arrearage",
+    "OperationDenied.QuotaExceed",
+})
+QUOTA_PREFIXES = ("QuotaExceed",)
+#: Codes ``DeleteInstances`` answers for ids ECS does not know (any more).
+NOT_FOUND_CODES = frozenset({"InvalidInstanceId.NotFound", "InvalidInstanceId.NotExist"})
+
+
+class EcsError(ProviderError):
+    """An ECS API error that is not retried: ``code``, HTTP ``status`` and ``request_id`` from ECS."""
+
+    def __init__(self, message: str, *, code: str, status: int | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.request_id = request_id
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors another attempt may cure: throttling, 5xx, connection failures."""
+    if isinstance(exc, AlibabaCloudException):
+        code = str(exc.code or "")
+        return (isinstance(exc, ThrottlingException) or code.startswith("Throttling")
+                or code in TRANSIENT_CODES or (exc.status_code or 0) >= 500)
+    if isinstance(exc, UnretryableException):
+        # The SDK wraps connection errors and timeouts (``RetryError``) this way.
+        return isinstance(exc.inner_exception, RetryError | OSError)
+    return False
+
+
+def is_capacity(code: str) -> bool:
+    """True for codes that send a launch on to the next vswitch (zone) or instance type."""
+    return code in CAPACITY_CODES or code.startswith(CAPACITY_PREFIXES)
+
+
+def is_quota(code: str) -> bool:
+    """True for codes that mean the account may launch nothing more now."""
+    return code in QUOTA_CODES or code.startswith(QUOTA_PREFIXES)
+
+
+def ecs_client_token(client_token: str, instance_type: str, vswitch: str, amount: int, have: int) -> str:
+    """The ECS ``ClientToken`` of one ``RunInstances``: equal exactly when the request is a retry.
+
+    64 hex characters (ECS's limit is 64 ASCII characters).
+    """
+    material = "\0".join([client_token, instance_type, vswitch, str(amount), str(have)])
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def parse_creation_time(value: str | None) -> datetime | None:
+    """ECS's ``CreationTime`` (``2024-05-01T08:30Z``, to the minute, UTC) as an aware datetime."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class _SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def _split_endpoint(endpoint: str | None, protocol: str) -> tuple[str | None, str]:
+    """``(host[:port], protocol)`` from the config: ``http://127.0.0.1:8080`` sets both."""
+    if endpoint and "://" in endpoint:
+        parts = urlsplit(endpoint)
+        return parts.netloc, parts.scheme
+    return endpoint, protocol
+
+
+class AlibabaProvider:
+    """Launches and terminates a pool's ECS instances; see the module docstring.
+
+    ``budget`` bounds each operation's retries (default: ``config.max_attempts`` attempts per
+    request, 30 s per operation); ``page_size`` is ``MaxResults`` of each describe;
+    ``sleep`` and ``clock`` are injectable for tests.
+    """
+
+    name = "alibaba"
+
+    def __init__(
+        self,
+        config: AlibabaProviderConfig,
+        *,
+        budget: RetryBudget | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 20.0,
+        clock: Clock | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
+        self.config = config
+        self._budget = budget or RetryBudget(deadline_s=30.0, max_rounds=config.max_attempts)
+        self._page_size = page_size
+        self._clock: Clock = clock or _SystemClock()
+        self._sleep = sleep
+        endpoint, protocol = _split_endpoint(config.endpoint, config.protocol)
+        self._endpoint = endpoint
+        sdk_config = openapi_models.Config(
+            region_id=config.region,
+            endpoint=endpoint,
+            protocol=protocol,
+            # The default chain: env ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET, profiles, the RAM role.
+            credential=CredentialClient(),
+            connect_timeout=int(connect_timeout_s * 1000),
+            read_timeout=int(read_timeout_s * 1000),
+        )
+        self._client = EcsClient(sdk_config)
+
+    def __repr__(self) -> str:
+        # Deliberately names no credential (the provider holds none; the SDK resolves them per call).
+        return (f"AlibabaProvider(region={self.config.region!r}, endpoint={self._endpoint!r}, "
+                f"vswitches={self.config.vswitches!r})")
+
+    # ----------------------------------------------------------------------------- protocol
+    def list_instances(self, pool: str) -> list[Instance]:
+        """Every ECS instance tagged with ``pool`` (and managed by the autoscaler), all pages read."""
+        with self._budget.start("list_instances", sleep=self._sleep) as run:
+            return [self._to_instance(raw) for raw in self._describe(run, tags=self._pool_tags(pool))]
+
+    def launch(self, spec: LaunchSpec, count: int, client_token: str) -> LaunchResult:
+        """Make ``count`` instances tagged with ``client_token`` exist; return them and any shortfall.
+
+        Raises ``InsufficientCapacity`` when no type has stock in any vswitch and ``QuotaExceeded``
+        on a quota or account error, both only when no instance exists for the token;
+        ``TransientProviderError`` when throttling or 5xx outlive the budget (instances launched
+        before that are found by the next call with the same token); ``EcsError`` otherwise.
+        """
+        if count < 0:
+            raise ValueError("count cannot be negative")
+        if not spec.instance_types:
+            raise ValueError("spec.instance_types is empty")
+        tags = self._launch_tags(spec, client_token)
+        user_data = self._user_data(spec)
+        with self._budget.start("launch", sleep=self._sleep) as run:
+            have = [i for i in (self._to_instance(raw) for raw in self._describe(
+                run, tags={**self._pool_tags(spec.pool), TAG_LAUNCH_TOKEN: client_token}))
+                if i.state in (CloudState.PENDING, CloudState.RUNNING)]
+            if len(have) >= count:
+                return LaunchResult(instances=tuple(have))
+            image = spec.image or self.image_for_model_version(spec.model_version, run=run)
+            launched: list[tuple[str, str]] = []  # (instance id, instance type)
+            notes: list[str] = []
+            quota_error: EcsError | None = None
+            capacity_error: EcsError | None = None
+            for instance_type in spec.instance_types:
+                for vswitch in self.config.vswitches:
+                    need = count - len(have) - len(launched)
+                    if need <= 0 or quota_error is not None:
+                        break
+                    try:
+                        ids = self._run_instances(run, spec, image, instance_type, vswitch, need, tags,
+                                                  user_data, client_token, have=len(have) + len(launched))
+                    except EcsError as err:
+                        if is_capacity(err.code):
+                            notes.append(f"{instance_type} in {vswitch}: {err.code}")
+                            capacity_error = err
+                            logger.warning("ECS has no %s in %s for pool %s (%s); trying the next option",
+                                           instance_type, vswitch, spec.pool, err.code)
+                            continue
+                        if is_quota(err.code):
+                            notes.append(f"{instance_type} in {vswitch}: {err.code}")
+                            quota_error = err
+                            logger.warning("ECS quota stops the launch for pool %s: %s", spec.pool, err.code)
+                            break
+                        raise
+                    launched.extend((iid, instance_type) for iid in ids)
+                    if len(ids) < need:
+                        notes.append(f"{instance_type} in {vswitch}: {len(ids)} of {need} in stock")
+            new = self._launched_instances(run, launched, spec, image, client_token, tags)
+        instances = tuple(have) + tuple(new)
+        if len(instances) >= count:
+            return LaunchResult(instances=instances, notes=tuple(notes))
+        if quota_error is not None:
+            if not instances:
+                raise QuotaExceeded(f"ECS quota blocks launching for pool {spec.pool}: {quota_error}") \
+                    from quota_error
+            return LaunchResult(instances=instances, shortfall="quota", notes=tuple(notes))
+        if not instances:
+            raise InsufficientCapacity(
+                f"no stock for pool {spec.pool} in any of {list(spec.instance_types)} × "
+                f"{self.config.vswitches}: {'; '.join(notes)}",
+                instance_type=spec.instance_types[-1],
+            ) from capacity_error
+        return LaunchResult(instances=instances, shortfall="capacity", notes=tuple(notes))
+
+    def terminate(self, instance_ids: Sequence[str]) -> dict[str, TerminateOutcome]:
+        """Release each instance (``Force=true``), reporting ids ECS no longer knows as ALREADY_GONE."""
+        ids = list(dict.fromkeys(instance_ids))
+        outcomes: dict[str, TerminateOutcome] = {}
+        if not ids:
+            return outcomes
+        with self._budget.start("terminate", sleep=self._sleep) as run:
+            for start in range(0, len(ids), MAX_BATCH):
+                batch = ids[start:start + MAX_BATCH]
+                present = {raw.instance_id for raw in self._describe(run, ids=batch)}
+                for iid in batch:
+                    if iid not in present:
+                        outcomes[iid] = TerminateOutcome.ALREADY_GONE
+                live = [iid for iid in batch if iid in present]
+                if live:
+                    self._delete(run, live, outcomes)
+        logger.info("ECS terminate: %s", {iid: outcome.value for iid, outcome in outcomes.items()})
+        return {iid: outcomes[iid] for iid in ids}
+
+    # ----------------------------------------------------------------------------- images
+    def image_for_model_version(self, model_version: str, *, run: BudgetRun | None = None) -> str:
+        """The newest available custom image tagged ``autoscaler:model-version=<model_version>``.
+
+        Used by ``launch`` when ``spec.image`` is empty (a policy's
+        ``image.lookup_by_model_version``). Raises ``ProviderError`` when no image carries the tag.
+        """
+        if run is None:
+            with self._budget.start("image lookup", sleep=self._sleep) as own:
+                return self.image_for_model_version(model_version, run=own)
+        request = ecs_models.DescribeImagesRequest(
+            region_id=self.config.region, image_owner_alias="self", status="Available", page_size=MAX_PAGE_SIZE,
+            tag=[ecs_models.DescribeImagesRequestTag(key=TAG_MODEL_VERSION, value=model_version)],
+        )
+        body = self._call(run, "DescribeImages", lambda: self._client.describe_images(request)).body
+        images = list(body.images.image or []) if body.images else []
+        if not images:
+            raise ProviderError(f"no available ECS image tagged {TAG_MODEL_VERSION}={model_version} "
+                                f"in {self.config.region}")
+        newest = max(images, key=lambda img: parse_creation_time(img.creation_time) or datetime.min.replace(tzinfo=UTC))
+        return str(newest.image_id)
+
+    # ----------------------------------------------------------------------------- requests
+    def _call(self, run: BudgetRun, action: str, fn: Callable[[], T]) -> T:
+        """``fn()`` under the budget, with SDK errors turned into this package's errors."""
+        try:
+            return run.call(fn, is_transient=is_transient, what=action)
+        except BudgetExhausted:
+            raise
+        except AlibabaCloudException as exc:
+            code = str(exc.code or "Unknown")
+            if code == "InvalidCredentials":
+                raise ProviderError(_NO_CREDENTIALS) from exc
+            raise EcsError(f"ECS {action} failed: {code} (HTTP {exc.status_code}): {exc.message}",
+                           code=code, status=exc.status_code, request_id=exc.request_id) from exc
+        except UnretryableException as exc:
+            if isinstance(exc.inner_exception, CredentialException):
+                raise ProviderError(_NO_CREDENTIALS) from exc
+            raise ProviderError(f"ECS {action} failed: {exc}") from exc
+        except (TeaException, CredentialException) as exc:
+            raise ProviderError(f"ECS {action} failed: {exc}") from exc
+
+    def _describe(self, run: BudgetRun, *, tags: Mapping[str, str] | None = None,
+                  ids: Sequence[str] | None = None) -> Iterator[Any]:
+        """Every ``DescribeInstances`` result matching ``tags`` (all of them) and ``ids``, page by page."""
+        tag_filter = [ecs_models.DescribeInstancesRequestTag(key=k, value=v) for k, v in (tags or {}).items()]
+        token: str | None = None
+        seen_tokens: set[str] = set()
+        for _ in range(MAX_PAGES):
+            request = ecs_models.DescribeInstancesRequest(
+                region_id=self.config.region, max_results=self._page_size, next_token=token,
+                tag=tag_filter or None, instance_ids=json.dumps(list(ids)) if ids is not None else None,
+            )
+            body = self._call(run, "DescribeInstances", lambda r=request: self._client.describe_instances(r)).body
+            if body.instances and body.instances.instance:
+                yield from body.instances.instance
+            token = body.next_token or None
+            if token is None:
+                return
+            if token in seen_tokens:
+                raise ProviderError(f"ECS DescribeInstances returned the page token {token!r} twice")
+            seen_tokens.add(token)
+        raise ProviderError(f"ECS DescribeInstances did not finish within {MAX_PAGES} pages")
+
+    def _run_instances(self, run: BudgetRun, spec: LaunchSpec, image: str, instance_type: str,
+                       vswitch: str, need: int, tags: Mapping[str, str], user_data: str | None,
+                       client_token: str, *, have: int) -> list[str]:
+        """One ``RunInstances`` of up to ``need`` instances; returns the ids ECS made."""
+        amount = min(need, MAX_BATCH)
+        request = ecs_models.RunInstancesRequest(
+            region_id=self.config.region,
+            image_id=image,
+            instance_type=instance_type,
+            v_switch_id=vswitch,
+            security_group_id=self.config.security_group,
+            amount=amount,
+            # Whatever stock the zone has: the next vswitch is asked for the rest.
+            min_amount=1,
+            client_token=ecs_client_token(client_token, instance_type, vswitch, amount, have),
+            instance_name=f"autoscaler-{spec.pool}",
+            ram_role_name=self.config.ram_role,
+            key_pair_name=self.config.key_pair,
+            user_data=user_data,
+            tag=[ecs_models.RunInstancesRequestTag(key=k, value=v) for k, v in tags.items()],
+        )
+        body = self._call(run, "RunInstances", lambda: self._client.run_instances(request)).body
+        ids = [str(i) for i in (body.instance_id_sets.instance_id_set or [])] if body.instance_id_sets else []
+        logger.info("ECS launched %d of %d %s in %s for pool %s", len(ids), amount, instance_type, vswitch,
+                    spec.pool)
+        return ids
+
+    def _launched_instances(self, run: BudgetRun, launched: Sequence[tuple[str, str]], spec: LaunchSpec,
+                            image: str, client_token: str, tags: Mapping[str, str]) -> list[Instance]:
+        """The new instances as ECS describes them (PENDING placeholders for any not listed yet)."""
+        if not launched:
+            return []
+        ids = [iid for iid, _ in launched]
+        described: dict[str, Instance] = {}
+        for start in range(0, len(ids), MAX_BATCH):
+            for raw in self._describe(run, ids=ids[start:start + MAX_BATCH]):
+                described[raw.instance_id] = self._to_instance(raw)
+        now = self._clock.now()
+        return [
+            described.get(iid) or Instance(
+                id=iid, pool=spec.pool, instance_type=itype, model_version=spec.model_version,
+                launch_token=client_token, launched_at=now, state=CloudState.PENDING, port=spec.port,
+                image=image, tags=dict(tags),
+            )
+            for iid, itype in launched
+        ]
+
+    def _delete(self, run: BudgetRun, ids: list[str], outcomes: dict[str, TerminateOutcome]) -> None:
+        """``DeleteInstances`` (forced); an id gone since the describe is ALREADY_GONE."""
+        request = ecs_models.DeleteInstancesRequest(region_id=self.config.region, instance_id=ids, force=True)
+        try:
+            self._call(run, "DeleteInstances", lambda: self._client.delete_instances(request))
+        except EcsError as err:
+            if err.code not in NOT_FOUND_CODES:
+                raise
+            # One unknown id fails the whole batch on ECS: settle each id on its own.
+            if len(ids) == 1:
+                outcomes[ids[0]] = TerminateOutcome.ALREADY_GONE
+                return
+            for iid in ids:
+                self._delete(run, [iid], outcomes)
+            return
+        for iid in ids:
+            outcomes[iid] = TerminateOutcome.TERMINATING
+
+    # ----------------------------------------------------------------------------- mapping
+    @staticmethod
+    def _pool_tags(pool: str) -> dict[str, str]:
+        return {TAG_POOL: pool, TAG_MANAGED_BY: MANAGED_BY_VALUE}
+
+    @staticmethod
+    def _launch_tags(spec: LaunchSpec, client_token: str) -> dict[str, str]:
+        """The pool's own tags plus the autoscaler's (which win on a clash), checked against ECS's rules."""
+        tags = {**spec.tags, TAG_POOL: spec.pool, TAG_MODEL_VERSION: spec.model_version,
+                TAG_LAUNCH_TOKEN: client_token, TAG_PORT: str(spec.port), TAG_MANAGED_BY: MANAGED_BY_VALUE}
+        if len(tags) > MAX_TAGS:
+            raise ProviderError(f"ECS allows {MAX_TAGS} tags per instance; pool {spec.pool} would need {len(tags)}")
+        for key, value in tags.items():
+            if not key or len(key) > MAX_TAG_LENGTH or len(value) > MAX_TAG_LENGTH:
+                raise ProviderError(f"ECS tag {key!r}: keys need 1..128 characters and values at most 128")
+            if key.startswith(("aliyun", "acs:")):
+                raise ProviderError(f"ECS tag {key!r}: keys cannot start with 'aliyun' or 'acs:'")
+        return tags
+
+    @staticmethod
+    def _user_data(spec: LaunchSpec) -> str | None:
+        if spec.user_data is None:
+            return None
+        encoded = base64.b64encode(spec.user_data.encode()).decode()
+        if len(encoded) > MAX_USER_DATA:
+            raise ProviderError(f"user data of pool {spec.pool} is {len(encoded)} bytes in base64; "
+                                f"ECS accepts at most {MAX_USER_DATA}")
+        return encoded
+
+    def _to_instance(self, raw: Any) -> Instance:
+        """One ``DescribeInstances`` result as an ``Instance``."""
+        tag_list = raw.tags.tag if raw.tags and raw.tags.tag else []
+        tags = {str(t.tag_key): str(t.tag_value or "") for t in tag_list if t.tag_key}
+        state = ECS_STATES.get(raw.status)
+        if state is None:
+            # Not capacity, but still listed: the list must never hide a machine silently.
+            logger.warning("ECS instance %s has unknown status %r; treating it as stopping", raw.instance_id,
+                           raw.status)
+            state = CloudState.STOPPING
+        addresses: list[str] = []
+        vpc = raw.vpc_attributes
+        if vpc and vpc.private_ip_address and vpc.private_ip_address.ip_address:
+            addresses = list(vpc.private_ip_address.ip_address)
+        try:
+            port = int(tags.get(TAG_PORT, DEFAULT_PORT))
+        except ValueError:
+            port = DEFAULT_PORT
+        return Instance(
+            id=str(raw.instance_id),
+            pool=tags.get(TAG_POOL, ""),
+            instance_type=str(raw.instance_type),
+            model_version=tags.get(TAG_MODEL_VERSION, ""),
+            launch_token=tags.get(TAG_LAUNCH_TOKEN, ""),
+            launched_at=parse_creation_time(raw.creation_time) or self._clock.now(),
+            state=state,
+            address=addresses[0] if addresses else None,
+            port=port,
+            zone=raw.zone_id or None,
+            image=raw.image_id or None,
+            tags=tags,
+        )
+
+
+_NO_CREDENTIALS = (
+    "no Alibaba Cloud credentials: the SDK's default chain (ALIBABA_CLOUD_ACCESS_KEY_ID and "
+    "ALIBABA_CLOUD_ACCESS_KEY_SECRET, the credentials profile, the instance's RAM role) found none"
+)

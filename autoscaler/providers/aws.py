@@ -1,0 +1,516 @@
+"""The EC2 provider: launches and terminates a pool's GPU nodes through boto3.
+
+What a launch does (``AwsProvider.launch``):
+
+1. **Reconcile by tag.** Instances tagged ``autoscaler:launch-token=TOKEN`` (and the pool) that are
+   not terminated count toward ``count``; only the difference is launched. This is what makes a
+   retry or a controller restart safe even where EC2's own ``ClientToken`` cannot help (a new
+   parameter set, or moto, which ignores client tokens).
+2. **Resolve the image**: ``spec.image`` is an AMI id, or empty to use the newest available AMI
+   owned by ``config.image_owner`` and tagged ``autoscaler:model-version=spec.model_version`` (the
+   tag the Packer template in ``infra/image/`` writes).
+3. **Launch in order of preference**: for each instance type of the spec, for each subnet of the
+   config (one per zone), ``RunInstances`` with ``MinCount=1, MaxCount=missing`` so a partly
+   stocked zone still gives what it has. Each request carries an EC2 ``ClientToken`` derived from
+   the caller's token and the request's parameters (type, subnet, how many, how many existed), so
+   botocore's own retry of a request whose reply was lost returns the first reservation instead
+   of launching again.
+4. **Errors**: no stock (``InsufficientInstanceCapacity``, ``Unsupported``, ...) moves on to the
+   next subnet, then the next type; an unknown type skips that type; a quota error
+   (``InstanceLimitExceeded``, ``VcpuLimitExceeded``, ``MaxSpotInstanceCountExceeded``) stops the
+   launch at once. With nothing launched these raise ``InsufficientCapacity`` / ``QuotaExceeded``;
+   otherwise ``LaunchResult.shortfall`` says ``"capacity"`` or ``"quota"``.
+
+Instances and their volumes are tagged (``TagSpecifications``) with the pool, the model version,
+``managed-by``, the launch token, the serving port (``autoscaler:port``) and ``spec.tags``.
+``terminate`` refuses instances that lack ``managed-by=gpu-autoscaler``, so a bug upstream can
+never terminate a machine this controller did not launch.
+
+Throttling and 5xx are retried by botocore (standard mode, ``config.max_attempts`` attempts per
+request) inside a ``RetryBudget`` for the whole operation (see ``autoscaler.providers.retry``):
+a hook on botocore's ``needs-retry`` event refuses a retry whose backoff would overrun the
+deadline, and refuses to retry capacity and quota errors at all (EC2 sends
+``InsufficientInstanceCapacity`` as HTTP 500, which botocore would otherwise retry for seconds
+before we can try the next zone). Beyond the budget: ``TransientProviderError``.
+
+Credentials come only from boto3's standard chain (environment, shared config/profile, instance
+role); nothing here reads, stores or logs them. ``config.endpoint_url`` (else boto3's own
+``AWS_ENDPOINT_URL``) points the client elsewhere, e.g. at moto on loopback in tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+from botocore.awsrequest import AWSResponse, HTTPHeaders
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, TransientRetryableChecker
+
+from autoscaler.domain import (
+    MANAGED_BY_VALUE,
+    TAG_LAUNCH_TOKEN,
+    TAG_MANAGED_BY,
+    TAG_MODEL_VERSION,
+    TAG_POOL,
+    CloudState,
+    Instance,
+    LaunchResult,
+    LaunchSpec,
+    TerminateOutcome,
+)
+from autoscaler.errors import (
+    InsufficientCapacity,
+    PolicyError,
+    ProviderError,
+    QuotaExceeded,
+    TransientProviderError,
+)
+from autoscaler.policy.model import AwsProviderConfig, PoolPolicy
+from autoscaler.providers.retry import BudgetRun, RetryBudget, active_run
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.client import EC2Client
+    from mypy_boto3_ec2.type_defs import (
+        FilterTypeDef,
+        InstanceTypeDef,
+        RunInstancesRequestTypeDef,
+        TagTypeDef,
+    )
+    from mypy_boto3_ec2.type_defs import ReservationResponseTypeDef as RunInstancesReplyTypeDef
+
+T = TypeVar("T")
+
+#: Tag holding the port the node serves on, so ``list_instances`` can report it after a restart.
+TAG_PORT = "autoscaler:port"
+
+#: Instance states that count as the pool's machines (``shutting-down`` is already on its way out).
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+
+_STATES: Mapping[str, CloudState] = {
+    "pending": CloudState.PENDING,
+    "running": CloudState.RUNNING,
+    "stopping": CloudState.STOPPING,
+    # A stopped instance serves nothing and is not capacity; the controller replaces it.
+    "stopped": CloudState.STOPPING,
+    "shutting-down": CloudState.STOPPING,
+    "terminated": CloudState.TERMINATED,
+}
+
+#: No stock of this type in this zone/subnet right now: try the next subnet, then the next type.
+CAPACITY_CODES = frozenset({
+    "InsufficientInstanceCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientFreeAddressesInSubnet",
+    "Unsupported",
+})
+#: The type does not exist in this region (moto and EC2 spellings): skip the type, not just the zone.
+UNKNOWN_TYPE_CODES = frozenset({"InvalidInstanceType", "InvalidInstanceType.NotFound"})
+#: An account limit: no further scale-out this tick.
+QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded"})
+#: The instance id is not (or no longer) known to EC2.
+NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
+
+# EC2 accepts at most 200 values per filter; terminate in batches of the same size.
+_ID_BATCH = 200
+# EC2 ClientToken: at most 64 ASCII characters.
+_CLIENT_TOKEN_MAX = 64
+
+_THROTTLED = ThrottledRetryableChecker()
+_TRANSIENT = TransientRetryableChecker()
+
+
+# ------------------------------------------------------------------------------------ botocore helpers
+def error_code(exc: ClientError) -> str:
+    """The AWS error code of a ``ClientError`` (``""`` when the reply had none)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_transient_aws_error(exc: BaseException) -> bool:
+    """True for throttling, 5xx and connection failures: worth another try after a pause.
+
+    Uses botocore's own classification (the checkers of its standard retry mode), except that
+    capacity and quota codes are never transient even though EC2 sends some of them as HTTP 500.
+    """
+    if isinstance(exc, ClientError):
+        if error_code(exc) in CAPACITY_CODES | QUOTA_CODES:
+            return False
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        context = RetryContext(attempt_number=1, parsed_response=dict(exc.response),
+                               http_response=AWSResponse("", status, HTTPHeaders(), None))
+    elif isinstance(exc, BotoCoreError):
+        context = RetryContext(attempt_number=1, caught_exception=exc)
+    else:
+        return False
+    return bool(_THROTTLED.is_retryable(context) or _TRANSIENT.is_retryable(context))
+
+
+def _max_botocore_backoff(attempt: int) -> float:
+    # botocore's standard mode waits rand(0,1) * min(scale * 2**(attempt-1), 20) s before the next
+    # attempt, scale being 1 s for throttling (the larger case); this is that bound.
+    return float(min(2 ** max(attempt - 1, 0), 20))
+
+
+def install_budget_hooks(client: Any, no_retry_codes: Iterable[str] = ()) -> None:
+    """Make ``client``'s retries respect the active ``BudgetRun`` and skip ``no_retry_codes``.
+
+    Registers a handler on botocore's ``needs-retry.<service>`` event ahead of botocore's own retry
+    handler. Returning ``False`` there vetoes a retry: it does so for an error code in
+    ``no_retry_codes``, and when the longest backoff botocore could choose for this attempt would
+    end after the active run's deadline. Without an active run, botocore decides alone.
+    """
+    codes = frozenset(no_retry_codes)
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def guard(response: Any = None, attempts: int = 1, **_: Any) -> bool | None:
+        parsed = response[1] if isinstance(response, tuple) and len(response) == 2 else None
+        if isinstance(parsed, dict) and parsed.get("Error", {}).get("Code") in codes:
+            return False
+        run = active_run()
+        if run is not None and not run.allows_wait(_max_botocore_backoff(attempts)):
+            return False
+        return None
+
+    client.meta.events.register_first(f"needs-retry.{service}", guard, unique_id="autoscaler-budget-guard")
+
+
+def make_client(
+    session: boto3.Session,
+    service: str,
+    *,
+    region: str,
+    endpoint_url: str | None,
+    max_attempts: int,
+    no_retry_codes: Iterable[str] = (),
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 20.0,
+) -> Any:
+    """A boto3 client with standard-mode retries, bounded timeouts and the budget hooks installed.
+
+    ``endpoint_url=None`` leaves the endpoint to boto3 (its ``AWS_ENDPOINT_URL`` settings, else
+    AWS). Credentials are whatever ``session`` resolves through boto3's standard chain.
+    """
+    config = Config(
+        region_name=region,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        user_agent_extra="gpu-autoscaler",
+    )
+    client = session.client(service, region_name=region, endpoint_url=endpoint_url,  # type: ignore[call-overload]
+                            config=config)
+    install_budget_hooks(client, no_retry_codes)
+    return client
+
+
+def aws_call(run: BudgetRun, service: str, what: str, fn: Callable[[], T], *,
+             passthrough: Iterable[str] = ()) -> T:
+    """``fn()`` under ``run``'s budget, with boto errors mapped to the provider's error types.
+
+    Throttling/5xx beyond the budget raise ``TransientProviderError``; a ``ClientError`` whose code
+    is in ``passthrough`` is re-raised unchanged for the caller to handle; any other AWS or botocore
+    error becomes ``ProviderError``. All are chained to the SDK error.
+    """
+    codes = frozenset(passthrough)
+    try:
+        return run.call(fn, is_transient=is_transient_aws_error, what=what)
+    except TransientProviderError:
+        raise
+    except ClientError as exc:
+        if error_code(exc) in codes:
+            raise
+        raise ProviderError(f"{service} {what} failed: {error_code(exc)}: {_message(exc)}") from exc
+    except BotoCoreError as exc:
+        raise ProviderError(f"{service} {what} failed: {exc}") from exc
+
+
+def _message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
+
+
+def attempt_client_token(client_token: str, instance_type: str, subnet: str, count: int,
+                         existing: int) -> str:
+    """The EC2 ``ClientToken`` of one ``RunInstances`` request of a launch.
+
+    EC2 ties a client token to one parameter set (reusing it with other parameters is an
+    ``IdempotentParameterMismatch``), so each (type, subnet, count, already-existing) combination
+    gets its own token: a deterministic function of the caller's token, readable in the console.
+    """
+    digest = hashlib.sha256(
+        f"{client_token}|{instance_type}|{subnet}|{count}|{existing}".encode()
+    ).hexdigest()[:20]
+    prefix = client_token[: _CLIENT_TOKEN_MAX - len(digest) - 1]
+    return f"{prefix}-{digest}"
+
+
+def _tag_list(tags: Mapping[str, str]) -> list[TagTypeDef]:
+    return [{"Key": key, "Value": value} for key, value in sorted(tags.items())]
+
+
+def _batches(items: Sequence[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+# --------------------------------------------------------------------------------------------- provider
+class AwsProvider:
+    """A ``Provider`` on EC2 (see the module docstring for launch, retry and error behaviour).
+
+    ``session`` is the boto3 session to resolve credentials from (default: a new one, i.e. the
+    standard chain); ``budget`` bounds each operation. The EC2 client is ``self.client``, so tests
+    and tools can register botocore event handlers on it. Not meant for concurrent use from
+    several threads of one controller (the controller runs one tick at a time).
+    """
+
+    name = "aws"
+
+    def __init__(
+        self,
+        config: AwsProviderConfig,
+        *,
+        session: boto3.Session | None = None,
+        budget: RetryBudget | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 20.0,
+    ) -> None:
+        self.config = config
+        self.budget = budget or RetryBudget()
+        self._client: EC2Client = make_client(
+            session or boto3.Session(), "ec2", region=config.region, endpoint_url=config.endpoint_url,
+            max_attempts=config.max_attempts,
+            no_retry_codes=CAPACITY_CODES | QUOTA_CODES | UNKNOWN_TYPE_CODES,
+            connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s,
+        )
+
+    @classmethod
+    def for_policy(cls, policy: PoolPolicy, **options: Any) -> AwsProvider:
+        """The provider a pool policy with ``provider.kind: aws`` describes.
+
+        Raises ``PolicyError`` when the policy names another provider kind. ``options`` go to the
+        constructor (``session``, ``budget``, timeouts).
+        """
+        if not isinstance(policy.provider, AwsProviderConfig):
+            raise PolicyError(f"pool {policy.pool} uses the {policy.provider.kind!r} provider, not 'aws'")
+        return cls(policy.provider, **options)
+
+    @property
+    def client(self) -> EC2Client:
+        """The boto3 EC2 client (retries, timeouts and budget hooks installed)."""
+        return self._client
+
+    # ----------------------------------------------------------------------------- Provider protocol
+    def list_instances(self, pool: str) -> list[Instance]:
+        """Every pending, running, stopping or stopped instance tagged with ``pool``, oldest first.
+
+        All pages are read; a failure mid-way re-reads from the first page (never a partial list).
+        """
+        with self.budget.start("list_instances") as run:
+            raw = self._describe(run, [{"Name": f"tag:{TAG_POOL}", "Values": [pool]},
+                                       {"Name": "instance-state-name", "Values": list(LIVE_STATES)}])
+        return sorted((self._to_instance(r) for r in raw), key=lambda i: (i.launched_at, i.id))
+
+    def launch(self, spec: LaunchSpec, count: int, client_token: str) -> LaunchResult:
+        """Make ``count`` live instances carry ``client_token``; return them and any shortfall."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, not {count}")
+        if not client_token:
+            raise ValueError("a launch needs a client token")
+        with self.budget.start("launch") as run:
+            existing = self._describe(run, [
+                {"Name": f"tag:{TAG_LAUNCH_TOKEN}", "Values": [client_token]},
+                {"Name": f"tag:{TAG_POOL}", "Values": [spec.pool]},
+                {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
+            ])
+            have = [self._to_instance(r) for r in existing]
+            if len(have) >= count:
+                return LaunchResult(instances=tuple(have))
+            image = self._resolve_image(run, spec)
+            return self._launch_missing(run, spec, image, count, client_token, have)
+
+    def terminate(self, instance_ids: Sequence[str]) -> dict[str, TerminateOutcome]:
+        """Start terminating each id; ids EC2 does not know or already terminating are ALREADY_GONE.
+
+        Ids are looked up first (a filter, which ignores unknown ids, unlike ``TerminateInstances``
+        where one unknown id fails the whole batch). Raises ``ProviderError`` without terminating
+        anything when an id names an instance not tagged ``managed-by=gpu-autoscaler``.
+        """
+        ids = list(dict.fromkeys(instance_ids))
+        if not ids:
+            return {}
+        outcome = dict.fromkeys(ids, TerminateOutcome.ALREADY_GONE)
+        with self.budget.start("terminate") as run:
+            found: dict[str, InstanceTypeDef] = {}
+            for batch in _batches(ids, _ID_BATCH):
+                for raw in self._describe(run, [{"Name": "instance-id", "Values": batch}]):
+                    found[raw["InstanceId"]] = raw
+            foreign = sorted(iid for iid, raw in found.items()
+                             if self._tags(raw).get(TAG_MANAGED_BY) != MANAGED_BY_VALUE)
+            if foreign:
+                raise ProviderError(f"refusing to terminate instances not managed by {MANAGED_BY_VALUE}: "
+                                    f"{', '.join(foreign)}")
+            live = [iid for iid in ids
+                    if iid in found and found[iid].get("State", {}).get("Name") in LIVE_STATES]
+            for batch in _batches(live, _ID_BATCH):
+                for iid in self._terminate_batch(run, batch):
+                    outcome[iid] = TerminateOutcome.TERMINATING
+        return outcome
+
+    # ------------------------------------------------------------------------------------- launching
+    def _launch_missing(self, run: BudgetRun, spec: LaunchSpec, image: str, count: int, client_token: str,
+                        have: list[Instance]) -> LaunchResult:
+        tags = {**spec.tags, TAG_POOL: spec.pool, TAG_MODEL_VERSION: spec.model_version,
+                TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_LAUNCH_TOKEN: client_token, TAG_PORT: str(spec.port)}
+        launched: list[Instance] = []
+        notes: list[str] = []
+        last_capacity: ClientError | None = None
+        last_capacity_type: str | None = None
+        quota: ClientError | None = None
+        other: ClientError | None = None
+        for instance_type in spec.instance_types:
+            for subnet in self.config.subnets:
+                missing = count - len(have) - len(launched)
+                if missing <= 0 or quota is not None:
+                    break
+                request = self._run_request(spec, image, instance_type, subnet, missing, tags,
+                                            attempt_client_token(client_token, instance_type, subnet, missing,
+                                                                 len(have) + len(launched)))
+                try:
+                    reply = self._run_instances(run, request)
+                except ClientError as exc:
+                    code = error_code(exc)
+                    notes.append(f"{instance_type} in {subnet}: {code}: {_message(exc)}")
+                    if code in QUOTA_CODES:
+                        quota = exc
+                    elif code in CAPACITY_CODES:
+                        last_capacity, last_capacity_type = exc, instance_type
+                        continue
+                    else:  # unknown type: no other subnet will have it either
+                        other = exc
+                    break
+                got = [self._to_instance(raw, fallback_tags=tags) for raw in reply.get("Instances", [])]
+                launched.extend(got)
+                if len(got) < missing:
+                    notes.append(f"{instance_type} in {subnet}: {len(got)} of {missing} launched")
+            if quota is not None or count - len(have) - len(launched) <= 0:
+                break
+        instances = tuple(have + launched)
+        if len(instances) >= count:
+            return LaunchResult(instances=instances, notes=tuple(notes))
+        tried = "; ".join(notes)
+        if not instances:
+            if quota is not None:
+                raise QuotaExceeded(f"EC2 quota blocks launching {spec.pool}: {tried}") from quota
+            if last_capacity is not None:
+                raise InsufficientCapacity(f"no EC2 capacity for {spec.pool} in any type/subnet: {tried}",
+                                           instance_type=last_capacity_type) from last_capacity
+            raise ProviderError(f"no instance type of {spec.pool} can be launched: {tried}") from other
+        return LaunchResult(instances=instances, shortfall="quota" if quota is not None else "capacity",
+                            notes=tuple(notes))
+
+    def _run_instances(self, run: BudgetRun, request: RunInstancesRequestTypeDef) -> RunInstancesReplyTypeDef:
+        # Capacity, quota and unknown-type errors come back raw: the caller moves on from them.
+        return aws_call(run, "EC2", f"RunInstances({request['InstanceType']} in {request.get('SubnetId')})",
+                        lambda: self._client.run_instances(**request),
+                        passthrough=CAPACITY_CODES | QUOTA_CODES | UNKNOWN_TYPE_CODES)
+
+    def _run_request(self, spec: LaunchSpec, image: str, instance_type: str, subnet: str, count: int,
+                     tags: Mapping[str, str], token: str) -> RunInstancesRequestTypeDef:
+        request: RunInstancesRequestTypeDef = {
+            "ImageId": image,
+            "InstanceType": instance_type,  # type: ignore[typeddict-item]
+            "MinCount": 1,
+            "MaxCount": count,
+            "SubnetId": subnet,
+            "ClientToken": token,
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": _tag_list(tags)},
+                {"ResourceType": "volume", "Tags": _tag_list(tags)},
+            ],
+        }
+        if self.config.security_groups:
+            request["SecurityGroupIds"] = list(self.config.security_groups)
+        profile = self.config.instance_profile
+        if profile:
+            request["IamInstanceProfile"] = (
+                {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
+            )
+        if self.config.key_name:
+            request["KeyName"] = self.config.key_name
+        if spec.user_data is not None:
+            # boto3 base64-encodes RunInstances UserData itself.
+            request["UserData"] = spec.user_data
+        return request
+
+    def _resolve_image(self, run: BudgetRun, spec: LaunchSpec) -> str:
+        if spec.image:
+            return spec.image
+        owner = self.config.image_owner
+        reply = aws_call(run, "EC2", "DescribeImages", lambda: self._client.describe_images(
+            Owners=[owner],
+            Filters=[{"Name": f"tag:{TAG_MODEL_VERSION}", "Values": [spec.model_version]},
+                     {"Name": "state", "Values": ["available"]}],
+        ))
+        images = reply.get("Images", [])
+        if not images:
+            raise ProviderError(f"no available AMI owned by {owner!r} is tagged "
+                                f"{TAG_MODEL_VERSION}={spec.model_version} (pool {spec.pool})")
+        newest = max(images, key=lambda image: (image.get("CreationDate", ""), image.get("ImageId", "")))
+        return newest["ImageId"]
+
+    # ------------------------------------------------------------------------------------ inventory
+    def _describe(self, run: BudgetRun, filters: list[FilterTypeDef]) -> list[InstanceTypeDef]:
+        paginator = self._client.get_paginator("describe_instances")
+
+        def every_page() -> list[InstanceTypeDef]:
+            return [instance
+                    for page in paginator.paginate(Filters=filters)
+                    for reservation in page.get("Reservations", [])
+                    for instance in reservation.get("Instances", [])]
+
+        return aws_call(run, "EC2", "DescribeInstances", every_page)
+
+    def _terminate_batch(self, run: BudgetRun, ids: list[str]) -> list[str]:
+        try:
+            reply = aws_call(run, "EC2", "TerminateInstances",
+                             lambda: self._client.terminate_instances(InstanceIds=ids),
+                             passthrough=NOT_FOUND_CODES)
+        except ClientError:
+            # One of them vanished between the look-up and this call: the batch failed whole, so
+            # terminate the rest one by one (a single unknown id is simply already gone).
+            if len(ids) == 1:
+                return []
+            return [iid for single in ids for iid in self._terminate_batch(run, [single])]
+        return [t["InstanceId"] for t in reply.get("TerminatingInstances", []) if "InstanceId" in t]
+
+    @staticmethod
+    def _tags(raw: InstanceTypeDef) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in raw.get("Tags", []) if "Key" in t and "Value" in t}
+
+    def _to_instance(self, raw: InstanceTypeDef, fallback_tags: Mapping[str, str] | None = None) -> Instance:
+        # RunInstances replies may omit tags; the ones we asked for are then the truth.
+        tags = {**(fallback_tags or {}), **self._tags(raw)}
+        try:
+            port = int(tags.get(TAG_PORT, "7860"))
+        except ValueError:
+            port = 7860
+        launched = raw.get("LaunchTime") or datetime.now(UTC)
+        launched = launched.replace(tzinfo=UTC) if launched.tzinfo is None else launched.astimezone(UTC)
+        state = _STATES.get(str(raw.get("State", {}).get("Name", "pending")), CloudState.PENDING)
+        return Instance(
+            id=raw["InstanceId"],
+            pool=tags.get(TAG_POOL, ""),
+            instance_type=str(raw.get("InstanceType", "")),
+            model_version=tags.get(TAG_MODEL_VERSION, ""),
+            launch_token=tags.get(TAG_LAUNCH_TOKEN, ""),
+            launched_at=launched,
+            state=state,
+            address=raw.get("PrivateIpAddress"),
+            port=port,
+            zone=raw.get("Placement", {}).get("AvailabilityZone"),
+            image=raw.get("ImageId"),
+            tags=tags,
+        )

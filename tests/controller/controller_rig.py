@@ -1,0 +1,97 @@
+"""A controller wired to the recording fakes, with a clock the test moves (shared by the controller tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from autoscaler.balancers.fake import FakeBalancer
+from autoscaler.controller import Controller
+from autoscaler.domain import CloudState, Instance
+from autoscaler.metrics.fake import FakeMetricsSource
+from autoscaler.policy.model import PoolPolicy
+from autoscaler.providers.fake import FakeProvider
+from autoscaler.store import MemoryStore
+
+STREAMS_QUERY = "streams_per_node"
+
+POLICY = """
+pool: unit
+provider: {kind: local}
+launch:
+  model_version: v2
+  image: {id: img-v2}
+  instance_types: [{name: gpu, streams: 10, price_per_hour: 1.0, weight: 3}]
+balancer: {kind: none}
+health: {boot_timeout: 60s}
+drain: {timeout: 300s}
+scaling:
+  min_nodes: 1
+  max_nodes: 5
+  checks:
+    - {name: streams, type: target_tracking, query: streams_per_node, target: 7}
+  behavior:
+    scale_in: {stabilization: 0s}
+  on_missing_data: {after_ticks: 2, action: hold}
+"""
+
+
+class MovableClock:
+    """A clock that only moves when the test says so."""
+
+    def __init__(self) -> None:
+        self.at = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        """The current test instant."""
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        """Move forward."""
+        self.at += timedelta(seconds=seconds)
+
+
+@dataclass
+class FakeProbe:
+    """Health and active streams per instance id, set by the test."""
+
+    health: dict[str, bool] = field(default_factory=dict)
+    streams: dict[str, float] = field(default_factory=dict)
+
+    def healthy(self, instance: Instance) -> bool:
+        """What the test set (default: not healthy)."""
+        return self.health.get(instance.id, False)
+
+    def active_streams(self, instance: Instance) -> float | None:
+        """What the test set (default: unknown)."""
+        return self.streams.get(instance.id)
+
+
+@dataclass
+class Rig:
+    """Everything a controller test touches."""
+
+    controller: Controller
+    provider: FakeProvider
+    balancer: FakeBalancer
+    metrics: FakeMetricsSource
+    store: MemoryStore
+    probe: FakeProbe
+    clock: MovableClock
+    policy: PoolPolicy
+
+    def running(self) -> list[Instance]:
+        """The pool's instances, with every pending one moved to running with an address."""
+        for instance in self.provider.list_instances("unit"):
+            if instance.state == CloudState.PENDING:
+                self.provider.set_state(instance.id, CloudState.RUNNING)
+                self.provider.set_address(instance.id, "10.0.0.1", 7860)
+        return self.provider.list_instances("unit")
+
+    def serve(self, *ids: str) -> None:
+        """Mark instances healthy with zero streams."""
+        for instance_id in ids:
+            self.probe.health[instance_id] = True
+            self.probe.streams.setdefault(instance_id, 0)
+
+
