@@ -35,7 +35,9 @@ or logs them, and the SDK's own retries are left off so the budget above is the 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -66,10 +68,16 @@ from autoscaler.domain import (
     LaunchSpec,
     TerminateOutcome,
 )
-from autoscaler.errors import InsufficientCapacity, ProviderError, QuotaExceeded
-from autoscaler.policy.model import AlibabaProviderConfig
+from autoscaler.errors import (
+    InsufficientCapacity,
+    PolicyError,
+    ProviderError,
+    QuotaExceeded,
+    TransientProviderError,
+)
+from autoscaler.policy.model import AlibabaProviderConfig, PoolPolicy
 from autoscaler.protocols import Clock
-from autoscaler.providers.retry import BudgetExhausted, BudgetRun, RetryBudget
+from autoscaler.providers.retry import BudgetRun, RetryBudget
 
 logger = logging.getLogger(__name__)
 
@@ -98,19 +106,17 @@ ECS_STATES: Mapping[str, CloudState] = {
 
 #: Error codes worth another attempt besides every ``Throttling*`` code and every 5xx answer.
 TRANSIENT_CODES = frozenset({
-    "ServiceUnavailable", "InternalError", "UnknownError", "LastTokenProcessing",
-    "OperationConflict", "IncorrectStatus.CreatingInstance",
+    "ServiceUnavailable", "InternalError", "UnknownError", "LastTokenProcessing", "OperationConflict",
 })
 #: Codes that mean "this type is not available in this zone now": try the next vswitch, then type.
 CAPACITY_CODES = frozenset({
     "OperationDenied.NoStock", "Zone.NotOnSale", "Zone.NotOpen", "InvalidResourceType.NotSupported",
-    "InvalidVSwitchId.IpNotEnough", "ResourceNotAvailable", "OperationDenied.ZoneNotAvailable",
+    "InvalidVSwitchId.IpNotEnough",
 })
 CAPACITY_PREFIXES = ("InvalidInstanceType.",)
 #: Codes that mean the account may not launch more: stop scaling out this tick.
 QUOTA_CODES = frozenset({
-    "InvalidAccountStatus.NotEnoughBalance", "Account.Arrearage", "InvalidAccountStatus.Arrearage",
-    "OperationDenied.QuotaExceed",
+    "InvalidAccountStatus.NotEnoughBalance", "Account.Arrearage", "OperationDenied.QuotaExceed",
 })
 QUOTA_PREFIXES = ("QuotaExceed",)
 #: Codes ``DeleteInstances`` answers for ids ECS does not know (any more).
@@ -224,6 +230,17 @@ class AlibabaProvider:
         )
         self._client = EcsClient(sdk_config)
 
+    @classmethod
+    def for_policy(cls, policy: PoolPolicy, **options: Any) -> AlibabaProvider:
+        """The provider a pool policy with ``provider.kind: alibaba`` describes.
+
+        Raises ``PolicyError`` when the policy names another provider kind. ``options`` go to the
+        constructor (``budget``, ``page_size``, timeouts).
+        """
+        if not isinstance(policy.provider, AlibabaProviderConfig):
+            raise PolicyError(f"pool {policy.pool} uses the {policy.provider.kind!r} provider, not 'alibaba'")
+        return cls(policy.provider, **options)
+
     def __repr__(self) -> str:
         # Deliberately names no credential (the provider holds none; the SDK resolves them per call).
         return (f"AlibabaProvider(region={self.config.region!r}, endpoint={self._endpoint!r}, "
@@ -231,9 +248,13 @@ class AlibabaProvider:
 
     # ----------------------------------------------------------------------------- protocol
     def list_instances(self, pool: str) -> list[Instance]:
-        """Every ECS instance tagged with ``pool`` (and managed by the autoscaler), all pages read."""
+        """Every ECS instance tagged with ``pool`` and managed by the autoscaler (all pages), oldest first.
+
+        A failure on any page raises (``TransientProviderError`` or ``EcsError``): never a partial list.
+        """
         with self._budget.start("list_instances", sleep=self._sleep) as run:
-            return [self._to_instance(raw) for raw in self._describe(run, tags=self._pool_tags(pool))]
+            found = [self._to_instance(raw) for raw in self._describe(run, tags=self._pool_tags(pool))]
+        return sorted(found, key=lambda i: (i.launched_at, i.id))
 
     def launch(self, spec: LaunchSpec, count: int, client_token: str) -> LaunchResult:
         """Make ``count`` instances tagged with ``client_token`` exist; return them and any shortfall.
@@ -260,13 +281,12 @@ class AlibabaProvider:
             notes: list[str] = []
             quota_error: EcsError | None = None
             capacity_error: EcsError | None = None
-            for instance_type in spec.instance_types:
-                for vswitch in self.config.vswitches:
-                    need = count - len(have) - len(launched)
-                    if need <= 0 or quota_error is not None:
-                        break
+            # Types in the pool's order of preference, and for each type the vswitches (zones) in order.
+            for instance_type, vswitch in itertools.product(spec.instance_types, self.config.vswitches):
+                while (need := count - len(have) - len(launched)) > 0:
+                    amount = min(need, MAX_BATCH)
                     try:
-                        ids = self._run_instances(run, spec, image, instance_type, vswitch, need, tags,
+                        ids = self._run_instances(run, spec, image, instance_type, vswitch, amount, tags,
                                                   user_data, client_token, have=len(have) + len(launched))
                     except EcsError as err:
                         if is_capacity(err.code):
@@ -274,7 +294,7 @@ class AlibabaProvider:
                             capacity_error = err
                             logger.warning("ECS has no %s in %s for pool %s (%s); trying the next option",
                                            instance_type, vswitch, spec.pool, err.code)
-                            continue
+                            break
                         if is_quota(err.code):
                             notes.append(f"{instance_type} in {vswitch}: {err.code}")
                             quota_error = err
@@ -282,8 +302,11 @@ class AlibabaProvider:
                             break
                         raise
                     launched.extend((iid, instance_type) for iid in ids)
-                    if len(ids) < need:
-                        notes.append(f"{instance_type} in {vswitch}: {len(ids)} of {need} in stock")
+                    if len(ids) < amount:
+                        notes.append(f"{instance_type} in {vswitch}: {len(ids)} of {amount} in stock")
+                        break
+                if quota_error is not None or count - len(have) - len(launched) <= 0:
+                    break
             new = self._launched_instances(run, launched, spec, image, client_token, tags)
         instances = tuple(have) + tuple(new)
         if len(instances) >= count:
@@ -331,7 +354,8 @@ class AlibabaProvider:
             with self._budget.start("image lookup", sleep=self._sleep) as own:
                 return self.image_for_model_version(model_version, run=own)
         request = ecs_models.DescribeImagesRequest(
-            region_id=self.config.region, image_owner_alias="self", status="Available", page_size=MAX_PAGE_SIZE,
+            region_id=self.config.region, image_owner_alias="self", status="Available",
+            page_size=MAX_PAGE_SIZE,
             tag=[ecs_models.DescribeImagesRequestTag(key=TAG_MODEL_VERSION, value=model_version)],
         )
         body = self._call(run, "DescribeImages", lambda: self._client.describe_images(request)).body
@@ -339,7 +363,8 @@ class AlibabaProvider:
         if not images:
             raise ProviderError(f"no available ECS image tagged {TAG_MODEL_VERSION}={model_version} "
                                 f"in {self.config.region}")
-        newest = max(images, key=lambda img: parse_creation_time(img.creation_time) or datetime.min.replace(tzinfo=UTC))
+        oldest = datetime.min.replace(tzinfo=UTC)
+        newest = max(images, key=lambda img: parse_creation_time(img.creation_time) or oldest)
         return str(newest.image_id)
 
     # ----------------------------------------------------------------------------- requests
@@ -347,7 +372,7 @@ class AlibabaProvider:
         """``fn()`` under the budget, with SDK errors turned into this package's errors."""
         try:
             return run.call(fn, is_transient=is_transient, what=action)
-        except BudgetExhausted:
+        except TransientProviderError:  # the budget ran out on a transient error: already typed
             raise
         except AlibabaCloudException as exc:
             code = str(exc.code or "Unknown")
@@ -373,7 +398,8 @@ class AlibabaProvider:
                 region_id=self.config.region, max_results=self._page_size, next_token=token,
                 tag=tag_filter or None, instance_ids=json.dumps(list(ids)) if ids is not None else None,
             )
-            body = self._call(run, "DescribeInstances", lambda r=request: self._client.describe_instances(r)).body
+            describe = functools.partial(self._client.describe_instances, request)
+            body = self._call(run, "DescribeInstances", describe).body
             if body.instances and body.instances.instance:
                 yield from body.instances.instance
             token = body.next_token or None
@@ -385,10 +411,9 @@ class AlibabaProvider:
         raise ProviderError(f"ECS DescribeInstances did not finish within {MAX_PAGES} pages")
 
     def _run_instances(self, run: BudgetRun, spec: LaunchSpec, image: str, instance_type: str,
-                       vswitch: str, need: int, tags: Mapping[str, str], user_data: str | None,
+                       vswitch: str, amount: int, tags: Mapping[str, str], user_data: str | None,
                        client_token: str, *, have: int) -> list[str]:
-        """One ``RunInstances`` of up to ``need`` instances; returns the ids ECS made."""
-        amount = min(need, MAX_BATCH)
+        """One ``RunInstances`` of up to ``amount`` (at most 100) instances; returns the ids ECS made."""
         request = ecs_models.RunInstancesRequest(
             region_id=self.config.region,
             image_id=image,
@@ -460,7 +485,9 @@ class AlibabaProvider:
         tags = {**spec.tags, TAG_POOL: spec.pool, TAG_MODEL_VERSION: spec.model_version,
                 TAG_LAUNCH_TOKEN: client_token, TAG_PORT: str(spec.port), TAG_MANAGED_BY: MANAGED_BY_VALUE}
         if len(tags) > MAX_TAGS:
-            raise ProviderError(f"ECS allows {MAX_TAGS} tags per instance; pool {spec.pool} would need {len(tags)}")
+            raise ProviderError(
+                f"ECS allows {MAX_TAGS} tags per instance; pool {spec.pool} would need {len(tags)}"
+            )
         for key, value in tags.items():
             if not key or len(key) > MAX_TAG_LENGTH or len(value) > MAX_TAG_LENGTH:
                 raise ProviderError(f"ECS tag {key!r}: keys need 1..128 characters and values at most 128")

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -256,6 +257,23 @@ def _batches(items: Sequence[str], size: int) -> Iterable[list[str]]:
         yield list(items[start:start + size])
 
 
+@dataclass
+class _Progress:
+    """What one ``launch`` has done so far, across types and subnets."""
+
+    count: int
+    have: list[Instance]
+    launched: list[Instance] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    quota: ClientError | None = None
+    capacity: ClientError | None = None
+    capacity_type: str | None = None
+    other: ClientError | None = None
+
+    def missing(self) -> int:
+        return self.count - len(self.have) - len(self.launched)
+
+
 # --------------------------------------------------------------------------------------------- provider
 class AwsProvider:
     """A ``Provider`` on EC2 (see the module docstring for launch, retry and error behaviour).
@@ -364,52 +382,66 @@ class AwsProvider:
                         have: list[Instance]) -> LaunchResult:
         tags = {**spec.tags, TAG_POOL: spec.pool, TAG_MODEL_VERSION: spec.model_version,
                 TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_LAUNCH_TOKEN: client_token, TAG_PORT: str(spec.port)}
-        launched: list[Instance] = []
-        notes: list[str] = []
-        last_capacity: ClientError | None = None
-        last_capacity_type: str | None = None
-        quota: ClientError | None = None
-        other: ClientError | None = None
+        progress = _Progress(count=count, have=have)
         for instance_type in spec.instance_types:
             for subnet in self.config.subnets:
-                missing = count - len(have) - len(launched)
-                if missing <= 0 or quota is not None:
+                if progress.missing() <= 0 or progress.quota is not None:
                     break
-                request = self._run_request(spec, image, instance_type, subnet, missing, tags,
-                                            attempt_client_token(client_token, instance_type, subnet, missing,
-                                                                 len(have) + len(launched)))
-                try:
-                    reply = self._run_instances(run, request)
-                except ClientError as exc:
-                    code = error_code(exc)
-                    notes.append(f"{instance_type} in {subnet}: {code}: {_message(exc)}")
-                    if code in QUOTA_CODES:
-                        quota = exc
-                    elif code in CAPACITY_CODES:
-                        last_capacity, last_capacity_type = exc, instance_type
-                        continue
-                    else:  # unknown type: no other subnet will have it either
-                        other = exc
-                    break
-                got = [self._to_instance(raw, fallback_tags=tags) for raw in reply.get("Instances", [])]
-                launched.extend(got)
-                if len(got) < missing:
-                    notes.append(f"{instance_type} in {subnet}: {len(got)} of {missing} launched")
-            if quota is not None or count - len(have) - len(launched) <= 0:
+                if not self._fill(run, spec, image, instance_type, subnet, tags, client_token, progress):
+                    break  # this type cannot be launched anywhere (or a quota stopped everything)
+            if progress.missing() <= 0 or progress.quota is not None:
                 break
-        instances = tuple(have + launched)
+        instances = tuple(have + progress.launched)
+        notes = tuple(progress.notes)
         if len(instances) >= count:
-            return LaunchResult(instances=instances, notes=tuple(notes))
+            return LaunchResult(instances=instances, notes=notes)
         tried = "; ".join(notes)
         if not instances:
-            if quota is not None:
-                raise QuotaExceeded(f"EC2 quota blocks launching {spec.pool}: {tried}") from quota
-            if last_capacity is not None:
+            if progress.quota is not None:
+                raise QuotaExceeded(f"EC2 quota blocks launching {spec.pool}: {tried}") from progress.quota
+            if progress.capacity is not None:
                 raise InsufficientCapacity(f"no EC2 capacity for {spec.pool} in any type/subnet: {tried}",
-                                           instance_type=last_capacity_type) from last_capacity
-            raise ProviderError(f"no instance type of {spec.pool} can be launched: {tried}") from other
-        return LaunchResult(instances=instances, shortfall="quota" if quota is not None else "capacity",
-                            notes=tuple(notes))
+                                           instance_type=progress.capacity_type) from progress.capacity
+            raise ProviderError(f"no instance type of {spec.pool} can be launched: {tried}") \
+                from progress.other
+        shortfall = "quota" if progress.quota is not None else "capacity"
+        return LaunchResult(instances=instances, shortfall=shortfall, notes=notes)
+
+    def _fill(self, run: BudgetRun, spec: LaunchSpec, image: str, instance_type: str, subnet: str,
+              tags: Mapping[str, str], client_token: str, progress: _Progress) -> bool:
+        """Launch what ``subnet`` has of ``instance_type``, up to what is missing.
+
+        Returns False when the next subnet need not be tried with this type (unknown type, quota).
+        Each request asks for ``MinCount=1, MaxCount=missing``; a reply with fewer instances is
+        followed by a request for the rest in the same subnet, which EC2 answers with
+        ``InsufficientInstanceCapacity`` when the zone is out (moto launches ``MinCount`` only, so
+        there this loop is what fills the count). Each round launches at least one instance, so
+        the loop ends within ``missing`` requests.
+        """
+        while (missing := progress.missing()) > 0:
+            existing = len(progress.have) + len(progress.launched)
+            request = self._run_request(spec, image, instance_type, subnet, missing, tags,
+                                        attempt_client_token(client_token, instance_type, subnet, missing,
+                                                             existing))
+            try:
+                reply = self._run_instances(run, request)
+            except ClientError as exc:
+                code = error_code(exc)
+                progress.notes.append(f"{instance_type} in {subnet}: {code}: {_message(exc)}")
+                if code in QUOTA_CODES:
+                    progress.quota = exc
+                    return False
+                if code in CAPACITY_CODES:
+                    progress.capacity, progress.capacity_type = exc, instance_type
+                    return True
+                progress.other = exc  # an unknown type: no other subnet has it either
+                return False
+            got = [self._to_instance(raw, fallback_tags=tags) for raw in reply.get("Instances", [])]
+            if not got:
+                progress.notes.append(f"{instance_type} in {subnet}: EC2 launched none of {missing}")
+                return True
+            progress.launched.extend(got)
+        return True
 
     def _run_instances(self, run: BudgetRun, request: RunInstancesRequestTypeDef) -> RunInstancesReplyTypeDef:
         # Capacity, quota and unknown-type errors come back raw: the caller moves on from them.

@@ -7,9 +7,12 @@ How each source becomes arrivals per second (``scale`` s):
   fraction (``s ≥ 1``), so the trace's own burstiness is kept;
 - rates (a coarser or fractional csv, Prometheus ``kind: arrivals``): Poisson arrivals at
   ``rate × s`` per second;
-- ServeGen windows: a renewal process per client and window with the window's law (Gamma, Weibull;
-  its shape sets the burstiness) stretched so its mean gap is ``1 / (rate × s)``: the window's rate
-  is authoritative and the scaled process keeps the trace's CV (thinning would make it Poisson).
+- ServeGen windows: a renewal process per client and window with the window's law (Gamma or
+  Weibull) and a mean gap of ``1 / (rate × s)``: the window's rate is authoritative. Scaling down
+  is thinning (each request kept with probability s), and a thinned renewal process has gaps whose
+  squared CV is ``1 + s (CV² − 1)``; the law's shape is re-fitted to that CV (exactly the Gamma
+  shape ``1 / CV²``; the Weibull shape by interpolation), so a trace scaled far down becomes nearly
+  Poisson, as thinning makes it. Scaling up (s > 1) keeps the law's shape.
 
 Each arrival draws a service time (``workload.ServiceLaw``) and holds one stream from its second for
 that many seconds; concurrency per second comes from difference arrays (``bincount`` of starts and
@@ -159,7 +162,9 @@ class _ServeGen(_ArrivalSource):
         t = self.trace
         first = (lo // t.window_s) * t.window_s
         chosen = (t.starts >= first) & (t.starts < hi) & (t.rates > 0)
-        times = renewal_arrivals(t.starts[chosen], t.rates[chosen] * scale, t.laws[chosen], t.shapes[chosen],
+        laws = t.laws[chosen]
+        times = renewal_arrivals(t.starts[chosen], t.rates[chosen] * scale, laws,
+                                 thinned_shapes(laws, t.shapes[chosen], min(scale, 1.0)),
                                  window_s=t.window_s, rng=rng)
         seconds = np.floor(times).astype(np.int64)
         seconds = seconds[(seconds >= lo) & (seconds < hi)] - lo
@@ -179,6 +184,37 @@ def _law_draws(laws: NDArray[np.int8], shapes: NDArray[np.float64], rng: np.rand
         out[weibull] = rng.weibull(shapes[weibull])
     if other.any():
         out[other] = rng.exponential(1.0, int(other.sum()))
+    return out
+
+
+def _weibull_cv2(shapes: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Squared coefficient of variation of Weibull(k): Γ(1 + 2/k) / Γ(1 + 1/k)² − 1."""
+    lg = np.vectorize(math.lgamma, otypes=[np.float64])
+    out: NDArray[np.float64] = np.expm1(lg(1.0 + 2.0 / shapes) - 2.0 * lg(1.0 + 1.0 / shapes))
+    return out
+
+
+#: Weibull shapes and their squared CVs (decreasing in the shape), for inverting CV → shape.
+_WEIBULL_SHAPES = np.geomspace(0.05, 50.0, 2000)
+_WEIBULL_CV2 = _weibull_cv2(_WEIBULL_SHAPES)
+
+
+def thinned_shapes(laws: NDArray[np.int8], shapes: NDArray[np.float64], keep: float) -> NDArray[np.float64]:
+    """The law shapes whose gaps have the squared CV of the renewal process thinned to ``keep``.
+
+    Thinning by p turns gaps of mean m and squared CV c² into a geometric sum with mean m / p and
+    squared CV ``1 + p (c² − 1)``. Gamma(k) has c² = 1/k; a Weibull's c² is inverted on a grid.
+    """
+    if keep >= 1.0:
+        return shapes
+    out = shapes.copy()
+    gamma = laws == LAW_GAMMA
+    out[gamma] = 1.0 / (1.0 + keep * (1.0 / shapes[gamma] - 1.0))
+    weibull = laws == LAW_WEIBULL
+    if weibull.any():
+        cv2 = 1.0 + keep * (_weibull_cv2(shapes[weibull]) - 1.0)
+        # np.interp needs increasing x: the grid's CV² decreases with the shape, so reverse both.
+        out[weibull] = np.interp(cv2, _WEIBULL_CV2[::-1], _WEIBULL_SHAPES[::-1])
     return out
 
 
@@ -205,7 +241,8 @@ def renewal_arrivals(
     round about the expected number plus three standard deviations, so the work is vectorised.
     """
     laws = np.where(laws == LAW_NONE, LAW_EXPONENTIAL, laws).astype(np.int8)
-    factor = 1.0 / (rates * _law_means(laws, shapes))
+    denominator = rates * _law_means(laws, shapes)
+    factor = np.divide(1.0, denominator, out=np.zeros_like(denominator), where=denominator > 0)
     position = np.zeros(len(starts), dtype=np.float64)
     active = np.flatnonzero(rates > 0)
     found: list[NDArray[np.float64]] = []

@@ -160,58 +160,85 @@ def _servegen_members(path: Path, model: str) -> Iterator[tuple[str, bytes]]:
         for file in found:
             yield str(file), file.read_bytes()
         return
+    # Read members in archive order (seeking back in a gzip stream decompresses it again), then
+    # hand them out sorted by name so the result does not depend on the archive's order.
+    found_members: list[tuple[str, bytes]] = []
     with tarfile.open(path, "r:*") as archive:
-        for member in sorted(archive.getmembers(), key=lambda m: m.name):
+        for member in archive:
             if member.isfile() and fnmatch.fnmatch("/" + member.name, pattern):
                 handle = archive.extractfile(member)
                 assert handle is not None
-                yield f"{path}:{member.name}", handle.read()
+                found_members.append((f"{path}:{member.name}", handle.read()))
+    yield from sorted(found_members)
+
+
+def _servegen_rows_slow(name: str, text: str) -> None:
+    """Find the first bad row of a ServeGen file and raise ``ScenarioError`` naming it."""
+    for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row:
+            continue
+        if len(row) != 6:
+            raise ScenarioError(f"{name}:{line_no}: expected 6 columns "
+                                f"(window_start_s,rate,cv,pattern,param1,param2), found {len(row)}")
+        try:
+            start, rate = float(row[0]), float(row[1])
+            shape = float(row[4]) if row[4].strip() else 0.0
+        except ValueError as exc:
+            raise ScenarioError(f"{name}:{line_no}: not a number in {','.join(row)[:80]!r}") from exc
+        law = _LAWS.get(row[3].strip().lower())
+        if law is None:
+            raise ScenarioError(f"{name}:{line_no}: unknown inter-arrival law {row[3]!r} "
+                                "(expected Gamma, Weibull or Exponential)")
+        if not (math.isfinite(start) and math.isfinite(rate)) or start < 0 or rate < 0:
+            raise ScenarioError(f"{name}:{line_no}: window start and rate must be finite and >= 0")
+        if rate > 0 and law in (LAW_GAMMA, LAW_WEIBULL) and not (math.isfinite(shape) and shape > 0):
+            raise ScenarioError(f"{name}:{line_no}: the {row[3]} shape {row[4]!r} must be positive")
+    raise ScenarioError(f"{name}: malformed rows")  # pragma: no cover - the fast path found a problem
+
+
+def _servegen_rows(name: str, text: str) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int8],
+                                                   NDArray[np.float64]]:
+    """One client file's columns, parsed in bulk by numpy; a bad row is found and named by the slow path."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    cells = np.array([c.strip() for line in lines for c in line.split(",")], dtype=object)
+    if len(cells) != 6 * len(lines):
+        _servegen_rows_slow(name, text)
+    table = cells.reshape(len(lines), 6) if lines else cells.reshape(0, 6)
+    try:
+        starts = table[:, 0].astype(np.float64)
+        rates = table[:, 1].astype(np.float64)
+        shapes = np.where(table[:, 4] == "", "0", table[:, 4]).astype(np.float64)
+    except ValueError:
+        _servegen_rows_slow(name, text)
+        raise  # pragma: no cover - the slow path always raises
+    names = np.char.lower(table[:, 3].astype(str))
+    laws = np.full(len(lines), -1, dtype=np.int8)
+    for law_name, code in _LAWS.items():
+        laws[names == law_name] = code
+    bad = (laws < 0) | ~np.isfinite(starts) | ~np.isfinite(rates) | (starts < 0) | (rates < 0)
+    shaped = (rates > 0) & ((laws == LAW_GAMMA) | (laws == LAW_WEIBULL))
+    bad |= shaped & ~(np.isfinite(shapes) & (shapes > 0))
+    if bad.any():
+        _servegen_rows_slow(name, text)
+    laws[rates == 0] = LAW_NONE
+    return starts.astype(np.int64), rates, laws, shapes
 
 
 def read_servegen(path: Path, model: str) -> ServeGenTrace:
     """Every client's windows of ``model`` from a ServeGen folder or archive."""
-    starts: list[int] = []
-    rates: list[float] = []
-    laws: list[int] = []
-    shapes: list[float] = []
-    files = 0
+    columns: list[tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int8], NDArray[np.float64]]] = []
     try:
         for name, data in _servegen_members(path, model):
-            files += 1
-            text = data.decode("utf-8", "replace")
-            for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-                if not row:
-                    continue
-                if len(row) != 6:
-                    raise ScenarioError(f"{name}:{line_no}: expected 6 columns "
-                                        f"(window_start_s,rate,cv,pattern,param1,param2), found {len(row)}")
-                try:
-                    start = float(row[0])
-                    rate = float(row[1])
-                    shape = float(row[4]) if row[4].strip() else 0.0
-                except ValueError as exc:
-                    raise ScenarioError(f"{name}:{line_no}: not a number in {','.join(row)[:80]!r}") from exc
-                law = _LAWS.get(row[3].strip().lower())
-                if law is None:
-                    raise ScenarioError(f"{name}:{line_no}: unknown inter-arrival law {row[3]!r} "
-                                        "(expected Gamma, Weibull or Exponential)")
-                if not (math.isfinite(start) and math.isfinite(rate)) or start < 0 or rate < 0:
-                    raise ScenarioError(f"{name}:{line_no}: window start and rate must be finite and >= 0")
-                if rate > 0 and law in (LAW_GAMMA, LAW_WEIBULL) and not (math.isfinite(shape) and shape > 0):
-                    raise ScenarioError(f"{name}:{line_no}: the {row[3]} shape {row[4]!r} must be positive")
-                starts.append(int(start))
-                rates.append(rate)
-                laws.append(law if rate > 0 else LAW_NONE)
-                shapes.append(shape)
+            columns.append(_servegen_rows(name, data.decode("utf-8", "replace")))
     except ScenarioError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
             raise _open_error(path, exc) from exc
         raise ScenarioError(f"{path}: not a readable ServeGen archive: {exc or type(exc).__name__}") from exc
-    if not files:
+    if not columns:
         raise ScenarioError(f"{path}: no data/*/{model}/chunk-*-trace.csv files for model {model!r}")
-    start_arr = np.array(starts, dtype=np.int64)
+    start_arr = np.concatenate([c[0] for c in columns])
     unique = np.unique(start_arr)
     steps = np.unique(np.diff(unique))
     if len(unique) < 2 or len(steps) != 1:
@@ -221,8 +248,9 @@ def read_servegen(path: Path, model: str) -> ServeGenTrace:
     if int(unique[0]) % window:
         raise ScenarioError(f"{path}: windows of model {model!r} do not start at a multiple of {window} s")
     return ServeGenTrace(window_s=window, length_s=int(unique[-1]) + window, starts=start_arr,
-                         rates=np.array(rates, dtype=np.float64), laws=np.array(laws, dtype=np.int8),
-                         shapes=np.array(shapes, dtype=np.float64), clients=files)
+                         rates=np.concatenate([c[1] for c in columns]),
+                         laws=np.concatenate([c[2] for c in columns]),
+                         shapes=np.concatenate([c[3] for c in columns]), clients=len(columns))
 
 
 # -------------------------------------------------------------------------------------------- azure

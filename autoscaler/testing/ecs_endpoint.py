@@ -14,7 +14,8 @@ type and zone filters; ``PageNumber``/``PageSize`` or ``NextToken``/``MaxResults
 ``DeleteInstances`` (``Force``; an unknown id fails the whole call with
 ``InvalidInstanceId.NotFound`` like ECS does) and ``DescribeImages`` (tag filter, images added
 with ``add_image``). Instance state lives in memory: Pending for ``pending_s``, then Running;
-a deleted instance is Stopping for ``release_s`` and then gone.
+a deleted instance is Stopping for ``release_s`` and then gone. ``visibility_delay_s`` hides a new
+instance from ``DescribeInstances`` for a while, the eventual consistency ECS shows after a launch.
 
 Tests inject failures with ``inject`` (``Throttling.User`` twice, ``OperationDenied.NoStock``
 for one instance type, ...), limit capacity with ``set_stock`` and ``max_instances``, and read
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -42,11 +44,11 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -67,7 +69,7 @@ MAX_TAGS = 20
 MAX_USER_DATA = 32768
 
 #: Statuses a delete may act on without ``Force``.
-_DELETABLE_WITHOUT_FORCE = {"Stopped", "Pending"}
+_DELETABLE_WITHOUT_FORCE = {"Stopped", "Stopping"}
 
 
 class EcsApiError(Exception):
@@ -218,7 +220,9 @@ class EcsEndpoint:
 
     ``vswitches`` maps each vswitch id to its zone; a ``RunInstances`` naming another vswitch
     fails with ``InvalidVSwitchId.NotFound``. ``max_instances`` is the account's instance quota
-    (live instances, deleting ones included). All methods are thread-safe.
+    (live instances, deleting ones included): a ``RunInstances`` that would pass it fails whole
+    with ``QuotaExceed.ElasticQuota``. ``credentials`` (access key id → secret), when given,
+    makes the endpoint verify every signature. All methods are thread-safe.
     """
 
     def __init__(
@@ -228,6 +232,7 @@ class EcsEndpoint:
         vswitches: Mapping[str, str] | None = None,
         pending_s: float = 0.0,
         release_s: float = 0.0,
+        visibility_delay_s: float = 0.0,
         max_instances: int | None = None,
         credentials: Mapping[str, str] | None = None,
         address_network: str = "127.100.0.0/16",
@@ -240,6 +245,7 @@ class EcsEndpoint:
         )
         self.pending_s = pending_s
         self.release_s = release_s
+        self.visibility_delay_s = visibility_delay_s
         self.max_instances = max_instances
         self._credentials = dict(credentials) if credentials is not None else None
         self._host = host
@@ -255,6 +261,8 @@ class EcsEndpoint:
         self._addresses = ipaddress.ip_network(address_network).hosts()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Open keep-alive connections, closed by stop() so no handler thread outlives the endpoint.
+        self._connections: set[socket.socket] = set()
 
     # ------------------------------------------------------------------------------- lifecycle
     def start(self) -> EcsEndpoint:
@@ -270,12 +278,17 @@ class EcsEndpoint:
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port (waits at most 5 s for the serving thread)."""
+        """Stop serving, close open connections and release the port (waits at most 5 s)."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
         if server is not None:
             server.shutdown()
             server.server_close()
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         if thread is not None:
             thread.join(timeout=5.0)
 
@@ -302,6 +315,17 @@ class EcsEndpoint:
     def url(self) -> str:
         """``http://host:port``."""
         return f"http://{self.endpoint}"
+
+    def sdk_client(self) -> Any:
+        """A real ``alibabacloud_ecs20140526`` client of this endpoint (http, default credential chain)."""
+        from alibabacloud_credentials.client import Client as CredentialClient  # only tests need the SDK here
+        from alibabacloud_ecs20140526.client import Client as EcsClient
+        from alibabacloud_tea_openapi import models as openapi_models
+
+        return EcsClient(openapi_models.Config(
+            region_id=self.region, endpoint=self.endpoint, protocol="http", credential=CredentialClient(),
+            connect_timeout=5000, read_timeout=5000,
+        ))
 
     # ------------------------------------------------------------------------------- test knobs
     def inject(self, action: str, *, code: str, status: int = 400, times: int | None = 1,
@@ -385,11 +409,6 @@ class EcsEndpoint:
                         injection.times -= 1
                     raise EcsApiError(injection.code, injection.message, injection.status,
                                       injection.retry_after_ms)
-            region = params.get("RegionId")
-            if not region:
-                raise EcsApiError("MissingRegionId", "RegionId is mandatory for this action.")
-            if region != self.region:
-                raise EcsApiError("InvalidRegionId.NotFound", f"The region {region} does not exist.", 404)
             handlers: dict[str, Callable[[Mapping[str, str]], dict[str, Any]]] = {
                 "RunInstances": self._run_instances,
                 "DescribeInstances": self._describe_instances,
@@ -399,6 +418,11 @@ class EcsEndpoint:
             handler = handlers.get(action)
             if handler is None:
                 raise EcsApiError("InvalidAction.NotFound", f"Specified api {action} is not found.", 404)
+            region = params.get("RegionId")
+            if not region:
+                raise EcsApiError("MissingRegionId", "RegionId is mandatory for this action.")
+            if region != self.region:
+                raise EcsApiError("InvalidRegionId.NotFound", f"The region {region} does not exist.", 404)
             return handler(params)
 
     def record(self, action: str, params: Mapping[str, str], status: int) -> None:
@@ -412,9 +436,10 @@ class EcsEndpoint:
         auth = headers.get("authorization", "")
         algorithm, _, rest = auth.partition(" ")
         fields = dict(part.split("=", 1) for part in rest.split(",") if "=" in part)
-        if algorithm != SIGNATURE_ALGORITHM or not {"Credential", "SignedHeaders", "Signature"} <= fields.keys():
-            raise EcsApiError("IncompleteSignature", "The request signature does not conform to Alibaba Cloud "
-                              "standards (ACS3-HMAC-SHA256 Authorization header expected).")
+        required = {"Credential", "SignedHeaders", "Signature"}
+        if algorithm != SIGNATURE_ALGORITHM or not required <= set(fields):
+            raise EcsApiError("IncompleteSignature", "The request signature does not conform to Alibaba "
+                              "Cloud standards (ACS3-HMAC-SHA256 Authorization header expected).")
         payload_hash = headers.get("x-acs-content-sha256", "")
         if payload_hash != hashlib.sha256(body).hexdigest():
             raise EcsApiError("IncompleteSignature", "x-acs-content-sha256 does not match the request body.")
@@ -426,7 +451,8 @@ class EcsEndpoint:
         signed = fields["SignedHeaders"].split(";")
         expected = acs3_signature(secret, method, path, params, headers, signed, payload_hash)
         if not hmac.compare_digest(expected, fields["Signature"]):
-            raise EcsApiError("SignatureDoesNotMatch", "Specified signature is not matched with our calculation.")
+            raise EcsApiError("SignatureDoesNotMatch",
+                              "Specified signature is not matched with our calculation.")
 
     # ------------------------------------------------------------------------------- actions
     def _sweep(self) -> None:
@@ -463,9 +489,16 @@ class EcsEndpoint:
         if token is not None and token in self._tokens:
             seen_fingerprint, ids = self._tokens[token]
             if seen_fingerprint != fingerprint:
-                raise EcsApiError("IdempotentParameterMismatch",
-                                  "The specified parameters are different from before with the same ClientToken.")
+                raise EcsApiError("IdempotentParameterMismatch", "The specified parameters are different "
+                                  "from before with the same ClientToken.")
             return {"RequestId": _request_id(), "InstanceIdSets": {"InstanceIdSet": list(ids)}}
+        return self._create(params, token, fingerprint, image, itype, vswitch, amount, min_amount, tags,
+                            user_data)
+
+    def _create(self, params: Mapping[str, str], token: str | None, fingerprint: str, image: str, itype: str,
+                vswitch: str, amount: int, min_amount: int, tags: dict[str, str],
+                user_data: str | None) -> dict[str, Any]:
+        """Make the instances of a ``RunInstances`` that is not a repeat of an earlier one."""
         zone = self.vswitches.get(vswitch)
         if zone is None:
             raise EcsApiError("InvalidVSwitchId.NotFound", f"The VSwitch {vswitch} does not exist.", 404)
@@ -511,7 +544,8 @@ class EcsEndpoint:
                 raise EcsApiError("InvalidInstanceIds.Malformed", "InstanceIds is not a JSON array.") from exc
         selected = [
             inst for inst in sorted(self._instances.values(), key=lambda i: i.seq)
-            if (ids_filter is None or inst.id in ids_filter)
+            if now - inst.created_mono >= self.visibility_delay_s
+            and (ids_filter is None or inst.id in ids_filter)
             and all(k in inst.tags and (v is None or inst.tags[k] == v) for k, v in wanted_tags)
             and (not params.get("Status") or inst.status(now, self.pending_s) == params["Status"])
             and (not params.get("InstanceType") or inst.instance_type == params["InstanceType"])
@@ -556,14 +590,14 @@ class EcsEndpoint:
         # ECS validates the whole batch first: one unknown id fails the call and deletes nothing.
         missing = [iid for iid in ids if iid not in self._instances]
         if missing:
-            raise EcsApiError("InvalidInstanceId.NotFound", f"The specified InstanceId does not exist: {missing[0]}",
-                              404)
+            raise EcsApiError("InvalidInstanceId.NotFound",
+                              f"The specified InstanceId does not exist: {missing[0]}", 404)
         for iid in ids:
             status = self._instances[iid].status(now, self.pending_s)
-            if not force and status not in _DELETABLE_WITHOUT_FORCE | {"Stopping"}:
+            if not force and status not in _DELETABLE_WITHOUT_FORCE:
                 raise EcsApiError("IncorrectInstanceStatus",
-                                  f"The current status of the instance {iid} ({status}) does not support this "
-                                  "operation; stop it first or set Force.", 403)
+                                  f"The current status of the instance {iid} ({status}) does not "
+                                  "support this operation; stop it first or set Force.", 403)
         for iid in ids:
             inst = self._instances[iid]
             if inst.deleted_mono is None:
@@ -634,6 +668,21 @@ def _make_handler(endpoint: EcsEndpoint) -> type[BaseHTTPRequestHandler]:
         """Turns one HTTP request into ``EcsEndpoint.handle`` and its answer into JSON."""
 
         protocol_version = "HTTP/1.1"
+        #: An idle keep-alive connection is dropped after this many seconds.
+        timeout = 30.0
+        # Headers and body go out in two writes; without TCP_NODELAY each keep-alive answer would
+        # wait for the client's delayed ACK (~40 ms).
+        disable_nagle_algorithm = True
+
+        def setup(self) -> None:
+            super().setup()
+            with endpoint._lock:
+                endpoint._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with endpoint._lock:
+                endpoint._connections.discard(self.connection)
+            super().finish()
 
         def do_POST(self) -> None:
             self._serve()
@@ -657,8 +706,9 @@ def _make_handler(endpoint: EcsEndpoint) -> type[BaseHTTPRequestHandler]:
                 if headers.get("x-acs-version", params.get("Version")) != API_VERSION:
                     raise EcsApiError("InvalidVersion", f"Specified parameter Version is not valid "
                                       f"(this endpoint serves {API_VERSION}).")
-                endpoint.authenticate(self.command, split.path, dict(parse_qsl(split.query, keep_blank_values=True)),
-                                      headers, body)
+                # Only the query is signed (a form body is covered by x-acs-content-sha256).
+                signed_query = dict(parse_qsl(split.query, keep_blank_values=True))
+                endpoint.authenticate(self.command, split.path, signed_query, headers, body)
                 answer = endpoint.handle(action, params)
                 status, extra = HTTPStatus.OK.value, {}
             except EcsApiError as err:
@@ -678,16 +728,19 @@ def _make_handler(endpoint: EcsEndpoint) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        def log_message(self, format: str, *args: Any) -> None:
             logger.debug("ecs-endpoint: " + format, *args)
 
     return Handler
 
 
-@contextmanager
-def dummy_credentials(access_key_id: str = "LTAI-test-key-id",
-                      access_key_secret: str = "test-secret-do-not-log") -> Iterator[tuple[str, str]]:
+@contextlib.contextmanager
+def dummy_credentials(access_key_id: str | None = "LTAI-test-key-id",
+                      access_key_secret: str | None = "test-secret-do-not-log") -> Iterator[tuple[str, str]]:
     """Make the SDK's default credential chain find these keys in the environment, and only there.
+
+    ``None`` leaves the variable unset (to test a chain that finds nothing); the pair yielded
+    then holds empty strings.
 
     Sets ``ALIBABA_CLOUD_ACCESS_KEY_ID``/``_SECRET`` and disables the chain's ECS metadata
     lookup (which would contact 100.100.100.200) and CLI profile, restoring everything after.
@@ -695,7 +748,7 @@ def dummy_credentials(access_key_id: str = "LTAI-test-key-id",
     imported, so the copies are set too: a test that runs after the SDK was imported still
     exercises the real environment-variable provider.
     """
-    from alibabacloud_credentials.utils import auth_util  # noqa: PLC0415 - only tests need the SDK here
+    from alibabacloud_credentials.utils import auth_util  # only tests need the SDK here
 
     values = {
         "ALIBABA_CLOUD_ACCESS_KEY_ID": ("environment_access_key_id", access_key_id),
@@ -713,7 +766,7 @@ def dummy_credentials(access_key_id: str = "LTAI-test-key-id",
             else:
                 os.environ[name] = value
             setattr(auth_util, attr, value)
-        yield access_key_id, access_key_secret
+        yield access_key_id or "", access_key_secret or ""
     finally:
         for name, old in saved_env.items():
             if old is None:

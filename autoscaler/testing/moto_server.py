@@ -12,8 +12,12 @@ Usage as a context manager::
         moto.reset()            # forget every resource between tests
 
 or through the pytest fixtures below, imported into a test module (``from
-autoscaler.testing.moto_server import moto_server, moto  # noqa: F401``): ``moto_server`` starts one
-server per test module; ``moto`` resets its state before each test.
+autoscaler.testing.moto_server import ec2_sandbox, moto, moto_server  # noqa: F401``):
+``moto_server`` starts one server per test module; ``moto`` resets its state before each test;
+``ec2_sandbox`` builds a VPC with two zonal subnets, a security group and an instance profile
+(``make_ec2_sandbox``). ``bake_model_image`` registers an AMI tagged with a model version, and
+``RequestFaults`` with ``aws_error_response`` stands in for the service on chosen requests
+(throttling, capacity and quota errors) through botocore's ``before-send`` event.
 
 While the server runs, the process environment carries dummy credentials
 (``AWS_ACCESS_KEY_ID=testing`` ...), ``AWS_EC2_METADATA_DISABLED=true`` (so botocore never asks the
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -206,14 +210,16 @@ def make_ec2_sandbox(server: MotoServer, *, region: str = "us-east-1", zones: in
         for n, zone in enumerate(zone_names, start=1)
     )
     group = ec2.create_security_group(GroupName="asr-nodes", Description="ASR nodes", VpcId=vpc)["GroupId"]
-    iam.create_role(RoleName=f"{instance_profile}-role", AssumeRolePolicyDocument='{"Version":"2012-10-17"}')
+    role = f"{instance_profile}-role"
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument='{"Version":"2012-10-17"}')
     iam.create_instance_profile(InstanceProfileName=instance_profile)
-    iam.add_role_to_instance_profile(InstanceProfileName=instance_profile, RoleName=f"{instance_profile}-role")
+    iam.add_role_to_instance_profile(InstanceProfileName=instance_profile, RoleName=role)
     stock = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-*"]},
                                                             {"Name": "architecture", "Values": ["x86_64"]}])
     base = sorted(image["ImageId"] for image in stock["Images"])[0]
     return Ec2Sandbox(endpoint_url=server.endpoint_url, region=region, vpc_id=vpc, zones=zone_names,
-                      subnets=subnets, security_group=group, instance_profile=instance_profile, base_image=base)
+                      subnets=subnets, security_group=group, instance_profile=instance_profile,
+                      base_image=base)
 
 
 def bake_model_image(sandbox: Ec2Sandbox, model_version: str, *, name: str | None = None) -> str:
@@ -226,7 +232,8 @@ def bake_model_image(sandbox: Ec2Sandbox, model_version: str, *, name: str | Non
                                 SubnetId=sandbox.subnets[0])["Instances"][0]["InstanceId"]
     image = ec2.create_image(
         InstanceId=builder, Name=name or f"asr-node-{model_version}",
-        TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": TAG_MODEL_VERSION, "Value": model_version}]}],
+        TagSpecifications=[{"ResourceType": "image",
+                            "Tags": [{"Key": TAG_MODEL_VERSION, "Value": model_version}]}],
     )["ImageId"]
     ec2.terminate_instances(InstanceIds=[builder])
     return str(image)
@@ -255,8 +262,9 @@ def aws_error_response(code: str, message: str = "injected by a test", *, status
     from botocore.awsrequest import AWSResponse, HTTPHeaders
 
     if protocol == "ec2":
-        body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{escape(code)}</Code>"
-                f"<Message>{escape(message)}</Message></Error></Errors><RequestID>fault</RequestID></Response>")
+        body = ('<?xml version="1.0" encoding="UTF-8"?>'
+                f"<Response><Errors><Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+                "</Error></Errors><RequestID>fault</RequestID></Response>")
     else:
         body = (f"<ErrorResponse><Error><Type>{'Sender' if status < 500 else 'Receiver'}</Type>"
                 f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>"
@@ -307,3 +315,25 @@ class RequestFaults:
 
     def __exit__(self, *_: object) -> None:
         self.remove()
+
+
+@pytest.fixture
+def ec2_sandbox(moto: MotoServer) -> Ec2Sandbox:
+    """A fresh two-zone EC2 sandbox (VPC, subnets, security group, instance profile) on moto."""
+    return make_ec2_sandbox(moto)
+
+
+def make_target_group(sandbox: Ec2Sandbox, name: str = "asr-nodes", *, target_type: str = "instance",
+                      port: int = 7860) -> str:
+    """Create an HTTP target group in the sandbox's VPC (health check ``/healthz``); return its ARN."""
+    elb = sandbox.client("elbv2")
+    group = elb.create_target_group(Name=name, Protocol="HTTP", Port=port, VpcId=sandbox.vpc_id,
+                                    TargetType=target_type, HealthCheckPath="/healthz")
+    return str(group["TargetGroups"][0]["TargetGroupArn"])
+
+
+def run_plain_instances(sandbox: Ec2Sandbox, count: int) -> list[tuple[str, str]]:
+    """Start ``count`` untagged stock instances in the first subnet; return ``(id, private IP)`` pairs."""
+    reply = sandbox.client("ec2").run_instances(ImageId=sandbox.base_image, InstanceType="t3.micro",
+                                                MinCount=count, MaxCount=count, SubnetId=sandbox.subnets[0])
+    return [(i["InstanceId"], i["PrivateIpAddress"]) for i in reply["Instances"]]

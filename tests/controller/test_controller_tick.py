@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from controller_rig import STREAMS_QUERY, Rig
-
 from autoscaler.domain import CloudState, Instance, Lifecycle
 from autoscaler.errors import BalancerError, TransientProviderError
+from autoscaler.testing.controller_rig import STREAMS_QUERY, Rig
 
 
 def test_first_tick_launches_min_with_token_from_recorded_tick(rig: Rig) -> None:

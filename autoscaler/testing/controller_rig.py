@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from autoscaler.balancers.fake import FakeBalancer
-from autoscaler.controller import Controller
+from autoscaler.controller import Adapters, Controller
 from autoscaler.domain import CloudState, Instance
 from autoscaler.metrics.fake import FakeMetricsSource
+from autoscaler.policy.load import parse_policy
 from autoscaler.policy.model import PoolPolicy
+from autoscaler.protocols import MetricsSource
 from autoscaler.providers.fake import FakeProvider
 from autoscaler.store import MemoryStore
 
@@ -74,7 +78,7 @@ class Rig:
     controller: Controller
     provider: FakeProvider
     balancer: FakeBalancer
-    metrics: FakeMetricsSource
+    metrics: Any
     store: MemoryStore
     probe: FakeProbe
     clock: MovableClock
@@ -95,3 +99,36 @@ class Rig:
             self.probe.streams.setdefault(instance_id, 0)
 
 
+
+
+def make_rig(metrics: MetricsSource | None = None, policy_text: str = POLICY) -> Rig:
+    """A controller on fakes (or on ``metrics``, e.g. a real Prometheus source), with a movable clock."""
+    clock = MovableClock()
+    policy = parse_policy(policy_text.encode(), "unit.yaml")
+    provider = FakeProvider(clock=clock)
+    balancer, store, probe = FakeBalancer(), MemoryStore(), FakeProbe()
+    metrics = metrics or FakeMetricsSource()
+    adapters = Adapters(provider=provider, balancer=balancer, metrics=metrics, store=store, probe=probe,
+                        clock=clock)
+    controller = Controller(lambda: policy, adapters)
+    return Rig(controller, provider, balancer, metrics, store, probe, clock, policy)
+
+
+def serving_pool_of(rig: Rig) -> Callable[[int], list[str]]:
+    """A function that brings the pool to ``n`` serving nodes through real ticks (fake metrics only)."""
+
+    def bring(n: int) -> list[str]:
+        for _ in range(10):
+            # A constant pool-wide load of n nodes' worth, spread over the nodes serving it.
+            assert isinstance(rig.metrics, FakeMetricsSource)
+            rig.metrics.set(STREAMS_QUERY, 7.0 * n / max(1, sum(rig.probe.health.values())))
+            rig.controller.tick()
+            rig.serve(*(i.id for i in rig.running()))
+            rig.clock.advance(15)
+            if len(rig.balancer.current()) >= n:
+                break
+        ids = sorted(b.instance_id for b in rig.balancer.current())
+        assert len(ids) == n, ids
+        return ids
+
+    return bring

@@ -1,0 +1,183 @@
+"""A dry run: one demand, one or more policies replayed on it, the baselines, and their figures.
+
+``dry_run`` builds the demand once, replays each policy (the scenario's, or the ``compare`` list)
+through the decision engine, replays the HPA-like baseline the same way, and computes the static
+peak and the oracle. ``summarize`` turns a replay into the figures of ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from autoscaler.errors import ScenarioError
+from autoscaler.policy.model import PoolPolicy
+from autoscaler.simulate.demand import Demand, build_demand
+from autoscaler.simulate.fleet import FleetModel, Replay, fit_policy, replay, resolve_fleet
+from autoscaler.simulate.oracle import Oracle, oracle
+from autoscaler.simulate.scenario import Scenario, load_policy_for_scenario
+from autoscaler.simulate.workload import ServiceLaw
+
+#: ``progress(label, done, total)``: ticks replayed so far for the run called ``label``.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One replayed policy and its figures."""
+
+    label: str
+    source: Path | None
+    replay: Replay
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """Everything a report shows: the demand, the runs, the baselines and the oracle."""
+
+    scenario: Scenario
+    demand: Demand
+    fleet: FleetModel
+    runs: tuple[Run, ...]
+    hpa_like: Run
+    static_peak: dict[str, Any]
+    oracle: dict[str, Any]
+    required: NDArray[np.int64]
+    min_nodes: int
+    max_nodes: int
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        """``summary.json`` for ``run``: its figures, the baselines, the demand and the notes."""
+        out = dict(run.summary)
+        out["policy"] = run.label
+        out["baselines"] = {"static_peak": self.static_peak, "hpa_like": self.hpa_like.summary,
+                            "oracle": self.oracle}
+        out["demand"] = demand_summary(self.demand, self.fleet.streams_per_node)
+        out["scenario"] = {"name": self.scenario.name, "file": str(self.scenario.source),
+                           "seed": self.scenario.spec.seed}
+        out["notes"] = list(self.demand.notes) + list(run.replay.notes)
+        return out
+
+
+def demand_summary(demand: Demand, streams_per_node: int) -> dict[str, Any]:
+    """What the replayed demand was: its source, scale, clock and peak."""
+    peak = int(demand.streams.max()) if demand.duration_s else 0
+    return {"description": demand.description, "scale": demand.scale, "replay_at": demand.replay_at.isoformat(),
+            "arrivals": demand.arrivals, "peak_streams": peak, "mean_streams": float(demand.streams.mean()),
+            "peak_required_nodes": -(-peak // streams_per_node)}
+
+
+def _figures(*, duration: int, tick_s: int, fleet: FleetModel, min_nodes: int, max_nodes: int,
+             node_seconds: int, violation: int, unmet: int, peak: int, launches: int, terminations: int,
+             oracle_seconds: int) -> dict[str, Any]:
+    cost = node_seconds / 3600.0 * fleet.price_per_hour
+    return {
+        "duration_s": duration, "tick_s": tick_s, "streams_per_node": fleet.streams_per_node,
+        "boot_s": fleet.boot_s, "min_nodes": min_nodes, "max_nodes": max_nodes,
+        "price_per_hour": fleet.price_per_hour, "node_seconds": node_seconds,
+        "node_hours": round(node_seconds / 3600.0, 3), "cost": round(cost, 2),
+        "violation_seconds": violation, "unmet_stream_seconds": unmet, "peak_nodes": peak,
+        "launches": launches, "terminations": terminations, "oracle_node_seconds": oracle_seconds,
+        "cost_ratio": round(node_seconds / oracle_seconds, 4) if oracle_seconds else None,
+    }
+
+
+def summarize(result: Replay, demand: Demand, oracle_seconds: int) -> dict[str, Any]:
+    """The figures of one replay (the contract fields of ``summary.json``, and a few more)."""
+    scaling = result.policy.scaling
+    figures = _figures(duration=demand.duration_s, tick_s=result.tick_s, fleet=result.fleet,
+                       min_nodes=scaling.min_nodes, max_nodes=scaling.max_nodes,
+                       node_seconds=result.node_seconds, violation=result.violation_seconds,
+                       unmet=result.unmet_stream_seconds, peak=result.peak_nodes, launches=result.launches,
+                       terminations=result.terminations, oracle_seconds=oracle_seconds)
+    figures["max_unmet_streams"] = int(result.unmet.max()) if len(result.unmet) else 0
+    figures["drain_cut_streams"] = result.cut_streams
+    return figures
+
+
+def _tick_of(scenario: Scenario, policy: PoolPolicy) -> int:
+    tick = scenario.spec.tick_seconds or policy.scaling.tick
+    return max(1, int(round(tick.total_seconds())))
+
+
+def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress | None = None) -> DryRun:
+    """Replay the scenario's policy (or each policy of ``compare``) and the baselines on one demand.
+
+    Raises ``ScenarioError`` for an unusable scenario, trace, window or policy.
+    """
+    fleet = resolve_fleet(scenario)
+    pool = scenario.spec.pool
+    base = fit_policy(scenario.policy, fleet, min_nodes=pool.min_nodes, max_nodes=pool.max_nodes)
+    min_nodes, max_nodes = base.scaling.min_nodes, base.scaling.max_nodes
+    demand = build_demand(scenario, fleet.streams_per_node)
+    law = ServiceLaw(scenario.spec.workload)
+    seed = scenario.spec.seed
+
+    oracles: dict[int, Oracle] = {}
+
+    def oracle_for(minimum: int) -> Oracle:
+        if minimum not in oracles:
+            oracles[minimum] = oracle(demand.required_nodes(fleet.streams_per_node, minimum), fleet.boot_s)
+        return oracles[minimum]
+
+    def run(label: str, source: Path | None, policy: PoolPolicy) -> Run:
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress(label, done, total)
+        result = replay(label, policy, demand, fleet, law, tick_s=_tick_of(scenario, policy), seed=seed,
+                        progress=report)
+        figures = summarize(result, demand, oracle_for(policy.scaling.min_nodes).node_seconds)
+        return Run(label=label, source=source, replay=result, summary=figures)
+
+    if compare:
+        policies = [(path, load_policy_for_scenario(path, f"--compare {path}")) for path in compare]
+    else:
+        policies = [(scenario.policy_path, scenario.policy)]
+    labels = _labels([p for p, _ in policies])
+    runs = []
+    for (path, policy), label in zip(policies, labels, strict=True):
+        fitted = fit_policy(policy, fleet, min_nodes=pool.min_nodes, max_nodes=pool.max_nodes)
+        runs.append(run(label, path, fitted))
+
+    hpa_path = scenario.hpa_policy_path()
+    if not hpa_path.exists():
+        raise ScenarioError(f"{scenario.source}: the HPA-like baseline policy {hpa_path} does not exist; "
+                            "set baselines.hpa_like to a policy file")
+    hpa_policy = fit_policy(load_policy_for_scenario(hpa_path, "baselines.hpa_like"), fleet,
+                            min_nodes=min_nodes, max_nodes=max_nodes)
+    hpa = run("hpa_like", hpa_path, hpa_policy)
+
+    base_oracle = oracle_for(min_nodes)
+    required = demand.required_nodes(fleet.streams_per_node, min_nodes)
+    peak = int(required.max())
+    capacity = peak * fleet.streams_per_node
+    over = np.maximum(demand.streams - capacity, 0)
+    static = _figures(duration=demand.duration_s, tick_s=runs[0].replay.tick_s, fleet=fleet, min_nodes=peak,
+                      max_nodes=peak, node_seconds=peak * demand.duration_s,
+                      violation=int(np.count_nonzero(over)), unmet=int(over.sum()), peak=peak, launches=0,
+                      terminations=0, oracle_seconds=base_oracle.node_seconds)
+    oracle_figures = _figures(duration=demand.duration_s, tick_s=1, fleet=fleet, min_nodes=min_nodes,
+                              max_nodes=base_oracle.peak_nodes, node_seconds=base_oracle.node_seconds,
+                              violation=0, unmet=0, peak=base_oracle.peak_nodes, launches=base_oracle.launches,
+                              terminations=0, oracle_seconds=base_oracle.node_seconds)
+    oracle_figures["terminations"] = None  # the oracle's bill does not depend on them; not counted
+    return DryRun(scenario=scenario, demand=demand, fleet=fleet, runs=tuple(runs), hpa_like=hpa,
+                  static_peak=static, oracle=oracle_figures, required=required, min_nodes=min_nodes,
+                  max_nodes=max_nodes)
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    """Short unique labels for policies: file stems, numbered when two share a stem."""
+    labels: list[str] = []
+    for path in paths:
+        label = path.stem
+        if label in labels:
+            label = f"{label}-{len(labels) + 1}"
+        labels.append(label)
+    return labels

@@ -1,0 +1,68 @@
+"""The contract every ``Store`` passes (see ``autoscaler.protocols.Store``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from autoscaler.domain import Lifecycle
+from autoscaler.errors import StoreError
+from autoscaler.protocols import Store
+
+T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+
+class StoreContract:
+    """Subclass with a ``store`` fixture giving an empty store."""
+
+    def test_empty_pool_reads_empty(self, store: Store) -> None:
+        """A pool with no history has no memory, no lifecycles and no ticks."""
+        assert store.load_memory("nobody") is None
+        assert store.lifecycles("nobody") == {}
+        assert store.recent_ticks("nobody") == []
+
+    def test_tick_round_trips_with_memory(self, store: Store) -> None:
+        """A recorded tick comes back with its inputs and decision; its memory is the pool's memory."""
+        tick_id = store.record_tick("p", T0, {"samples": {"q": {"value": 3.5}}},
+                                    {"direction": "out", "desired": 4, "summary": "out 3→4",
+                                     "reasons": [{"kind": "final", "name": "x", "message": "m", "detail": {}}]},
+                                    {"missing_ticks": 2})
+        ticks = store.recent_ticks("p")
+        assert ticks[0]["id"] == tick_id
+        assert ticks[0]["inputs"]["samples"]["q"]["value"] == 3.5
+        assert ticks[0]["decision"]["reasons"][0]["kind"] == "final"
+        assert store.load_memory("p") == {"missing_ticks": 2}
+
+    def test_newest_tick_first_and_limit(self, store: Store) -> None:
+        """recent_ticks lists newest first and honours the limit; pools do not mix."""
+        for i in range(5):
+            store.record_tick("p", T0 + timedelta(seconds=15 * i), {}, {"desired": i}, {"n": i})
+        store.record_tick("other", T0, {}, {"desired": 99}, {"n": 99})
+        ticks = store.recent_ticks("p", limit=3)
+        assert [t["decision"]["desired"] for t in ticks] == [4, 3, 2]
+        assert store.load_memory("p") == {"n": 4}
+
+    def test_outcome_attached_to_tick(self, store: Store) -> None:
+        """update_tick attaches the executor's outcome and error to the recorded tick."""
+        tick_id = store.record_tick("p", T0, {}, {"desired": 1}, {})
+        store.update_tick(tick_id, outcome={"launched": ["i-1"]}, error="quota")
+        tick = store.recent_ticks("p")[0]
+        assert tick["decision"]["outcome"] == {"launched": ["i-1"]} and "quota" in tick["error"]
+
+    def test_update_of_unknown_tick_raises(self, store: Store) -> None:
+        """Updating a tick that does not exist raises StoreError."""
+        with pytest.raises(StoreError):
+            store.update_tick(987654, outcome={})
+
+    def test_lifecycle_latest_wins_and_repeats_collapse(self, store: Store) -> None:
+        """lifecycles() gives each instance's latest state and when it was entered; repeats are not new."""
+        store.record_lifecycle("p", "i-1", Lifecycle.LAUNCHING, T0)
+        store.record_lifecycle("p", "i-1", Lifecycle.BOOTING, T0 + timedelta(seconds=5))
+        store.record_lifecycle("p", "i-1", Lifecycle.SERVING, T0 + timedelta(seconds=60))
+        store.record_lifecycle("p", "i-1", Lifecycle.SERVING, T0 + timedelta(seconds=75))
+        store.record_lifecycle("p", "i-2", Lifecycle.DRAINING, T0 + timedelta(seconds=90), {"reason": "victim"})
+        latest = store.lifecycles("p")
+        assert latest["i-1"] == (Lifecycle.SERVING, T0 + timedelta(seconds=60))
+        assert latest["i-2"][0] == Lifecycle.DRAINING
+        assert store.lifecycles("q") == {}
