@@ -182,3 +182,7 @@ _register_extensions()
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,8 +12,8 @@ again in ``apply`` registers it again.
 
 What a target group cannot express (``UNSUPPORTED_FIELDS``): per-target weights, ``max_fails`` /
 ``fail_timeout`` (health checks are configured on the group), and ``backup`` (there is no standby
-target; a backup backend is registered as an ordinary target and takes traffic). Pools behind an
-ALB should therefore set ``balancer.backup_nodes``-style standby to zero.
+target; a backup backend is registered as an ordinary target and takes traffic like the
+others). The contract suite is told so through ``UNSUPPORTED_FIELDS``.
 
 Only target groups of type ``instance`` are supported (targets named by instance id). ``current``
 reports each target's address as its instance's private IP, read from EC2; a target whose instance

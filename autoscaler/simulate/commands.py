@@ -3,7 +3,8 @@
 ``register(app)`` adds the command to the main Typer app (``autoscaler.cli``)::
 
     autoscaler dry-run --scenario scenarios/twitter-7d.yaml --out out/twitter
-    autoscaler dry-run --scenario scenarios/twitter-7d.yaml --out out/cmp --compare policies/asr-aws.yaml policies/hpa-like.yaml
+    autoscaler dry-run --scenario scenarios/twitter-7d.yaml --out out/cmp \\
+        --compare policies/asr-aws.yaml policies/hpa-like.yaml
 
 Every failure the operator can cause (a missing or malformed scenario, trace or policy, a window
 outside the trace, an unwritable folder, an unreachable Prometheus) prints ``error: ...`` and exits
@@ -34,14 +35,29 @@ def register(app: typer.Typer) -> None:
 
     @app.command("dry-run")
     def dry_run_command(
-        scenario: Annotated[Path, typer.Option("--scenario", "-s", help="The scenario file (YAML).",
-                                               show_default=False)],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.html, summary.json and "
-                                          "timeline.csv (created if missing).", show_default=False)],
-        compare: Annotated[bool, typer.Option("--compare", help="Replay each POLICIES file on the scenario's "
-                                              "demand, side by side, instead of the scenario's policy.")] = False,
-        policies: Annotated[list[Path] | None, typer.Argument(help="Policy files for --compare.",
-                                                              show_default=False)] = None,
+        scenario: Annotated[
+            Path, typer.Option("--scenario", "-s", help="The scenario file (YAML).", show_default=False)
+        ],
+        out: Annotated[
+            Path,
+            typer.Option(
+                "--out",
+                "-o",
+                help="Folder for report.html, summary.json and timeline.csv (created if missing).",
+                show_default=False,
+            ),
+        ],
+        compare: Annotated[
+            bool,
+            typer.Option(
+                "--compare",
+                help="Replay each POLICIES file on the scenario's "
+                "demand, side by side, instead of the scenario's policy.",
+            ),
+        ] = False,
+        policies: Annotated[
+            list[Path] | None, typer.Argument(help="Policy files for --compare.", show_default=False)
+        ] = None,
     ) -> None:
         """Replay a scenario's demand through the policy's decision engine against a simulated fleet.
 
@@ -58,8 +74,15 @@ def register(app: typer.Typer) -> None:
         show = sys.stderr.isatty()
         try:
             loaded = load_scenario(scenario)
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} ticks"),
-                          TimeRemainingColumn(), console=console, transient=True, disable=not show) as bar:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} ticks"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+                disable=not show,
+            ) as bar:
                 tasks: dict[str, TaskID] = {}
 
                 def progress(label: str, done: int, total: int) -> None:
@@ -76,9 +99,13 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=2) from exc
         for run in result.runs:
             s = run.summary
-            typer.echo(f"{run.label}: {s['node_hours']:,.1f} node-hours, cost {s['cost']:,.2f}, "
-                       f"{s['cost_ratio']:.3f}x oracle, {s['violation_seconds']} s with demand above capacity")
+            typer.echo(
+                f"{run.label}: {s['node_hours']:,.1f} node-hours, cost {s['cost']:,.2f}, "
+                f"{s['cost_ratio']:.3f}x oracle, {s['violation_seconds']} s with demand above capacity"
+            )
         hpa = result.hpa_like.summary
-        typer.echo(f"hpa_like: {hpa['node_hours']:,.1f} node-hours, cost {hpa['cost']:,.2f}, "
-                   f"{hpa['cost_ratio']:.3f}x oracle, {hpa['violation_seconds']} s with demand above capacity")
+        typer.echo(
+            f"hpa_like: {hpa['node_hours']:,.1f} node-hours, cost {hpa['cost']:,.2f}, "
+            f"{hpa['cost_ratio']:.3f}x oracle, {hpa['violation_seconds']} s with demand above capacity"
+        )
         typer.echo(f"wrote {', '.join(str(p) for p in written if p.parent == out)}")

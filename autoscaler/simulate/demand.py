@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -129,7 +130,9 @@ class _Counts(_ArrivalSource):
 class _Rates(_ArrivalSource):
     """A rate per second; Poisson arrivals at rate × scale."""
 
-    def __init__(self, rates: NDArray[np.float64], epoch: datetime | None, notes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, rates: NDArray[np.float64], epoch: datetime | None, notes: tuple[str, ...] = ()
+    ) -> None:
         self.rates = rates
         self.length_s = len(rates)
         self.epoch = epoch
@@ -150,8 +153,10 @@ class _ServeGen(_ArrivalSource):
         self.trace = trace
         self.length_s = trace.length_s
         self.epoch = None
-        self.notes = (f"ServeGen: {trace.clients} clients, {trace.window_s} s windows synthesized into "
-                      "per-second arrivals with each window's rate and inter-arrival law",)
+        self.notes = (
+            f"ServeGen: {trace.clients} clients, {trace.window_s} s windows synthesized into "
+            "per-second arrivals with each window's rate and inter-arrival law",
+        )
 
     def expected(self, lo: int, hi: int) -> NDArray[np.float64]:
         per_window = self.trace.total_rate()
@@ -163,16 +168,23 @@ class _ServeGen(_ArrivalSource):
         first = (lo // t.window_s) * t.window_s
         chosen = (t.starts >= first) & (t.starts < hi) & (t.rates > 0)
         laws = t.laws[chosen]
-        times = renewal_arrivals(t.starts[chosen], t.rates[chosen] * scale, laws,
-                                 thinned_shapes(laws, t.shapes[chosen], min(scale, 1.0)),
-                                 window_s=t.window_s, rng=rng)
+        times = renewal_arrivals(
+            t.starts[chosen],
+            t.rates[chosen] * scale,
+            laws,
+            thinned_shapes(laws, t.shapes[chosen], min(scale, 1.0)),
+            window_s=t.window_s,
+            rng=rng,
+        )
         seconds = np.floor(times).astype(np.int64)
         seconds = seconds[(seconds >= lo) & (seconds < hi)] - lo
         out: NDArray[np.int64] = np.bincount(seconds, minlength=hi - lo).astype(np.int64)
         return out
 
 
-def _law_draws(laws: NDArray[np.int8], shapes: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+def _law_draws(
+    laws: NDArray[np.int8], shapes: NDArray[np.float64], rng: np.random.Generator
+) -> NDArray[np.float64]:
     """One standard draw per entry from its law (Gamma(k, 1), Weibull(k), else exponential(1))."""
     out = np.empty(len(laws), dtype=np.float64)
     gamma = laws == LAW_GAMMA
@@ -230,8 +242,13 @@ def _law_means(laws: NDArray[np.int8], shapes: NDArray[np.float64]) -> NDArray[n
 
 
 def renewal_arrivals(
-    starts: NDArray[np.int64], rates: NDArray[np.float64], laws: NDArray[np.int8], shapes: NDArray[np.float64],
-    *, window_s: int, rng: np.random.Generator,
+    starts: NDArray[np.int64],
+    rates: NDArray[np.float64],
+    laws: NDArray[np.int8],
+    shapes: NDArray[np.float64],
+    *,
+    window_s: int,
+    rng: np.random.Generator,
 ) -> NDArray[np.float64]:
     """Arrival instants of one renewal process per window, all windows at once.
 
@@ -270,7 +287,9 @@ def renewal_arrivals(
 
 
 # -------------------------------------------------------------------------------------- concurrency
-def concurrency(counts: NDArray[np.int64], law: ServiceLaw, rng: np.random.Generator, *, warmup: int) -> NDArray[np.int64]:
+def concurrency(
+    counts: NDArray[np.int64], law: ServiceLaw, rng: np.random.Generator, *, warmup: int
+) -> NDArray[np.int64]:
     """Streams in progress per second of a window, from arrivals per second that start ``warmup`` s early.
 
     Arrival ``j`` in second ``s`` holds a stream over seconds ``[s, s + service_j)``. Processed in
@@ -308,15 +327,21 @@ def expected_concurrency(rates: NDArray[np.float64], law: ServiceLaw, *, warmup:
     return out
 
 
-def _with_warmup(source: _ArrivalSource, offset: int, length: int, warmup: int, scale: float | None,
-                 rng: np.random.Generator | None) -> NDArray[np.float64] | NDArray[np.int64]:
+def _with_warmup(
+    source: _ArrivalSource,
+    offset: int,
+    length: int,
+    warmup: int,
+    scale: float | None,
+    rng: np.random.Generator | None,
+) -> NDArray[Any]:
     """Arrivals (or expected rates when ``rng`` is None) for ``[offset − warmup, offset + length)``;
     seconds before the trace's start mirror its first seconds."""
     lo = offset - warmup
     hi = offset + length
     start = max(lo, 0)
     if rng is None:
-        main: NDArray[np.float64] | NDArray[np.int64] = source.expected(start, hi)
+        main: NDArray[Any] = source.expected(start, hi)
     else:
         assert scale is not None
         main = source.sample(start, hi, scale, rng)
@@ -324,7 +349,8 @@ def _with_warmup(source: _ArrivalSource, offset: int, length: int, warmup: int, 
         return main
     pad = -lo
     mirrored = np.resize(main[::-1] if pad > len(main) else main[:pad][::-1], pad)
-    return np.concatenate((mirrored, main))
+    joined: NDArray[Any] = np.concatenate((mirrored, main))
+    return joined
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -353,14 +379,16 @@ def _prometheus_series(spec: DemandSpec, warmup: int) -> tuple[NDArray[np.float6
     seen = np.zeros(length, dtype=bool)
     base = begin.timestamp()
     for stamp, value in points:
-        first = int(round(stamp - base))
+        first = round(stamp - base)
         if 0 <= first < length:
-            values[first:first + step_s] = value
-            seen[first:first + step_s] = True
+            values[first : first + step_s] = value
+            seen[first : first + step_s] = True
     window_seen = seen[warmup:]
     if not window_seen.any():
-        raise ScenarioError(f"demand: Prometheus at {spec.url} has no data for {spec.query!r} "
-                            f"between {start.isoformat()} and {(start + spec.duration).isoformat()}")
+        raise ScenarioError(
+            f"demand: Prometheus at {spec.url} has no data for {spec.query!r} "
+            f"between {start.isoformat()} and {(start + spec.duration).isoformat()}"
+        )
     return values, begin, int((~window_seen).sum())
 
 
@@ -406,12 +434,15 @@ def build_demand(scenario: Scenario, streams_per_node: int) -> Demand:
         warmup = law.warmup_s() if spec.value_kind == "arrivals" else 0
         values, begin, blind = _prometheus_series(spec, warmup)
         if blind:
-            notes.append(f"Prometheus had no data for {blind} s of the window; those seconds count as no demand")
+            notes.append(
+                f"Prometheus had no data for {blind} s of the window; those seconds count as no demand"
+            )
         epoch: datetime | None = begin
         offset = warmup
         description = f"Prometheus {spec.url}: {spec.query}"
         source: _ArrivalSource | SeriesTrace = (
-            _Rates(values, begin) if spec.value_kind == "arrivals"
+            _Rates(values, begin)
+            if spec.value_kind == "arrivals"
             else SeriesTrace(values=values, epoch=begin, whole_counts=False)
         )
     else:
@@ -430,12 +461,18 @@ def build_demand(scenario: Scenario, streams_per_node: int) -> Demand:
     replay_at = spec.replay_at or ((epoch or DEFAULT_EPOCH) + timedelta(seconds=offset))
 
     if isinstance(source, SeriesTrace):
-        window = source.values[offset:offset + duration]
+        window = source.values[offset : offset + duration]
         peak = float(window.max()) if len(window) else 0.0
         scale = _fixed_scale(spec, peak, streams_per_node)
         streams = np.floor(window * scale + 0.5).astype(np.int64)
-        return Demand(streams=streams, scale=scale, replay_at=replay_at, arrivals=None,
-                      description=description + " (concurrent streams)", notes=tuple(notes))
+        return Demand(
+            streams=streams,
+            scale=scale,
+            replay_at=replay_at,
+            arrivals=None,
+            description=description + " (concurrent streams)",
+            notes=tuple(notes),
+        )
 
     def realise(scale: float) -> tuple[NDArray[np.int64], int]:
         rng = np.random.default_rng([seed, 1])
@@ -467,10 +504,18 @@ def build_demand(scenario: Scenario, streams_per_node: int) -> Demand:
         assert best is not None
         miss, _, scale, streams, arrivals = best
         if miss:
-            notes.append(f"peak_nodes {spec.peak_nodes}: the closest scale found gives a peak that needs "
-                         f"{-(-int(streams.max()) // streams_per_node)} nodes")
-    return Demand(streams=streams, scale=scale, replay_at=replay_at, arrivals=arrivals,
-                  description=description, notes=tuple(notes))
+            notes.append(
+                f"peak_nodes {spec.peak_nodes}: the closest scale found gives a peak that needs "
+                f"{-(-int(streams.max()) // streams_per_node)} nodes"
+            )
+    return Demand(
+        streams=streams,
+        scale=scale,
+        replay_at=replay_at,
+        arrivals=arrivals,
+        description=description,
+        notes=tuple(notes),
+    )
 
 
 def _fixed_scale(spec: DemandSpec, peak: float, streams_per_node: int) -> float:

@@ -80,16 +80,18 @@ def resolve_fleet(scenario: Scenario) -> FleetModel:
     return FleetModel(
         instance_type=first.name,
         streams_per_node=fleet.streams_per_node or first.streams,
-        boot_s=int(round(fleet.boot_seconds)) if fleet.boot_seconds is not None else DEFAULT_BOOT_S,
+        boot_s=round(fleet.boot_seconds) if fleet.boot_seconds is not None else DEFAULT_BOOT_S,
         price_per_hour=fleet.price_per_hour if fleet.price_per_hour is not None else first.price_per_hour,
-        drain_timeout_s=int(round(fleet.drain_seconds)) if fleet.drain_seconds is not None else None,
+        drain_timeout_s=round(fleet.drain_seconds) if fleet.drain_seconds is not None else None,
         gpu_memory_mib=fleet.gpu_memory_mib or local.gpu_memory_mib,
         model_memory_mib=fleet.model_memory_mib or local.model_memory_mib,
         stream_memory_mib=fleet.stream_memory_mib or local.stream_memory_mib,
     )
 
 
-def fit_policy(policy: PoolPolicy, fleet: FleetModel, *, min_nodes: int | None, max_nodes: int | None) -> PoolPolicy:
+def fit_policy(
+    policy: PoolPolicy, fleet: FleetModel, *, min_nodes: int | None, max_nodes: int | None
+) -> PoolPolicy:
     """``policy`` with the fleet's node (first instance type's streams and price) and the pool bounds.
 
     The simulated fleet launches only the first instance type; schedules whose floor or ceiling no
@@ -97,8 +99,11 @@ def fit_policy(policy: PoolPolicy, fleet: FleetModel, *, min_nodes: int | None, 
     """
     data = policy.model_dump()
     types = data["launch"]["instance_types"]
-    types[0] = types[0] | {"name": fleet.instance_type, "streams": fleet.streams_per_node,
-                           "price_per_hour": fleet.price_per_hour}
+    types[0] = types[0] | {
+        "name": fleet.instance_type,
+        "streams": fleet.streams_per_node,
+        "price_per_hour": fleet.price_per_hour,
+    }
     data["launch"]["instance_types"] = types[:1]
     scaling = data["scaling"]
     if min_nodes is not None:
@@ -170,7 +175,10 @@ def _coverage(starts: list[int], ends: list[int], length: int) -> NDArray[np.int
     """How many ``[start, end)`` intervals cover each second of ``[0, length)``."""
     s = np.clip(np.array(starts, dtype=np.int64), 0, length)
     e = np.clip(np.array(ends, dtype=np.int64), 0, length)
-    diff = np.bincount(s, minlength=length + 1)[: length + 1] - np.bincount(e, minlength=length + 1)[: length + 1]
+    diff = (
+        np.bincount(s, minlength=length + 1)[: length + 1]
+        - np.bincount(e, minlength=length + 1)[: length + 1]
+    )
     out: NDArray[np.int64] = np.cumsum(diff[:length])
     return out
 
@@ -220,9 +228,12 @@ def replay(
     itype = fleet.instance_type
 
     checks: list[tuple[str, str | None]] = [(c.name, c.signal) for c in scaling.checks]
-    notes = [f"check {name!r} has {'no signal' if sig is None else f'signal {sig!r}, which is not simulated'}:"
-             " it reads as no data (so it votes hold and blocks scale-in)"
-             for name, sig in checks if sig not in SIMULATED_SIGNALS]
+    notes = [
+        f"check {name!r} has {'no signal' if sig is None else f'signal {sig!r}, which is not simulated'}:"
+        " it reads as no data (so it votes hold and blocks scale-in)"
+        for name, sig in checks
+        if sig not in SIMULATED_SIGNALS
+    ]
     not_simulated = Sample.missing("not simulated")
     no_serving = Sample.missing("no serving node")
 
@@ -237,8 +248,13 @@ def replay(
         counter += 1
         launched = t - boot if warm else t
         state = Lifecycle.SERVING if warm or boot == 0 else Lifecycle.BOOTING
-        return _SimNode(id=f"sim-{counter:05d}", launched=launched, ready_at=launched + boot, state=state,
-                        launched_at=start + timedelta(seconds=launched))
+        return _SimNode(
+            id=f"sim-{counter:05d}",
+            launched=launched,
+            ready_at=launched + boot,
+            state=state,
+            launched_at=start + timedelta(seconds=launched),
+        )
 
     for _ in range(initial):
         nodes.append(new_node(0, warm=True))
@@ -310,14 +326,30 @@ def replay(
         views: list[Node] = []
         for node in nodes:
             if node.state is Lifecycle.SERVING:
-                views.append(Node(id=node.id, lifecycle=Lifecycle.SERVING, instance_type=itype,
-                                  capacity_streams=cap_per_node, model_version=version,
-                                  launched_at=node.launched_at, active_streams=share, image=image))
+                views.append(
+                    Node(
+                        id=node.id,
+                        lifecycle=Lifecycle.SERVING,
+                        instance_type=itype,
+                        capacity_streams=cap_per_node,
+                        model_version=version,
+                        launched_at=node.launched_at,
+                        active_streams=share,
+                        image=image,
+                    )
+                )
             else:
                 if node.view is None or node.view.lifecycle is not node.state:
-                    node.view = Node(id=node.id, lifecycle=node.state, instance_type=itype,
-                                     capacity_streams=cap_per_node, model_version=version,
-                                     launched_at=node.launched_at, active_streams=None, image=image)
+                    node.view = Node(
+                        id=node.id,
+                        lifecycle=node.state,
+                        instance_type=itype,
+                        capacity_streams=cap_per_node,
+                        model_version=version,
+                        launched_at=node.launched_at,
+                        active_streams=None,
+                        image=image,
+                    )
                 views.append(node.view)
         evaluation = decide(policy, samples, views, memory, now)
         memory = evaluation.memory
@@ -338,7 +370,7 @@ def replay(
                     node.state = Lifecycle.TERMINATED
                     finished.append(node)
                     continue
-                held = int(math.floor(share + 1e-9))
+                held = math.floor(share + 1e-9)
                 left = residuals.draw(held)
                 cut += int(np.count_nonzero(left > drain_limit))
                 node.stream_ends = t + np.minimum(left, drain_limit)
@@ -378,8 +410,9 @@ def replay(
     alive_from = [max(n.launched, 0) for n in everyone]
     alive_to = [n.left if n.left is not None else length for n in everyone]
     ready_from = [max(n.ready_at, 0) for n in everyone]
-    ready_to = [n.drained if n.drained is not None else (n.left if n.left is not None else length)
-                for n in everyone]
+    ready_to = [
+        n.drained if n.drained is not None else (n.left if n.left is not None else length) for n in everyone
+    ]
     ready_to = [max(a, b) for a, b in zip(ready_from, ready_to, strict=True)]
     stream_from: list[int] = []
     stream_to: list[int] = []
@@ -388,11 +421,28 @@ def replay(
             stream_from.extend([n.drained] * int(n.stream_ends.size))
             stream_to.extend(n.stream_ends.tolist())
     alive = _coverage(alive_from, alive_to, length)
-    capacity_s = _coverage(ready_from, ready_to, length) * cap_per_node + _coverage(stream_from, stream_to, length)
+    capacity_s = _coverage(ready_from, ready_to, length) * cap_per_node + _coverage(
+        stream_from, stream_to, length
+    )
     unmet = np.maximum(streams - capacity_s, 0)
     node_seconds = int(sum(max(0, b - a) for a, b in zip(alive_from, alive_to, strict=True)))
-    return Replay(label=label, policy=policy, fleet=fleet, tick_s=tick_s, tick_times=tick_times,
-                  ready=ready_col, booting=booting_col, draining=draining_col, desired=desired_col,
-                  tick_capacity=capacity_col, capacity=capacity_s, unmet=unmet, alive=alive,
-                  node_seconds=node_seconds, launches=launches, terminations=terminations,
-                  cut_streams=cut, notes=tuple(notes))
+    return Replay(
+        label=label,
+        policy=policy,
+        fleet=fleet,
+        tick_s=tick_s,
+        tick_times=tick_times,
+        ready=ready_col,
+        booting=booting_col,
+        draining=draining_col,
+        desired=desired_col,
+        tick_capacity=capacity_col,
+        capacity=capacity_s,
+        unmet=unmet,
+        alive=alive,
+        node_seconds=node_seconds,
+        launches=launches,
+        terminations=terminations,
+        cut_streams=cut,
+        notes=tuple(notes),
+    )

@@ -46,7 +46,7 @@ def oracle(required: NDArray[np.int64], boot_s: int) -> Oracle:
     if r.size == 0:
         return Oracle(node_seconds=0, peak_nodes=0, launches=0)
     busy = int(r.sum())
-    change = np.flatnonzero(np.diff(r)) + 1          # seconds where r differs from the second before
+    change = np.flatnonzero(np.diff(r)) + 1  # seconds where r differs from the second before
     before = r[change - 1]
     after = r[change]
     up = after > before
@@ -70,5 +70,6 @@ def oracle(required: NDArray[np.int64], boot_s: int) -> Oracle:
     lead_cost = np.minimum(times[lead], boot_s).sum()
     launches = int(np.count_nonzero(gap & (times[1:] - times[:-1] >= boot_s)) if len(levels) > 1 else 0)
     launches += int(np.count_nonzero(lead & (times >= boot_s)))
-    return Oracle(node_seconds=busy + int(gap_cost) + int(lead_cost), peak_nodes=int(r.max()),
-                  launches=launches)
+    return Oracle(
+        node_seconds=busy + int(gap_cost) + int(lead_cost), peak_nodes=int(r.max()), launches=launches
+    )

@@ -60,7 +60,7 @@ def floor_schedule(result: DryRun) -> tuple[list[FloorWindow], str]:
     days = (len(required) - skip) // _DAY
     if days < 1:
         return [], zone_name
-    grid = required[skip:skip + days * _DAY].reshape(days, 24, 3600)
+    grid = required[skip : skip + days * _DAY].reshape(days, 24, 3600)
     # The level reached for 90 % of each hour is the 10th percentile of that hour.
     needed = np.quantile(grid, 1 - _FLOOR_SHARE, axis=2, method="lower").astype(np.int64)
     hourly = needed.min(axis=0)
@@ -84,11 +84,13 @@ def _schedule_yaml(windows: list[FloorWindow], zone_name: str) -> str:
         return ""
     lines = ["schedules:"]
     for window in windows:
-        lines += [f"  - name: daily-{window.hour:02d}h-floor",
-                  f"    timezone: {zone_name}",
-                  f'    cron: "0 {window.hour} * * *"',
-                  f"    duration: {window.hours}h",
-                  f"    min_nodes: {window.nodes}"]
+        lines += [
+            f"  - name: daily-{window.hour:02d}h-floor",
+            f"    timezone: {zone_name}",
+            f'    cron: "0 {window.hour} * * *"',
+            f"    duration: {window.hours}h",
+            f"    min_nodes: {window.nodes}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -103,7 +105,12 @@ def _busiest_hours(run: Run, result: DryRun) -> str | None:
     zone = ZoneInfo(_zone(result))
     start = result.demand.replay_at
     seconds = np.flatnonzero(unmet)
-    hours = np.array([(start + timedelta(seconds=int(s))).astimezone(zone).hour for s in seconds[:: max(1, len(seconds) // 5000)]])
+    hours = np.array(
+        [
+            (start + timedelta(seconds=int(s))).astimezone(zone).hour
+            for s in seconds[:: max(1, len(seconds) // 5000)]
+        ]
+    )
     counts = np.bincount(hours, minlength=24)
     top = np.argsort(counts)[::-1][:3]
     return ", ".join(f"{h:02d}:00" for h in sorted(int(h) for h in top if counts[h]))
@@ -117,52 +124,82 @@ def recommend(result: DryRun) -> Recommendations:
     peak_nodes = -(-peak_streams // fleet.streams_per_node)
     over = int(np.count_nonzero(result.demand.streams > result.max_nodes * fleet.streams_per_node))
     if peak_nodes > result.max_nodes:
-        lines.append(f"Raise max_nodes to at least {peak_nodes}: the peak of {peak_streams} streams needs "
-                     f"{peak_nodes} nodes of {fleet.streams_per_node} streams, and demand was above what "
-                     f"{result.max_nodes} nodes serve for {over} s ({over / 3600:.1f} h).")
+        lines.append(
+            f"Raise max_nodes to at least {peak_nodes}: the peak of {peak_streams} streams needs "
+            f"{peak_nodes} nodes of {fleet.streams_per_node} streams, and demand was above what "
+            f"{result.max_nodes} nodes serve for {over} s ({over / 3600:.1f} h)."
+        )
     else:
-        lines.append(f"max_nodes {result.max_nodes} is enough: the peak of {peak_streams} streams needs "
-                     f"{peak_nodes} nodes of {fleet.streams_per_node} streams"
-                     + (f", leaving {result.max_nodes - peak_nodes} to spare." if result.max_nodes > peak_nodes
-                        else ", with nothing to spare: a bigger peak would queue."))
+        lines.append(
+            f"max_nodes {result.max_nodes} is enough: the peak of {peak_streams} streams needs "
+            f"{peak_nodes} nodes of {fleet.streams_per_node} streams"
+            + (
+                f", leaving {result.max_nodes - peak_nodes} to spare."
+                if result.max_nodes > peak_nodes
+                else ", with nothing to spare: a bigger peak would queue."
+            )
+        )
     windows, zone_name = floor_schedule(result)
     if result.demand.duration_s < _DAY:
         lines.append("The window is shorter than a day, so no daily floor schedule is suggested.")
     elif windows:
-        spans = "; ".join(f"{w.hour:02d}:00–{(w.hour + w.hours) % 24:02d}:00 at least {w.nodes} nodes"
-                          for w in windows)
-        lines.append(f"Floor schedule ({zone_name}): every replayed day needed {spans} for 90 % of each "
-                     "hour. Scheduled floors have those nodes serving before the ramp instead of booting "
-                     "during it (the YAML below goes under scaling.schedules).")
+        spans = "; ".join(
+            f"{w.hour:02d}:00–{(w.hour + w.hours) % 24:02d}:00 at least {w.nodes} nodes" for w in windows
+        )
+        lines.append(
+            f"Floor schedule ({zone_name}): every replayed day needed {spans} for 90 % of each "
+            "hour. Scheduled floors have those nodes serving before the ramp instead of booting "
+            "during it (the YAML below goes under scaling.schedules)."
+        )
     else:
-        lines.append(f"No daily floor above min_nodes {result.min_nodes} is needed: on some day every hour "
-                     f"spent 10 % or more of its time at or below {result.min_nodes} nodes.")
+        lines.append(
+            f"No daily floor above min_nodes {result.min_nodes} is needed: on some day every hour "
+            f"spent 10 % or more of its time at or below {result.min_nodes} nodes."
+        )
     oracle_cost = result.oracle["cost"]
     days = result.demand.duration_s / _DAY
     for run in result.runs:
         s = run.summary
         month = s["cost"] / days * 30 if days else 0.0
-        text = (f"{run.label}: {s['node_hours']:,.1f} node-hours, {_money(s['cost'])} over the window "
-                f"(about {_money(month)} per 30 days), {s['cost_ratio']:.2f}× the oracle's "
-                f"{_money(oracle_cost)}; demand waited for {s['violation_seconds']} s "
-                f"({s['unmet_stream_seconds']:,} stream-seconds)")
+        text = (
+            f"{run.label}: {s['node_hours']:,.1f} node-hours, {_money(s['cost'])} over the window "
+            f"(about {_money(month)} per 30 days), {s['cost_ratio']:.2f}× the oracle's "
+            f"{_money(oracle_cost)}; demand waited for {s['violation_seconds']} s "
+            f"({s['unmet_stream_seconds']:,} stream-seconds)"
+        )
         busiest = _busiest_hours(run, result)
         text += f", mostly around {busiest} {_zone(result)}." if busiest else "."
         lines.append(text)
         hpa = result.hpa_like.summary
         if s["cost"] <= hpa["cost"] and s["violation_seconds"] <= hpa["violation_seconds"]:
-            lines.append(f"{run.label} beats the HPA-like baseline: {_money(hpa['cost'] - s['cost'])} cheaper "
-                         f"with {hpa['violation_seconds'] - s['violation_seconds']} s less waiting.")
+            lines.append(
+                f"{run.label} beats the HPA-like baseline: {_money(hpa['cost'] - s['cost'])} cheaper "
+                f"with {hpa['violation_seconds'] - s['violation_seconds']} s less waiting."
+            )
         elif s["cost"] <= hpa["cost"]:
-            lines.append(f"{run.label} is {_money(hpa['cost'] - s['cost'])} cheaper than the HPA-like baseline "
-                         f"but lets demand wait {s['violation_seconds'] - hpa['violation_seconds']} s longer: "
-                         "a lower target utilisation (more headroom for bursts while nodes boot) or faster scale-out buys that back.")
+            lines.append(
+                f"{run.label} is {_money(hpa['cost'] - s['cost'])} cheaper than the HPA-like baseline "
+                f"but lets demand wait {s['violation_seconds'] - hpa['violation_seconds']} s longer: "
+                "a lower target utilisation (more headroom for bursts while nodes boot) or faster "
+                "scale-out buys that back."
+            )
         else:
-            lines.append(f"{run.label} costs {_money(s['cost'] - hpa['cost'])} more than the HPA-like baseline"
-                         + (f" and saves {hpa['violation_seconds'] - s['violation_seconds']} s of waiting."
-                            if s["violation_seconds"] < hpa["violation_seconds"] else "."))
+            lines.append(
+                f"{run.label} costs {_money(s['cost'] - hpa['cost'])} more than the HPA-like baseline"
+                + (
+                    f" and saves {hpa['violation_seconds'] - s['violation_seconds']} s of waiting."
+                    if s["violation_seconds"] < hpa["violation_seconds"]
+                    else "."
+                )
+            )
     static = result.static_peak
-    lines.append(f"For comparison, running {static['peak_nodes']} nodes all the time (static peak) costs "
-                 f"{_money(static['cost'])} ({static['cost_ratio']:.2f}× the oracle) with no waiting.")
-    return Recommendations(lines=tuple(lines), floors=tuple(windows), timezone=zone_name,
-                           schedule_yaml=_schedule_yaml(windows, zone_name))
+    lines.append(
+        f"For comparison, running {static['peak_nodes']} nodes all the time (static peak) costs "
+        f"{_money(static['cost'])} ({static['cost_ratio']:.2f}× the oracle) with no waiting."
+    )
+    return Recommendations(
+        lines=tuple(lines),
+        floors=tuple(windows),
+        timezone=zone_name,
+        schedule_yaml=_schedule_yaml(windows, zone_name),
+    )

@@ -56,11 +56,17 @@ class DryRun:
         """``summary.json`` for ``run``: its figures, the baselines, the demand and the notes."""
         out = dict(run.summary)
         out["policy"] = run.label
-        out["baselines"] = {"static_peak": self.static_peak, "hpa_like": self.hpa_like.summary,
-                            "oracle": self.oracle}
+        out["baselines"] = {
+            "static_peak": self.static_peak,
+            "hpa_like": self.hpa_like.summary,
+            "oracle": self.oracle,
+        }
         out["demand"] = demand_summary(self.demand, self.fleet.streams_per_node)
-        out["scenario"] = {"name": self.scenario.name, "file": str(self.scenario.source),
-                           "seed": self.scenario.spec.seed}
+        out["scenario"] = {
+            "name": self.scenario.name,
+            "file": str(self.scenario.source),
+            "seed": self.scenario.spec.seed,
+        }
         out["notes"] = list(self.demand.notes) + list(run.replay.notes)
         return out
 
@@ -68,22 +74,50 @@ class DryRun:
 def demand_summary(demand: Demand, streams_per_node: int) -> dict[str, Any]:
     """What the replayed demand was: its source, scale, clock and peak."""
     peak = int(demand.streams.max()) if demand.duration_s else 0
-    return {"description": demand.description, "scale": demand.scale, "replay_at": demand.replay_at.isoformat(),
-            "arrivals": demand.arrivals, "peak_streams": peak, "mean_streams": float(demand.streams.mean()),
-            "peak_required_nodes": -(-peak // streams_per_node)}
+    return {
+        "description": demand.description,
+        "scale": demand.scale,
+        "replay_at": demand.replay_at.isoformat(),
+        "arrivals": demand.arrivals,
+        "peak_streams": peak,
+        "mean_streams": float(demand.streams.mean()),
+        "peak_required_nodes": -(-peak // streams_per_node),
+    }
 
 
-def _figures(*, duration: int, tick_s: int, fleet: FleetModel, min_nodes: int, max_nodes: int,
-             node_seconds: int, violation: int, unmet: int, peak: int, launches: int, terminations: int,
-             oracle_seconds: int) -> dict[str, Any]:
+def _figures(
+    *,
+    duration: int,
+    tick_s: int,
+    fleet: FleetModel,
+    min_nodes: int,
+    max_nodes: int,
+    node_seconds: int,
+    violation: int,
+    unmet: int,
+    peak: int,
+    launches: int,
+    terminations: int,
+    oracle_seconds: int,
+) -> dict[str, Any]:
     cost = node_seconds / 3600.0 * fleet.price_per_hour
     return {
-        "duration_s": duration, "tick_s": tick_s, "streams_per_node": fleet.streams_per_node,
-        "boot_s": fleet.boot_s, "min_nodes": min_nodes, "max_nodes": max_nodes,
-        "price_per_hour": fleet.price_per_hour, "node_seconds": node_seconds,
-        "node_hours": round(node_seconds / 3600.0, 3), "cost": round(cost, 2),
-        "violation_seconds": violation, "unmet_stream_seconds": unmet, "peak_nodes": peak,
-        "launches": launches, "terminations": terminations, "oracle_node_seconds": oracle_seconds,
+        "duration_s": duration,
+        "tick_s": tick_s,
+        "streams_per_node": fleet.streams_per_node,
+        "boot_s": fleet.boot_s,
+        "min_nodes": min_nodes,
+        "max_nodes": max_nodes,
+        "price_per_hour": fleet.price_per_hour,
+        "node_seconds": node_seconds,
+        "node_hours": round(node_seconds / 3600.0, 3),
+        "cost": round(cost, 2),
+        "violation_seconds": violation,
+        "unmet_stream_seconds": unmet,
+        "peak_nodes": peak,
+        "launches": launches,
+        "terminations": terminations,
+        "oracle_node_seconds": oracle_seconds,
         "cost_ratio": round(node_seconds / oracle_seconds, 4) if oracle_seconds else None,
     }
 
@@ -91,11 +125,20 @@ def _figures(*, duration: int, tick_s: int, fleet: FleetModel, min_nodes: int, m
 def summarize(result: Replay, demand: Demand, oracle_seconds: int) -> dict[str, Any]:
     """The figures of one replay (the contract fields of ``summary.json``, and a few more)."""
     scaling = result.policy.scaling
-    figures = _figures(duration=demand.duration_s, tick_s=result.tick_s, fleet=result.fleet,
-                       min_nodes=scaling.min_nodes, max_nodes=scaling.max_nodes,
-                       node_seconds=result.node_seconds, violation=result.violation_seconds,
-                       unmet=result.unmet_stream_seconds, peak=result.peak_nodes, launches=result.launches,
-                       terminations=result.terminations, oracle_seconds=oracle_seconds)
+    figures = _figures(
+        duration=demand.duration_s,
+        tick_s=result.tick_s,
+        fleet=result.fleet,
+        min_nodes=scaling.min_nodes,
+        max_nodes=scaling.max_nodes,
+        node_seconds=result.node_seconds,
+        violation=result.violation_seconds,
+        unmet=result.unmet_stream_seconds,
+        peak=result.peak_nodes,
+        launches=result.launches,
+        terminations=result.terminations,
+        oracle_seconds=oracle_seconds,
+    )
     figures["max_unmet_streams"] = int(result.unmet.max()) if len(result.unmet) else 0
     figures["drain_cut_streams"] = result.cut_streams
     return figures
@@ -103,7 +146,7 @@ def summarize(result: Replay, demand: Demand, oracle_seconds: int) -> dict[str, 
 
 def _tick_of(scenario: Scenario, policy: PoolPolicy) -> int:
     tick = scenario.spec.tick_seconds or policy.scaling.tick
-    return max(1, int(round(tick.total_seconds())))
+    return max(1, round(tick.total_seconds()))
 
 
 def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress | None = None) -> DryRun:
@@ -130,8 +173,10 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
         def report(done: int, total: int) -> None:
             if progress is not None:
                 progress(label, done, total)
-        result = replay(label, policy, demand, fleet, law, tick_s=_tick_of(scenario, policy), seed=seed,
-                        progress=report)
+
+        result = replay(
+            label, policy, demand, fleet, law, tick_s=_tick_of(scenario, policy), seed=seed, progress=report
+        )
         figures = summarize(result, demand, oracle_for(policy.scaling.min_nodes).node_seconds)
         return Run(label=label, source=source, replay=result, summary=figures)
 
@@ -147,10 +192,16 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
 
     hpa_path = scenario.hpa_policy_path()
     if not hpa_path.exists():
-        raise ScenarioError(f"{scenario.source}: the HPA-like baseline policy {hpa_path} does not exist; "
-                            "set baselines.hpa_like to a policy file")
-    hpa_policy = fit_policy(load_policy_for_scenario(hpa_path, "baselines.hpa_like"), fleet,
-                            min_nodes=min_nodes, max_nodes=max_nodes)
+        raise ScenarioError(
+            f"{scenario.source}: the HPA-like baseline policy {hpa_path} does not exist; "
+            "set baselines.hpa_like to a policy file"
+        )
+    hpa_policy = fit_policy(
+        load_policy_for_scenario(hpa_path, "baselines.hpa_like"),
+        fleet,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+    )
     hpa = run("hpa_like", hpa_path, hpa_policy)
 
     base_oracle = oracle_for(min_nodes)
@@ -158,18 +209,47 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
     peak = int(required.max())
     capacity = peak * fleet.streams_per_node
     over = np.maximum(demand.streams - capacity, 0)
-    static = _figures(duration=demand.duration_s, tick_s=runs[0].replay.tick_s, fleet=fleet, min_nodes=peak,
-                      max_nodes=peak, node_seconds=peak * demand.duration_s,
-                      violation=int(np.count_nonzero(over)), unmet=int(over.sum()), peak=peak, launches=0,
-                      terminations=0, oracle_seconds=base_oracle.node_seconds)
-    oracle_figures = _figures(duration=demand.duration_s, tick_s=1, fleet=fleet, min_nodes=min_nodes,
-                              max_nodes=base_oracle.peak_nodes, node_seconds=base_oracle.node_seconds,
-                              violation=0, unmet=0, peak=base_oracle.peak_nodes, launches=base_oracle.launches,
-                              terminations=0, oracle_seconds=base_oracle.node_seconds)
+    static = _figures(
+        duration=demand.duration_s,
+        tick_s=runs[0].replay.tick_s,
+        fleet=fleet,
+        min_nodes=peak,
+        max_nodes=peak,
+        node_seconds=peak * demand.duration_s,
+        violation=int(np.count_nonzero(over)),
+        unmet=int(over.sum()),
+        peak=peak,
+        launches=0,
+        terminations=0,
+        oracle_seconds=base_oracle.node_seconds,
+    )
+    oracle_figures = _figures(
+        duration=demand.duration_s,
+        tick_s=1,
+        fleet=fleet,
+        min_nodes=min_nodes,
+        max_nodes=base_oracle.peak_nodes,
+        node_seconds=base_oracle.node_seconds,
+        violation=0,
+        unmet=0,
+        peak=base_oracle.peak_nodes,
+        launches=base_oracle.launches,
+        terminations=0,
+        oracle_seconds=base_oracle.node_seconds,
+    )
     oracle_figures["terminations"] = None  # the oracle's bill does not depend on them; not counted
-    return DryRun(scenario=scenario, demand=demand, fleet=fleet, runs=tuple(runs), hpa_like=hpa,
-                  static_peak=static, oracle=oracle_figures, required=required, min_nodes=min_nodes,
-                  max_nodes=max_nodes)
+    return DryRun(
+        scenario=scenario,
+        demand=demand,
+        fleet=fleet,
+        runs=tuple(runs),
+        hpa_like=hpa,
+        static_peak=static,
+        oracle=oracle_figures,
+        required=required,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+    )
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:

@@ -171,7 +171,9 @@ class DemandSpec(StrictModel):
             if not self.url or not self.query:
                 raise ValueError("format prometheus needs url and query")
             if not isinstance(self.start, datetime):
-                raise ValueError("format prometheus needs start as an ISO 8601 time, e.g. 2025-09-01T00:00:00Z")
+                raise ValueError(
+                    "format prometheus needs start as an ISO 8601 time, e.g. 2025-09-01T00:00:00Z"
+                )
             if self.step <= timedelta(0):
                 raise ValueError("step must be positive")
         else:
@@ -212,7 +214,9 @@ class FleetOverrides(StrictModel):
     boot_seconds: float | None = Field(default=None, ge=0, description="Launch to serving. Default 180.")
     price_per_hour: float | None = Field(default=None, ge=0)
     drain_seconds: float | None = Field(
-        default=None, ge=0, description="Longest drain before termination. Default: the policy's drain.timeout."
+        default=None,
+        ge=0,
+        description="Longest drain before termination. Default: the policy's drain.timeout.",
     )
     gpu_memory_mib: int | None = Field(default=None, gt=0)
     model_memory_mib: int | None = Field(default=None, gt=0)
@@ -233,7 +237,7 @@ class PoolOverrides(StrictModel):
 
 
 class Baselines(StrictModel):
-    """Which policy file stands for the HPA-like baseline (default: the repository's policies/hpa-like.yaml)."""
+    """Which policy file stands for the HPA-like baseline (default: the repository's hpa-like.yaml)."""
 
     hpa_like: str | None = None
 

@@ -90,8 +90,16 @@ def _time_ticks(duration_s: int, start: datetime) -> list[tuple[float, str]]:
     return out
 
 
-def chart(title: str, series: Sequence[Series], *, duration_s: int, start: datetime, y_label: str,
-          stacked: bool = False, buckets: int = 900) -> str:
+def chart(
+    title: str,
+    series: Sequence[Series],
+    *,
+    duration_s: int,
+    start: datetime,
+    y_label: str,
+    stacked: bool = False,
+    buckets: int = 900,
+) -> str:
     """An ``<svg>`` element (as text) with ``series`` over ``[0, duration_s)``, a time axis and a legend."""
     plot_w = _WIDTH - _LEFT - _RIGHT
     plot_h = _HEIGHT - _TOP - _BOTTOM
@@ -109,8 +117,11 @@ def chart(title: str, series: Sequence[Series], *, duration_s: int, start: datet
     def y(v: float) -> float:
         return _TOP + plot_h * (1 - v / ymax)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_WIDTH} {_HEIGHT}" role="img" '
-             f'aria-label="{escape(title)}" class="chart">', f"<title>{escape(title)}</title>"]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_WIDTH} {_HEIGHT}" role="img" '
+        f'aria-label="{escape(title)}" class="chart">',
+        f"<title>{escape(title)}</title>",
+    ]
     for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
         gy = y(ymax * fraction)
         parts.append(f'<line x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" class="grid"/>')
@@ -118,9 +129,13 @@ def chart(title: str, series: Sequence[Series], *, duration_s: int, start: datet
     for position, label in _time_ticks(duration_s, start):
         gx = _LEFT + plot_w * position
         parts.append(f'<line x1="{gx:.1f}" x2="{gx:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}" class="grid"/>')
-        parts.append(f'<text x="{gx:.1f}" y="{_HEIGHT - _BOTTOM + 16}" text-anchor="middle">{escape(label)}</text>')
-    parts.append(f'<text x="14" y="{_TOP + plot_h / 2:.0f}" transform="rotate(-90 14 {_TOP + plot_h / 2:.0f})" '
-                 f'text-anchor="middle">{escape(y_label)}</text>')
+        parts.append(
+            f'<text x="{gx:.1f}" y="{_HEIGHT - _BOTTOM + 16}" text-anchor="middle">{escape(label)}</text>'
+        )
+    parts.append(
+        f'<text x="14" y="{_TOP + plot_h / 2:.0f}" transform="rotate(-90 14 {_TOP + plot_h / 2:.0f})" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+    )
     if stacked and reduced:
         size = tops.shape[1]
         for index in range(len(series) - 1, -1, -1):
@@ -128,16 +143,20 @@ def chart(title: str, series: Sequence[Series], *, duration_s: int, start: datet
             bottom = tops[index - 1] if index else np.zeros(size)
             points = [f"{x(i, size):.1f},{y(v):.1f}" for i, v in enumerate(top)]
             points += [f"{x(i, size):.1f},{y(v):.1f}" for i, v in reversed(list(enumerate(bottom)))]
-            parts.append(f'<polygon points="{" ".join(points)}" fill="{series[index].color}" '
-                         f'fill-opacity="0.85" stroke="none"/>')
+            parts.append(
+                f'<polygon points="{" ".join(points)}" fill="{series[index].color}" '
+                f'fill-opacity="0.85" stroke="none"/>'
+            )
     else:
         for s, values in zip(series, reduced, strict=True):
             if not values.size:
                 continue
             n = len(values)
-            points = " ".join(f"{x(i, n):.1f},{y(v):.1f}" for i, v in enumerate(values))
+            line = " ".join(f"{x(i, n):.1f},{y(v):.1f}" for i, v in enumerate(values))
             dash = ' stroke-dasharray="6 4"' if s.dashed else ""
-            parts.append(f'<polyline points="{points}" fill="none" stroke="{s.color}" stroke-width="1.4"{dash}/>')
+            parts.append(
+                f'<polyline points="{line}" fill="none" stroke="{s.color}" stroke-width="1.4"{dash}/>'
+            )
     legend_x = _LEFT
     for s in series:
         parts.append(f'<rect x="{legend_x}" y="{_HEIGHT - 14}" width="12" height="8" fill="{s.color}"/>')

@@ -36,8 +36,13 @@ TWITTER_EPOCH = datetime(2021, 8, 1, tzinfo=UTC)
 GAP_MIN_S = 60
 #: Inter-arrival laws of ServeGen windows.
 LAW_NONE, LAW_GAMMA, LAW_WEIBULL, LAW_EXPONENTIAL = 0, 1, 2, 3
-_LAWS = {"": LAW_NONE, "gamma": LAW_GAMMA, "weibull": LAW_WEIBULL, "exponential": LAW_EXPONENTIAL,
-         "poisson": LAW_EXPONENTIAL}
+_LAWS = {
+    "": LAW_NONE,
+    "gamma": LAW_GAMMA,
+    "weibull": LAW_WEIBULL,
+    "exponential": LAW_EXPONENTIAL,
+    "poisson": LAW_EXPONENTIAL,
+}
 #: Unix timestamps from 2001 on are absolute; smaller numbers are seconds from the trace's start.
 _UNIX_FROM = 1e9
 
@@ -79,9 +84,9 @@ def fill_zero_gaps(counts: NDArray[np.int64], min_run: int = GAP_MIN_S) -> tuple
     for start, end in zip(starts[long], ends[long], strict=True):
         length = end - start
         if start >= length:
-            out[start:end] = out[start - length:start]
+            out[start:end] = out[start - length : start]
         elif end + length <= len(out):
-            out[start:end] = out[end:end + length]
+            out[start:end] = out[end : end + length]
         else:
             continue  # a gap longer than the data around it: leave it
         filled += int(length)
@@ -95,8 +100,10 @@ def read_twitter(path: Path, *, fill_gaps: bool = True) -> CountsTrace:
             data = path.read_bytes()
         else:
             with tarfile.open(path, "r:*") as archive:
-                member = next((m for m in archive.getmembers()
-                               if m.isfile() and Path(m.name).name == "workload.txt"), None)
+                member = next(
+                    (m for m in archive.getmembers() if m.isfile() and Path(m.name).name == "workload.txt"),
+                    None,
+                )
                 if member is None:
                     raise ScenarioError(f"{path}: no workload.txt inside the archive")
                 handle = archive.extractfile(member)
@@ -107,8 +114,9 @@ def read_twitter(path: Path, *, fill_gaps: bool = True) -> CountsTrace:
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
             raise _open_error(path, exc) from exc
-        raise ScenarioError(f"{path}: not a readable twitter trace (bzip2 tar with workload.txt): "
-                            f"{exc or type(exc).__name__}") from exc
+        raise ScenarioError(
+            f"{path}: not a readable twitter trace (bzip2 tar with workload.txt): {exc or type(exc).__name__}"
+        ) from exc
     tokens = data.split()
     if not tokens:
         raise ScenarioError(f"{path}: workload.txt is empty")
@@ -117,8 +125,9 @@ def read_twitter(path: Path, *, fill_gaps: bool = True) -> CountsTrace:
     except (ValueError, OverflowError) as exc:
         bad = next(i for i, t in enumerate(tokens) if not t.isdigit())
         shown = tokens[bad][:20].decode("utf-8", "replace")
-        raise ScenarioError(f"{path}: workload.txt value {bad + 1} (second {bad}) is {shown!r}, "
-                            "not a count of arrivals") from exc
+        raise ScenarioError(
+            f"{path}: workload.txt value {bad + 1} (second {bad}) is {shown!r}, not a count of arrivals"
+        ) from exc
     if (counts < 0).any():
         bad = int(np.flatnonzero(counts < 0)[0])
         raise ScenarioError(f"{path}: workload.txt value {bad + 1} (second {bad}) is negative")
@@ -126,8 +135,10 @@ def read_twitter(path: Path, *, fill_gaps: bool = True) -> CountsTrace:
     if fill_gaps:
         counts, gaps, seconds = fill_zero_gaps(counts)
         if gaps:
-            notes = (f"{gaps} gaps of zero arrivals ({seconds / 60:.0f} min in all, an artefact of the "
-                     "archive) were filled with the minutes before each gap",)
+            notes = (
+                f"{gaps} gaps of zero arrivals ({seconds / 60:.0f} min in all, an artefact of the "
+                "archive) were filled with the minutes before each gap",
+            )
     return CountsTrace(counts=counts, epoch=TWITTER_EPOCH, notes=notes)
 
 
@@ -147,16 +158,20 @@ class ServeGenTrace:
     def total_rate(self) -> NDArray[np.float64]:
         """Requests per second of the model (summed over clients), per window."""
         windows = self.length_s // self.window_s
-        out: NDArray[np.float64] = np.bincount(self.starts // self.window_s, weights=self.rates,
-                                               minlength=windows)
+        out: NDArray[np.float64] = np.bincount(
+            self.starts // self.window_s, weights=self.rates, minlength=windows
+        ).astype(np.float64)
         return out
 
 
 def _servegen_members(path: Path, model: str) -> Iterator[tuple[str, bytes]]:
     pattern = f"*/{model}/chunk-*-trace.csv"
     if path.is_dir():
-        found = sorted(p for p in path.rglob("chunk-*-trace.csv")
-                       if fnmatch.fnmatch(p.as_posix(), pattern) or p.parent.name == model)
+        found = sorted(
+            p
+            for p in path.rglob("chunk-*-trace.csv")
+            if fnmatch.fnmatch(p.as_posix(), pattern) or p.parent.name == model
+        )
         for file in found:
             yield str(file), file.read_bytes()
         return
@@ -178,8 +193,10 @@ def _servegen_rows_slow(name: str, text: str) -> None:
         if not row:
             continue
         if len(row) != 6:
-            raise ScenarioError(f"{name}:{line_no}: expected 6 columns "
-                                f"(window_start_s,rate,cv,pattern,param1,param2), found {len(row)}")
+            raise ScenarioError(
+                f"{name}:{line_no}: expected 6 columns "
+                f"(window_start_s,rate,cv,pattern,param1,param2), found {len(row)}"
+            )
         try:
             start, rate = float(row[0]), float(row[1])
             shape = float(row[4]) if row[4].strip() else 0.0
@@ -187,8 +204,10 @@ def _servegen_rows_slow(name: str, text: str) -> None:
             raise ScenarioError(f"{name}:{line_no}: not a number in {','.join(row)[:80]!r}") from exc
         law = _LAWS.get(row[3].strip().lower())
         if law is None:
-            raise ScenarioError(f"{name}:{line_no}: unknown inter-arrival law {row[3]!r} "
-                                "(expected Gamma, Weibull or Exponential)")
+            raise ScenarioError(
+                f"{name}:{line_no}: unknown inter-arrival law {row[3]!r} "
+                "(expected Gamma, Weibull or Exponential)"
+            )
         if not (math.isfinite(start) and math.isfinite(rate)) or start < 0 or rate < 0:
             raise ScenarioError(f"{name}:{line_no}: window start and rate must be finite and >= 0")
         if rate > 0 and law in (LAW_GAMMA, LAW_WEIBULL) and not (math.isfinite(shape) and shape > 0):
@@ -196,8 +215,9 @@ def _servegen_rows_slow(name: str, text: str) -> None:
     raise ScenarioError(f"{name}: malformed rows")  # pragma: no cover - the fast path found a problem
 
 
-def _servegen_rows(name: str, text: str) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int8],
-                                                   NDArray[np.float64]]:
+def _servegen_rows(
+    name: str, text: str
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int8], NDArray[np.float64]]:
     """One client file's columns, parsed in bulk by numpy; a bad row is found and named by the slow path."""
     lines = [line for line in text.splitlines() if line.strip()]
     cells = np.array([c.strip() for line in lines for c in line.split(",")], dtype=object)
@@ -242,15 +262,21 @@ def read_servegen(path: Path, model: str) -> ServeGenTrace:
     unique = np.unique(start_arr)
     steps = np.unique(np.diff(unique))
     if len(unique) < 2 or len(steps) != 1:
-        raise ScenarioError(f"{path}: windows of model {model!r} are not evenly spaced "
-                            f"(steps seen: {steps[:5].tolist()})")
+        raise ScenarioError(
+            f"{path}: windows of model {model!r} are not evenly spaced (steps seen: {steps[:5].tolist()})"
+        )
     window = int(steps[0])
     if int(unique[0]) % window:
         raise ScenarioError(f"{path}: windows of model {model!r} do not start at a multiple of {window} s")
-    return ServeGenTrace(window_s=window, length_s=int(unique[-1]) + window, starts=start_arr,
-                         rates=np.concatenate([c[1] for c in columns]),
-                         laws=np.concatenate([c[2] for c in columns]),
-                         shapes=np.concatenate([c[3] for c in columns]), clients=len(columns))
+    return ServeGenTrace(
+        window_s=window,
+        length_s=int(unique[-1]) + window,
+        starts=start_arr,
+        rates=np.concatenate([c[1] for c in columns]),
+        laws=np.concatenate([c[2] for c in columns]),
+        shapes=np.concatenate([c[3] for c in columns]),
+        clients=len(columns),
+    )
 
 
 # -------------------------------------------------------------------------------------------- azure
@@ -277,7 +303,9 @@ def _instants(values: list[str], where: str, first_line: int) -> NDArray[np.floa
             try:
                 np.datetime64(value.strip().replace("Z", ""), "ns")
             except ValueError:
-                raise ScenarioError(f"{where}:{first_line + offset}: {value[:40]!r} is not a timestamp") from exc
+                raise ScenarioError(
+                    f"{where}:{first_line + offset}: {value[:40]!r} is not a timestamp"
+                ) from exc
         raise ScenarioError(f"{where}: timestamps could not be read") from exc
     if np.isnat(stamps).any():
         bad = int(np.flatnonzero(np.isnat(stamps))[0])

@@ -19,8 +19,10 @@ AZURE = FIXTURES / "azure-conv-2000.csv.gz"
 BASE_SCENARIO: dict[str, Any] = {
     "policy": str(POLICIES / "asr-aws.yaml"),
     "demand": {"format": "twitter", "path": str(TWITTER), "start": "1h", "duration": "6h", "peak_nodes": 12},
-    "workload": {"audio_seconds": {"distribution": "lognormal", "median": 60, "p95": 300},
-                 "real_time_factor": 1.0},
+    "workload": {
+        "audio_seconds": {"distribution": "lognormal", "median": 60, "p95": 300},
+        "real_time_factor": 1.0,
+    },
     "fleet": {"streams_per_node": 10, "boot_seconds": 180, "price_per_hour": 1.006},
     "pool": {"min_nodes": 2, "max_nodes": 20},
     "tick_seconds": 15,
@@ -45,12 +47,15 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-
 def backfill(openmetrics: str, data_dir: Path) -> None:
     """Create TSDB blocks in ``data_dir`` from OpenMetrics text with ``promtool`` (as an operator would)."""
     require_binary("promtool")
     source = data_dir.parent / "history.om"
     source.write_text(openmetrics, encoding="utf-8")
     data_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(data_dir)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(data_dir)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sim_helpers import AZURE, SERVEGEN, TWITTER
 
 from autoscaler.errors import ScenarioError
 from autoscaler.simulate.demand import (
@@ -31,7 +32,6 @@ from autoscaler.simulate.traces import (
     read_twitter,
 )
 from autoscaler.simulate.workload import ServiceLaw
-from sim_helpers import AZURE, SERVEGEN, TWITTER
 
 FIXED_60 = Workload.model_validate({"audio_seconds": {"distribution": "fixed", "mean": 60}})
 
@@ -52,7 +52,7 @@ def test_twitter_slice_reads_per_second_counts_and_fills_the_archive_gap() -> No
     assert len(raw.counts) == 129_600
     gap = np.flatnonzero(raw.counts == 0)
     assert gap.size > 1500  # the archive gap near second 84,661
-    assert not (filled.counts[gap.min():gap.max() + 1] == 0).all()
+    assert not (filled.counts[gap.min() : gap.max() + 1] == 0).all()
     assert filled.notes and "gaps of zero arrivals" in filled.notes[0]
     assert filled.epoch is not None and filled.epoch.isoformat() == "2021-08-01T00:00:00+00:00"
 
@@ -105,14 +105,20 @@ def test_csv_rows_hold_until_the_next_timestamp(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- malformed input
-@pytest.mark.parametrize(("name", "make", "message"), [
-    ("truncated.tbz2", lambda p: p.write_bytes(TWITTER.read_bytes()[:5000]),
-     "not a readable twitter trace"),
-    ("letters.tbz2", lambda p: _tbz2(p, b"12 13 x7 14"), "value 3 (second 2) is 'x7'"),
-    ("negative.tbz2", lambda p: _tbz2(p, b"12 -1 14"), "value 2"),
-    ("empty.tbz2", lambda p: _tbz2(p, b""), "workload.txt is empty"),
-    ("plain.tbz2", lambda p: p.write_bytes(bz2.compress(b"1 2 3")), "not a readable twitter trace"),
-])
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        (
+            "truncated.tbz2",
+            lambda p: p.write_bytes(TWITTER.read_bytes()[:5000]),
+            "not a readable twitter trace",
+        ),
+        ("letters.tbz2", lambda p: _tbz2(p, b"12 13 x7 14"), "value 3 (second 2) is 'x7'"),
+        ("negative.tbz2", lambda p: _tbz2(p, b"12 -1 14"), "value 2"),
+        ("empty.tbz2", lambda p: _tbz2(p, b""), "workload.txt is empty"),
+        ("plain.tbz2", lambda p: p.write_bytes(bz2.compress(b"1 2 3")), "not a readable twitter trace"),
+    ],
+)
 def test_malformed_twitter_trace_is_a_scenario_error(
     tmp_path: Path, name: str, make: Callable[[Path], object], message: str
 ) -> None:
@@ -132,12 +138,18 @@ def _servegen_archive(path: Path, rows: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    ("0,5.0,1.0,Gamma,1.0,0.2\n600,5.0,1.0,Gamma,1.0\n", r"chunk-0-trace.csv:2: expected 6 columns"),
-    ("0,5.0,1.0,Gamma,1.0,0.2\n600,five,1.0,Gamma,1.0,0.2\n", r"chunk-0-trace.csv:2: not a number"),
-    ("0,5.0,1.0,Pareto,1.0,0.2\n600,5.0,1.0,Gamma,1.0,0.2\n", r"chunk-0-trace.csv:1: unknown inter-arrival law"),
-    ("0,5.0,1.0,Gamma,-1.0,0.2\n600,5.0,1.0,Gamma,1.0,0.2\n", r"chunk-0-trace.csv:1: the Gamma shape"),
-])
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("0,5.0,1.0,Gamma,1.0,0.2\n600,5.0,1.0,Gamma,1.0\n", r"chunk-0-trace.csv:2: expected 6 columns"),
+        ("0,5.0,1.0,Gamma,1.0,0.2\n600,five,1.0,Gamma,1.0,0.2\n", r"chunk-0-trace.csv:2: not a number"),
+        (
+            "0,5.0,1.0,Pareto,1.0,0.2\n600,5.0,1.0,Gamma,1.0,0.2\n",
+            r"chunk-0-trace.csv:1: unknown inter-arrival law",
+        ),
+        ("0,5.0,1.0,Gamma,-1.0,0.2\n600,5.0,1.0,Gamma,1.0,0.2\n", r"chunk-0-trace.csv:1: the Gamma shape"),
+    ],
+)
 def test_malformed_servegen_rows_name_file_and_line(tmp_path: Path, rows: str, message: str) -> None:
     """A bad ServeGen row is reported with its file and line."""
     with pytest.raises(ScenarioError, match=message):
@@ -228,8 +240,17 @@ def test_peak_nodes_scales_each_source_to_the_requested_peak(write_scenario: Cal
     """peak_nodes N makes the realised peak need exactly N nodes, for counts, windows and requests."""
     for demand, peak in [
         ({"format": "twitter", "path": str(TWITTER), "start": "1h", "duration": "6h", "peak_nodes": 12}, 12),
-        ({"format": "servegen", "path": str(SERVEGEN), "model": "m-large", "start": "0s", "duration": "12h",
-          "peak_nodes": 9}, 9),
+        (
+            {
+                "format": "servegen",
+                "path": str(SERVEGEN),
+                "model": "m-large",
+                "start": "0s",
+                "duration": "12h",
+                "peak_nodes": 9,
+            },
+            9,
+        ),
         ({"format": "azure", "path": str(AZURE), "start": "0s", "duration": "5m", "peak_nodes": 4}, 4),
     ]:
         scenario = load_scenario(write_scenario(demand=demand | {"peak_nodes": peak}))
@@ -242,7 +263,7 @@ def test_fixed_scale_thins_observed_counts(write_scenario: Callable[..., Path]) 
     """scale 0.1 keeps about a tenth of the twitter slice's arrivals in the window."""
     scenario = load_scenario(write_scenario(demand={"peak_nodes": None, "scale": 0.1}))
     built = build_demand(scenario, streams_per_node=10)
-    window = read_twitter(TWITTER).counts[3600:3600 + 6 * 3600]
+    window = read_twitter(TWITTER).counts[3600 : 3600 + 6 * 3600]
     assert built.arrivals == pytest.approx(0.1 * window.sum(), rel=0.02)
     assert built.scale == 0.1
 
@@ -260,9 +281,19 @@ def test_streams_kind_csv_is_used_as_concurrency(tmp_path: Path, write_scenario:
     """A csv of concurrent streams is replayed as it is, times the scale."""
     trace = tmp_path / "streams.csv"
     trace.write_text("timestamp,value\n" + "".join(f"{t * 60},{10 + t}\n" for t in range(120)))
-    scenario = load_scenario(write_scenario(demand={"format": "csv", "path": str(trace), "kind": "streams",
-                                                    "start": "0s", "duration": "2h", "peak_nodes": None,
-                                                    "scale": 2.0}))
+    scenario = load_scenario(
+        write_scenario(
+            demand={
+                "format": "csv",
+                "path": str(trace),
+                "kind": "streams",
+                "start": "0s",
+                "duration": "2h",
+                "peak_nodes": None,
+                "scale": 2.0,
+            }
+        )
+    )
     built = build_demand(scenario, 10)
     assert built.streams[0] == 20 and built.streams[-1] == 2 * (10 + 119)
     assert built.arrivals is None
@@ -271,5 +302,7 @@ def test_streams_kind_csv_is_used_as_concurrency(tmp_path: Path, write_scenario:
 def test_window_outside_the_trace_is_a_scenario_error(write_scenario: Callable[..., Path]) -> None:
     """A window that runs past the trace's end says how long the trace is."""
     scenario = load_scenario(write_scenario(demand={"start": "1d", "duration": "1d"}))
-    with pytest.raises(ScenarioError, match=r"runs past the end of the trace twitter-1.5d.tbz2, which is 129600 s"):
+    with pytest.raises(
+        ScenarioError, match=r"runs past the end of the trace twitter-1.5d.tbz2, which is 129600 s"
+    ):
         build_demand(scenario, 10)

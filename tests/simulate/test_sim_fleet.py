@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sim_helpers import POLICIES
 
 import autoscaler.simulate.fleet as fleet_module
 from autoscaler.policy.engine import decide
@@ -17,20 +18,37 @@ from autoscaler.simulate.demand import Demand
 from autoscaler.simulate.fleet import FleetModel, Replay, fit_policy, replay
 from autoscaler.simulate.scenario import Workload
 from autoscaler.simulate.workload import ServiceLaw
-from sim_helpers import POLICIES
 
-FLEET = FleetModel(instance_type="sim", streams_per_node=10, boot_s=60, price_per_hour=1.0, drain_timeout_s=None,
-                   gpu_memory_mib=24576, model_memory_mib=3400, stream_memory_mib=1900)
+FLEET = FleetModel(
+    instance_type="sim",
+    streams_per_node=10,
+    boot_s=60,
+    price_per_hour=1.0,
+    drain_timeout_s=None,
+    gpu_memory_mib=24576,
+    model_memory_mib=3400,
+    stream_memory_mib=1900,
+)
 LAW = ServiceLaw(Workload.model_validate({"audio_seconds": {"distribution": "fixed", "mean": 30}}))
 
 
 def _demand(streams: list[int] | np.ndarray[Any, Any]) -> Demand:
-    return Demand(streams=np.asarray(streams, dtype=np.int64), scale=1.0,
-                  replay_at=datetime(2025, 1, 6, tzinfo=UTC), arrivals=None, description="test")
+    return Demand(
+        streams=np.asarray(streams, dtype=np.int64),
+        scale=1.0,
+        replay_at=datetime(2025, 1, 6, tzinfo=UTC),
+        arrivals=None,
+        description="test",
+    )
 
 
-def _policy(name: str = "hpa-like.yaml", *, min_nodes: int = 1, max_nodes: int = 10,
-            changes: dict[str, Any] | None = None) -> PoolPolicy:
+def _policy(
+    name: str = "hpa-like.yaml",
+    *,
+    min_nodes: int = 1,
+    max_nodes: int = 10,
+    changes: dict[str, Any] | None = None,
+) -> PoolPolicy:
     policy = fit_policy(load_policy(POLICIES / name), FLEET, min_nodes=min_nodes, max_nodes=max_nodes)
     if changes:
         data = policy.model_dump()
@@ -60,7 +78,7 @@ def test_every_tick_is_decided_by_the_engine(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_steady_demand_settles_at_the_target_and_never_waits() -> None:
-    """Constant 36 streams with target 6 per node settles at 6 nodes, with capacity above demand throughout."""
+    """Constant 36 streams with target 6 per node settles at 6 nodes; capacity covers demand throughout."""
     result = _run(_policy(), [36] * 6000)
     assert result.ready[-1] == 6
     assert result.violation_seconds == 0
@@ -133,7 +151,9 @@ def test_gpu_memory_signal_follows_the_busiest_node(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(fleet_module, "decide", spy)
     policy = _policy("asr-aws.yaml", min_nodes=4, max_nodes=4)
     _run(policy, [30] * 300)
-    assert seen and seen[0] == pytest.approx((3400 + 8 * 1900) / 24576)  # 30 streams on 4 nodes: 8 on the busiest
+    assert seen and seen[0] == pytest.approx(
+        (3400 + 8 * 1900) / 24576
+    )  # 30 streams on 4 nodes: 8 on the busiest
 
 
 def test_replay_is_deterministic_for_a_seed() -> None:

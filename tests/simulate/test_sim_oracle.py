@@ -23,12 +23,13 @@ def brute_force(required: Sequence[int], boot: int) -> int:
     top = max(required, default=0)
     horizon = len(required)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def best(t: int, serving: int, booting: tuple[int, ...]) -> float:
         if t == horizon:
             return 0
         result = float("inf")
         distinct = sorted(set(booting))
+
         # Choose how many serving nodes to keep, which booting nodes to keep, and launches.
         def keep_options(index: int) -> list[tuple[int, ...]]:
             if index == len(distinct):
@@ -37,6 +38,7 @@ def brute_force(required: Sequence[int], boot: int) -> int:
             count = booting.count(value)
             tails = keep_options(index + 1)
             return [(value,) * k + tail for k in range(count + 1) for tail in tails]
+
         for keep_serving in range(serving + 1):
             for kept in keep_options(0):
                 for launch in range(top + 1):
@@ -79,8 +81,10 @@ def test_constant_floor_costs_exactly_its_node_seconds() -> None:
 
 
 @settings(max_examples=120, deadline=None)
-@given(required=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=9),
-       boot=st.integers(min_value=0, max_value=3))
+@given(
+    required=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=9),
+    boot=st.integers(min_value=0, max_value=3),
+)
 def test_oracle_matches_exhaustive_search(required: list[int], boot: int) -> None:
     """On small inputs, the level decomposition equals the cheapest schedule found by exhaustive search."""
     assert oracle(np.array(required, dtype=np.int64), boot).node_seconds == brute_force(required, boot)
