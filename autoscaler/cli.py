@@ -19,15 +19,20 @@ from autoscaler.telemetry import ControllerMetrics
 
 app = typer.Typer(
     help="An autoscaler for GPU inference fleets. Start with `autoscaler demo`.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
 )
 
 PolicyOption = Annotated[Path, typer.Option("--policy", "-p", help="The pool's policy file (YAML).")]
 StoreOption = Annotated[
     str | None,
-    typer.Option("--store", envvar="AUTOSCALER_STORE",
-                 help="Database URL (default: sqlite:///.autoscaler/autoscaler.db; postgresql+psycopg://... "
-                      "when several controllers share state)."),
+    typer.Option(
+        "--store",
+        envvar="AUTOSCALER_STORE",
+        help="Database URL (default: sqlite:///.autoscaler/autoscaler.db; postgresql+psycopg://... "
+        "when several controllers share state).",
+    ),
 ]
 JsonLogs = Annotated[bool, typer.Option("--log-json", help="Log one JSON object per line.")]
 
@@ -55,8 +60,11 @@ def render_outcome(outcome: TickOutcome) -> str:
     lines = [f"pool {outcome.pool} at {outcome.at.isoformat(timespec='seconds')}"]
     if outcome.decision is not None:
         lines.append(f"decision: {outcome.decision.summary()}")
-    for label, items in (("launched", outcome.launched), ("draining", outcome.drained),
-                         ("joined balancer", outcome.joined)):
+    for label, items in (
+        ("launched", outcome.launched),
+        ("draining", outcome.drained),
+        ("joined balancer", outcome.joined),
+    ):
         if items:
             lines.append(f"{label}: {', '.join(items)}")
     lines.extend(f"terminated {i}: {why}" for i, why in outcome.terminated.items())
@@ -66,10 +74,13 @@ def render_outcome(outcome: TickOutcome) -> str:
 
 
 @app.command()
-def run(policy: PolicyOption, store: StoreOption = None,
-        metrics_port: Annotated[int | None, typer.Option(help="Serve the controller's metrics here.")] = None,
-        metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
-        log_json: JsonLogs = False) -> None:
+def run(
+    policy: PolicyOption,
+    store: StoreOption = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve the controller's metrics here.")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
+    log_json: JsonLogs = False,
+) -> None:
     """Run the controller: one tick every `scaling.tick`, until SIGTERM or SIGINT."""
     from autoscaler.service import TickService
 
@@ -88,9 +99,12 @@ def run(policy: PolicyOption, store: StoreOption = None,
 
 
 @app.command()
-def once(policy: PolicyOption, store: StoreOption = None,
-         as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
-         log_json: JsonLogs = False) -> None:
+def once(
+    policy: PolicyOption,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    log_json: JsonLogs = False,
+) -> None:
     """Run one tick, print what it decided and did, and exit (status 1 if the tick had errors)."""
     configure_logging(json_lines=log_json, level="warning")
     runtime = _runtime(policy, store)
@@ -99,8 +113,11 @@ def once(policy: PolicyOption, store: StoreOption = None,
     finally:
         runtime.close()
     if as_json:
-        payload = outcome.to_dict() | {"pool": outcome.pool, "at": outcome.at.isoformat(),
-                                       "tick_id": outcome.tick_id}
+        payload = outcome.to_dict() | {
+            "pool": outcome.pool,
+            "at": outcome.at.isoformat(),
+            "tick_id": outcome.tick_id,
+        }
         if outcome.decision is not None:
             payload["decision"] = decision_record(outcome.decision)
         typer.echo(json.dumps(payload, indent=2, default=str))
@@ -110,8 +127,11 @@ def once(policy: PolicyOption, store: StoreOption = None,
 
 
 @app.command()
-def explain(policy: PolicyOption, store: StoreOption = None,
-            as_json: Annotated[bool, typer.Option("--json", help="Print the trail as JSON.")] = False) -> None:
+def explain(
+    policy: PolicyOption,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the trail as JSON.")] = False,
+) -> None:
     """Show the reason trail of the current tick: observe and decide, change nothing."""
     configure_logging(level="warning")
     runtime = _runtime(policy, store)
@@ -122,15 +142,21 @@ def explain(policy: PolicyOption, store: StoreOption = None,
     finally:
         runtime.close()
     if as_json:
-        typer.echo(json.dumps({"inputs": observation.inputs(), "decision": decision_record(decision)},
-                              indent=2, default=str))
+        typer.echo(
+            json.dumps(
+                {"inputs": observation.inputs(), "decision": decision_record(decision)}, indent=2, default=str
+            )
+        )
     else:
         typer.echo(render_reasons(decision))
 
 
 @app.command()
-def history(policy: PolicyOption, store: StoreOption = None,
-            limit: Annotated[int, typer.Option(help="How many ticks.")] = 20) -> None:
+def history(
+    policy: PolicyOption,
+    store: StoreOption = None,
+    limit: Annotated[int, typer.Option(help="How many ticks.")] = 20,
+) -> None:
     """Print the pool's most recent recorded ticks, newest first."""
     from autoscaler.policy.load import load_policy
     from autoscaler.store import open_store
@@ -148,18 +174,25 @@ def history(policy: PolicyOption, store: StoreOption = None,
 
 
 @app.command()
-def demo(duration: Annotated[float, typer.Option(help="Seconds of load to replay.")] = 180.0,
-         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-         traces: Annotated[Path | None, typer.Option(help="Trace folder (default: ../shared/traces).")] = None,
-         policy: Annotated[Path | None, typer.Option(help="Policy to run (default: policies/asr-demo.yaml).")]
-         = None) -> None:
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of load to replay.")] = 180.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    traces: Annotated[Path | None, typer.Option(help="Trace folder (default: ../shared/traces).")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy to run (default: policies/asr-demo.yaml).")
+    ] = None,
+) -> None:
     """Start Prometheus, nginx and a local fleet, replay a load ramp, and watch the fleet scale."""
     from autoscaler.demo import DemoError, run_demo
 
     configure_logging(level="error")
     try:
-        summary = run_demo(duration_s=duration, traces_dir=traces, policy_path=policy,
-                           progress=sys.stderr if as_json else sys.stdout)
+        summary = run_demo(
+            duration_s=duration,
+            traces_dir=traces,
+            policy_path=policy,
+            progress=sys.stderr if as_json else sys.stdout,
+        )
     except DemoError as exc:
         _fail(str(exc), 1)
     if as_json:

@@ -81,8 +81,11 @@ class NodeState:
 
 
 def _sample_record(sample: Sample) -> dict[str, Any]:
-    return {"value": sample.value if sample.has_data else None, "error": sample.error,
-            "observed_at": sample.observed_at.isoformat() if sample.observed_at else None}
+    return {
+        "value": sample.value if sample.has_data else None,
+        "error": sample.error,
+        "observed_at": sample.observed_at.isoformat() if sample.observed_at else None,
+    }
 
 
 @dataclass
@@ -98,10 +101,16 @@ class Observation:
         """JSON-ready record of the inputs the engine decided on."""
         return {
             "samples": {name: _sample_record(s) for name, s in self.samples.items()},
-            "nodes": {s.instance.id: {"lifecycle": s.lifecycle.value, "healthy": s.healthy,
-                                      "active_streams": s.active_streams, "type": s.instance.instance_type,
-                                      "model_version": s.instance.model_version}
-                      for s in self.states.values()},
+            "nodes": {
+                s.instance.id: {
+                    "lifecycle": s.lifecycle.value,
+                    "healthy": s.healthy,
+                    "active_streams": s.active_streams,
+                    "type": s.instance.instance_type,
+                    "model_version": s.instance.model_version,
+                }
+                for s in self.states.values()
+            },
             "replaced": {i.id: reason for i, reason in self.replace},
         }
 
@@ -131,8 +140,13 @@ class TickOutcome:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the store keeps it as the tick's outcome)."""
         return {
-            "launched": self.launched, "drained": self.drained, "terminated": self.terminated,
-            "joined": self.joined, "backends": self.backends, "errors": self.errors, "notes": self.notes,
+            "launched": self.launched,
+            "drained": self.drained,
+            "terminated": self.terminated,
+            "joined": self.joined,
+            "backends": self.backends,
+            "errors": self.errors,
+            "notes": self.notes,
             "nodes": self.nodes,
         }
 
@@ -140,9 +154,15 @@ class TickOutcome:
 def decision_record(decision: Decision) -> dict[str, Any]:
     """The decision as the store keeps it: counts, actions and the whole reason trail."""
     return {
-        "direction": decision.direction.value, "desired": decision.desired, "current": decision.current,
-        "ready": decision.ready, "booting": decision.booting, "draining": decision.draining,
-        "launch": decision.launch, "victims": list(decision.victims), "summary": decision.summary(),
+        "direction": decision.direction.value,
+        "desired": decision.desired,
+        "current": decision.current,
+        "ready": decision.ready,
+        "booting": decision.booting,
+        "draining": decision.draining,
+        "launch": decision.launch,
+        "victims": list(decision.victims),
+        "summary": decision.summary(),
         "reasons": [r.to_dict() for r in decision.reasons],
     }
 
@@ -150,9 +170,13 @@ def decision_record(decision: Decision) -> dict[str, Any]:
 class Controller:
     """Runs ticks for one pool. ``policy`` is called each tick (a ``PolicyWatcher.current``)."""
 
-    def __init__(self, policy: Callable[[], PoolPolicy], adapters: Adapters,
-                 telemetry: ControllerMetrics | None = None,
-                 policy_error: Callable[[], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        policy: Callable[[], PoolPolicy],
+        adapters: Adapters,
+        telemetry: ControllerMetrics | None = None,
+        policy_error: Callable[[], str | None] | None = None,
+    ) -> None:
         self._policy = policy
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
@@ -178,9 +202,16 @@ class Controller:
             log.exception("tick_crashed", pool=policy.pool)
             outcome.errors.append(f"unexpected {type(exc).__name__}: {exc}")
         self.telemetry.tick_done(policy.pool, outcome, time.monotonic() - started)
-        log.info("tick", pool=policy.pool, summary=outcome.decision.summary() if outcome.decision else None,
-                 launched=outcome.launched, drained=outcome.drained, terminated=outcome.terminated,
-                 joined=outcome.joined, errors=outcome.errors or None)
+        log.info(
+            "tick",
+            pool=policy.pool,
+            summary=outcome.decision.summary() if outcome.decision else None,
+            launched=outcome.launched,
+            drained=outcome.drained,
+            terminated=outcome.terminated,
+            joined=outcome.joined,
+            errors=outcome.errors or None,
+        )
         return outcome
 
     def _tick(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
@@ -200,8 +231,13 @@ class Controller:
         decision = evaluation.decision
         outcome.decision = decision
         # ---- record (before acting, so the launch's client token comes from the recorded decision)
-        tick_id = store.record_tick(policy.pool, now, observation.inputs(), decision_record(decision),
-                                    evaluation.memory.model_dump(mode="json"))
+        tick_id = store.record_tick(
+            policy.pool,
+            now,
+            observation.inputs(),
+            decision_record(decision),
+            evaluation.memory.model_dump(mode="json"),
+        )
         outcome.tick_id = tick_id
         # ---- act
         try:
@@ -250,47 +286,77 @@ class Controller:
                 continue  # terminate was requested; the provider has not caught up yet
             if lifecycle == Lifecycle.DRAINING:
                 observation.states[instance.id] = NodeState(
-                    instance, Lifecycle.DRAINING, since, active_streams=probe.active_streams(instance))
+                    instance, Lifecycle.DRAINING, since, active_streams=probe.active_streams(instance)
+                )
                 continue
             healthy = instance.state == CloudState.RUNNING and probe.healthy(instance)
-            if healthy and instance.model_version != policy.launch.model_version \
-                    and lifecycle != Lifecycle.SERVING:
+            if (
+                healthy
+                and instance.model_version != policy.launch.model_version
+                and lifecycle != Lifecycle.SERVING
+            ):
                 # Never let a node of another model version join: the same audio would give other text.
-                observation.replace.append((instance, f"model version {instance.model_version} is not "
-                                                      f"the pool's {policy.launch.model_version}"))
+                observation.replace.append(
+                    (
+                        instance,
+                        f"model version {instance.model_version} is not "
+                        f"the pool's {policy.launch.model_version}",
+                    )
+                )
                 continue
             if healthy:
                 observation.states[instance.id] = NodeState(
-                    instance, Lifecycle.SERVING, since if lifecycle == Lifecycle.SERVING else now, healthy=True,
-                    active_streams=probe.active_streams(instance))
+                    instance,
+                    Lifecycle.SERVING,
+                    since if lifecycle == Lifecycle.SERVING else now,
+                    healthy=True,
+                    active_streams=probe.active_streams(instance),
+                )
                 continue
             # Booting, or a serving node that stopped answering: not capacity now. It gets the boot
             # timeout, from launch or from when it stopped answering, to come (back) up.
             if lifecycle == Lifecycle.SERVING:
-                observation.transitions.append((instance.id, Lifecycle.BOOTING, {"reason": "health check failing"}))
+                observation.transitions.append(
+                    (instance.id, Lifecycle.BOOTING, {"reason": "health check failing"})
+                )
                 since = now
             elif lifecycle == Lifecycle.LAUNCHING:
                 observation.transitions.append((instance.id, Lifecycle.BOOTING, {}))
                 since = instance.launched_at
             if now - since > boot_timeout:
                 observation.replace.append(
-                    (instance, f"not healthy within the boot timeout ({boot_timeout.total_seconds():.0f}s)"))
+                    (instance, f"not healthy within the boot timeout ({boot_timeout.total_seconds():.0f}s)")
+                )
                 continue
             observation.states[instance.id] = NodeState(instance, Lifecycle.BOOTING, since)
-        observation.samples = {check.name: self.adapters.metrics.query(check.query, now=now)
-                               for check in policy.scaling.checks}
+        observation.samples = {
+            check.name: self.adapters.metrics.query(check.query, now=now) for check in policy.scaling.checks
+        }
         return observation
 
     def _as_engine_node(self, policy: PoolPolicy, state: NodeState) -> Node:
         instance = state.instance
-        return Node(id=instance.id, lifecycle=state.lifecycle, instance_type=instance.instance_type,
-                    capacity_streams=policy.streams_of(instance.instance_type),
-                    model_version=instance.model_version, launched_at=instance.launched_at,
-                    active_streams=state.active_streams, image=instance.image)
+        return Node(
+            id=instance.id,
+            lifecycle=state.lifecycle,
+            instance_type=instance.instance_type,
+            capacity_streams=policy.streams_of(instance.instance_type),
+            model_version=instance.model_version,
+            launched_at=instance.launched_at,
+            active_streams=state.active_streams,
+            image=instance.image,
+        )
 
     # -------------------------------------------------------------------------------------- act
-    def _act(self, policy: PoolPolicy, decision: Decision, states: dict[str, NodeState], now: datetime,
-             tick_id: int, outcome: TickOutcome) -> None:
+    def _act(
+        self,
+        policy: PoolPolicy,
+        decision: Decision,
+        states: dict[str, NodeState],
+        now: datetime,
+        tick_id: int,
+        outcome: TickOutcome,
+    ) -> None:
         store = self.adapters.store
         if decision.launch > 0:
             self._launch(policy, decision.launch, f"{policy.pool}-tick-{tick_id}", states, now, outcome)
@@ -303,8 +369,13 @@ class Controller:
                 self._terminate(policy, state.instance, now, outcome, "scale-in: cancelled while booting")
                 del states[victim]
                 continue
-            store.record_lifecycle(policy.pool, victim, Lifecycle.DRAINING, now,
-                                   {"reason": "scale-in victim", "active_streams": state.active_streams})
+            store.record_lifecycle(
+                policy.pool,
+                victim,
+                Lifecycle.DRAINING,
+                now,
+                {"reason": "scale-in victim", "active_streams": state.active_streams},
+            )
             state.lifecycle, state.since = Lifecycle.DRAINING, now
             outcome.drained.append(victim)
         if self.adapters.write_targets is not None:
@@ -318,13 +389,24 @@ class Controller:
         else:
             outcome.notes.append("balancer not updated: no draining node is terminated this tick")
 
-    def _launch(self, policy: PoolPolicy, count: int, token: str, states: dict[str, NodeState], now: datetime,
-                outcome: TickOutcome) -> None:
+    def _launch(
+        self,
+        policy: PoolPolicy,
+        count: int,
+        token: str,
+        states: dict[str, NodeState],
+        now: datetime,
+        outcome: TickOutcome,
+    ) -> None:
         launch = policy.launch
         spec = LaunchSpec(
-            pool=policy.pool, image=launch.image.id or "", model_version=launch.model_version,
-            instance_types=tuple(t.name for t in launch.instance_types), port=launch.port,
-            user_data=launch.user_data, tags=dict(launch.tags),
+            pool=policy.pool,
+            image=launch.image.id or "",
+            model_version=launch.model_version,
+            instance_types=tuple(t.name for t in launch.instance_types),
+            port=launch.port,
+            user_data=launch.user_data,
+            tags=dict(launch.tags),
         )
         try:
             result = self.adapters.provider.launch(spec, count, token)
@@ -337,20 +419,31 @@ class Controller:
         for instance in result.instances:
             if instance.id in states:
                 continue
-            self.adapters.store.record_lifecycle(policy.pool, instance.id, Lifecycle.LAUNCHING, now,
-                                                 {"token": token, "type": instance.instance_type})
+            self.adapters.store.record_lifecycle(
+                policy.pool,
+                instance.id,
+                Lifecycle.LAUNCHING,
+                now,
+                {"token": token, "type": instance.instance_type},
+            )
             states[instance.id] = NodeState(instance, Lifecycle.BOOTING, now)
             outcome.launched.append(instance.id)
         self.telemetry.launched(policy.pool, len(outcome.launched))
         if result.shortfall:
-            outcome.notes.append(f"launched {len(result.instances)} of {count}: {result.shortfall} "
-                                 f"({'; '.join(result.notes)})")
+            outcome.notes.append(
+                f"launched {len(result.instances)} of {count}: {result.shortfall} ({'; '.join(result.notes)})"
+            )
 
     def backends_for(self, policy: PoolPolicy, states: Mapping[str, NodeState]) -> list[Backend]:
         """Serving, healthy nodes of the pool's model version, with weights and backups."""
-        serving = sorted((s.instance for s in states.values()
-                          if s.lifecycle == Lifecycle.SERVING and s.healthy and s.instance.address),
-                         key=lambda i: (i.launched_at, i.id))
+        serving = sorted(
+            (
+                s.instance
+                for s in states.values()
+                if s.lifecycle == Lifecycle.SERVING and s.healthy and s.instance.address
+            ),
+            key=lambda i: (i.launched_at, i.id),
+        )
         balancer = policy.balancer
         max_fails = getattr(balancer, "max_fails", 2)
         fail_timeout = int(getattr(balancer, "fail_timeout", timedelta(seconds=30)).total_seconds())
@@ -360,15 +453,22 @@ class Controller:
         backends = []
         for index, instance in enumerate(serving):
             spec = policy.instance_type(instance.instance_type)
-            backends.append(Backend(
-                address=instance.address or "", port=instance.port, instance_id=instance.id,
-                weight=spec.weight if spec else 1, max_fails=max_fails, fail_timeout_s=fail_timeout,
-                backup=index >= len(serving) - n_backup,
-            ))
+            backends.append(
+                Backend(
+                    address=instance.address or "",
+                    port=instance.port,
+                    instance_id=instance.id,
+                    weight=spec.weight if spec else 1,
+                    max_fails=max_fails,
+                    fail_timeout_s=fail_timeout,
+                    backup=index >= len(serving) - n_backup,
+                )
+            )
         return backends
 
-    def _apply_balancer(self, policy: PoolPolicy, states: dict[str, NodeState], now: datetime,
-                        outcome: TickOutcome) -> bool:
+    def _apply_balancer(
+        self, policy: PoolPolicy, states: dict[str, NodeState], now: datetime, outcome: TickOutcome
+    ) -> bool:
         backends = self.backends_for(policy, states)
         try:
             before = {b.instance_id for b in self.adapters.balancer.current()}
@@ -384,8 +484,9 @@ class Controller:
             self.adapters.store.record_lifecycle(policy.pool, backend.instance_id, Lifecycle.SERVING, now)
         return True
 
-    def _finish_drains(self, policy: PoolPolicy, states: dict[str, NodeState], now: datetime,
-                       outcome: TickOutcome) -> None:
+    def _finish_drains(
+        self, policy: PoolPolicy, states: dict[str, NodeState], now: datetime, outcome: TickOutcome
+    ) -> None:
         timeout = policy.drain.timeout
         for instance_id, state in list(states.items()):
             if state.lifecycle != Lifecycle.DRAINING or state.since >= now:
@@ -394,22 +495,26 @@ class Controller:
             if active is not None and active <= 0:
                 reason = "drained: no stream in flight"
             elif now - state.since >= timeout:
-                reason = (f"drain timeout ({timeout.total_seconds():.0f}s) reached with "
-                          f"{'unknown' if active is None else int(active)} streams in flight")
+                reason = (
+                    f"drain timeout ({timeout.total_seconds():.0f}s) reached with "
+                    f"{'unknown' if active is None else int(active)} streams in flight"
+                )
             else:
                 continue
             self._terminate(policy, state.instance, now, outcome, reason)
             del states[instance_id]
 
-    def _terminate(self, policy: PoolPolicy, instance: Instance, now: datetime, outcome: TickOutcome,
-                   reason: str) -> None:
+    def _terminate(
+        self, policy: PoolPolicy, instance: Instance, now: datetime, outcome: TickOutcome, reason: str
+    ) -> None:
         try:
             result = self.adapters.provider.terminate([instance.id])
         except ProviderError as exc:
             outcome.errors.append(f"terminate {instance.id} failed ({reason}): {exc}")
             return
         gone = result.get(instance.id, TerminateOutcome.ALREADY_GONE)
-        self.adapters.store.record_lifecycle(policy.pool, instance.id, Lifecycle.TERMINATED, now,
-                                             {"reason": reason, "outcome": gone.value})
+        self.adapters.store.record_lifecycle(
+            policy.pool, instance.id, Lifecycle.TERMINATED, now, {"reason": reason, "outcome": gone.value}
+        )
         outcome.terminated[instance.id] = reason
         self.telemetry.terminated(policy.pool, reason)

@@ -78,13 +78,15 @@ def twitter_texture(traces_dir: Path | None, seconds: int) -> tuple[np.ndarray, 
         return None
     # A busy afternoon of day 3, clear of the archive's daily zero gap.
     start = 2 * 86400 + 14 * 3600
-    window = counts[start:start + seconds]
+    window = counts[start : start + seconds]
     if len(window) < seconds or window.mean() <= 0:
         return None
     return np.clip(window / window.mean(), 0.3, 3.0), f"{TWITTER_TRACE} seconds {start}..{start + seconds}"
 
 
-def arrival_schedule(duration: float, traces_dir: Path | None, seed: int = 7) -> tuple[list[tuple[float, float]], str]:
+def arrival_schedule(
+    duration: float, traces_dir: Path | None, seed: int = 7
+) -> tuple[list[tuple[float, float]], str]:
     """(send time, audio seconds) of every request in the replay, and where its texture came from."""
     rng = np.random.default_rng(seed)
     seconds = int(duration)
@@ -140,7 +142,9 @@ def _post(client: httpx.Client, url: str, audio: float, stats: LoadStats) -> Non
         stats.record(False, time.monotonic() - started, type(exc).__name__)
 
 
-def _demo_policy(policy: PoolPolicy, workdir: Path, nginx: EmbeddedNginx, prometheus: EmbeddedPrometheus) -> Path:
+def _demo_policy(
+    policy: PoolPolicy, workdir: Path, nginx: EmbeddedNginx, prometheus: EmbeddedPrometheus
+) -> Path:
     """The policy with this run's private paths and URLs, written where the watcher reads it."""
     if not isinstance(policy.provider, LocalProviderConfig):
         raise DemoError(f"the demo runs a local pool; {policy.pool} uses the {policy.provider.kind} provider")
@@ -184,9 +188,11 @@ class _Printer:
         self.terminated += len(outcome.terminated)
         self.tick_errors.extend(outcome.errors)
         decision = outcome.decision
-        line = (f"[{self.started():6.1f}s] streams in flight {self.stats.in_flight:3d} | nodes serving {serving} "
-                f"booting {booting} draining {draining} | "
-                f"{decision.direction.value + ' → ' + str(decision.desired) if decision else 'no decision'}")
+        line = (
+            f"[{self.started():6.1f}s] streams in flight {self.stats.in_flight:3d} | nodes serving {serving} "
+            f"booting {booting} draining {draining} | "
+            f"{decision.direction.value + ' → ' + str(decision.desired) if decision else 'no decision'}"
+        )
         events = []
         if outcome.launched:
             events.append(f"launch {', '.join(outcome.launched)}")
@@ -201,12 +207,20 @@ class _Printer:
         print(line + (("  ← " + "; ".join(events)) if events else ""), file=self.out, flush=True)
 
 
-def run_demo(*, duration_s: float = 180.0, traces_dir: Path | None = None, policy_path: Path | None = None,
-             progress: TextIO, seed: int = 7) -> dict[str, Any]:
+def run_demo(
+    *,
+    duration_s: float = 180.0,
+    traces_dir: Path | None = None,
+    policy_path: Path | None = None,
+    progress: TextIO,
+    seed: int = 7,
+) -> dict[str, Any]:
     """Run the demo and return its summary (see the module docstring)."""
     for binary in ("nginx", "prometheus"):
         if shutil.which(binary) is None:
-            raise DemoError(f"{binary} is not installed: run scripts/install-system-packages.sh (Debian) first")
+            raise DemoError(
+                f"{binary} is not installed: run scripts/install-system-packages.sh (Debian) first"
+            )
     if duration_s < 30:
         raise DemoError("--duration must be at least 30 seconds to show a scale-out and a scale-in")
     try:
@@ -215,7 +229,10 @@ def run_demo(*, duration_s: float = 180.0, traces_dir: Path | None = None, polic
         raise DemoError(str(exc)) from exc
     schedule, source = arrival_schedule(duration_s, traces_dir, seed)
     workdir = Path(tempfile.mkdtemp(prefix="autoscaler-demo-"))
-    say = lambda text: print(text, file=progress, flush=True)  # noqa: E731
+
+    def say(text: str) -> None:
+        print(text, file=progress, flush=True)
+
     say(f"demo: pool {policy.pool}, {duration_s:.0f}s of load, {len(schedule)} transcriptions from {source}")
     say(f"demo: working in {workdir}")
     stats = LoadStats()
@@ -224,12 +241,19 @@ def run_demo(*, duration_s: float = 180.0, traces_dir: Path | None = None, polic
     fleet: LocalProvider | None = None
     service: TickService | None = None
     try:
-        with EmbeddedPrometheus(workdir / "prometheus", scrape_interval_s=1.0) as prometheus, \
-                EmbeddedNginx(workdir / "nginx", upstream=policy.balancer.upstream  # type: ignore[union-attr]
-                              if policy.balancer.kind == "nginx" else "fun_asr_backend") as nginx:
+        with (
+            EmbeddedPrometheus(workdir / "prometheus", scrape_interval_s=1.0) as prometheus,
+            EmbeddedNginx(
+                workdir / "nginx",
+                upstream=policy.balancer.upstream
+                if policy.balancer.kind == "nginx"
+                else "fun_asr_backend",
+            ) as nginx,
+        ):
             say(f"demo: prometheus {prometheus.url}, nginx {nginx.url}")
-            runtime = build_runtime(_demo_policy(policy, workdir, nginx, prometheus),
-                                    f"sqlite:///{workdir / 'autoscaler.db'}")
+            runtime = build_runtime(
+                _demo_policy(policy, workdir, nginx, prometheus), f"sqlite:///{workdir / 'autoscaler.db'}"
+            )
             fleet = LocalProvider.for_policy(runtime.watcher.current())
             service = TickService(runtime, blocking=False, on_tick=printer)
             service.start()
@@ -242,7 +266,10 @@ def run_demo(*, duration_s: float = 180.0, traces_dir: Path | None = None, polic
             say("demo: load starts")
             wall_start = time.monotonic()
             _replay(schedule, f"{nginx.url}/api/predict/", stats, duration_s)
-            say(f"demo: load ended, every transcription answered; stopping the controller, fleet, nginx and prometheus")
+            say(
+                "demo: load ended, every transcription answered; "
+                "stopping the controller, fleet, nginx and prometheus"
+            )
             service.stop()
             runtime.close()
     finally:
@@ -253,17 +280,25 @@ def run_demo(*, duration_s: float = 180.0, traces_dir: Path | None = None, polic
         shutil.rmtree(workdir, ignore_errors=True)
     latencies = sorted(stats.latencies)
     summary = {
-        "duration_s": round(duration_s, 1), "ticks": printer.ticks, "peak_nodes": printer.peak_nodes,
-        "scale_out_events": printer.scale_out_events, "scale_in_events": printer.scale_in_events,
-        "terminated_nodes": printer.terminated, "requests": stats.sent, "failed_requests": stats.failed,
+        "duration_s": round(duration_s, 1),
+        "ticks": printer.ticks,
+        "peak_nodes": printer.peak_nodes,
+        "scale_out_events": printer.scale_out_events,
+        "scale_in_events": printer.scale_in_events,
+        "terminated_nodes": printer.terminated,
+        "requests": stats.sent,
+        "failed_requests": stats.failed,
         "request_errors": stats.errors,
         "latency_p50_s": round(latencies[len(latencies) // 2], 2) if latencies else None,
         "latency_p95_s": round(latencies[int(len(latencies) * 0.95)], 2) if latencies else None,
-        "tick_errors": len(printer.tick_errors), "load_source": source,
+        "tick_errors": len(printer.tick_errors),
+        "load_source": source,
     }
-    say(f"demo: done. peak {summary['peak_nodes']} nodes, {summary['scale_out_events']} scale-outs, "
+    say(
+        f"demo: done. peak {summary['peak_nodes']} nodes, {summary['scale_out_events']} scale-outs, "
         f"{summary['scale_in_events']} scale-ins, {summary['requests']} requests, "
-        f"{summary['failed_requests']} failed, p95 latency {summary['latency_p95_s']} s")
+        f"{summary['failed_requests']} failed, p95 latency {summary['latency_p95_s']} s"
+    )
     return summary
 
 
@@ -277,8 +312,10 @@ def _serving(nginx: EmbeddedNginx) -> bool:
 def _replay(schedule: list[tuple[float, float]], url: str, stats: LoadStats, duration_s: float) -> None:
     """Send every request at its time (bounded by ``duration_s``), then wait for the last to finish."""
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    with httpx.Client(timeout=httpx.Timeout(330.0, connect=5.0), limits=limits) as client, \
-            ThreadPoolExecutor(max_workers=200, thread_name_prefix="demo-load") as pool:
+    with (
+        httpx.Client(timeout=httpx.Timeout(330.0, connect=5.0), limits=limits) as client,
+        ThreadPoolExecutor(max_workers=200, thread_name_prefix="demo-load") as pool,
+    ):
         start = time.monotonic()
         for send_at, audio in schedule:
             if send_at > duration_s:

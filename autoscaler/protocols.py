@@ -41,7 +41,9 @@ class MetricsSource(Protocol):
         """Evaluate ``promql`` at ``now`` and return one scalar reading or a missing one."""
         ...
 
-    def query_by_instance(self, promql: str, *, now: datetime, label: str = "instance_id") -> Mapping[str, float]:
+    def query_by_instance(
+        self, promql: str, *, now: datetime, label: str = "instance_id"
+    ) -> Mapping[str, float]:
         """Evaluate ``promql`` and map each series' ``label`` value to its number.
 
         Series without the label, or with a non-finite value, are left out; any failure returns an

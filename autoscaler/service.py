@@ -30,9 +30,14 @@ JOB_ID = "tick"
 class TickService:
     """Runs ``runtime.controller.tick`` every policy tick period, following policy reloads."""
 
-    def __init__(self, runtime: Runtime, *, blocking: bool = True,
-                 on_tick: Callable[[TickOutcome], None] | None = None,
-                 interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        blocking: bool = True,
+        on_tick: Callable[[TickOutcome], None] | None = None,
+        interval_s: float | None = None,
+    ) -> None:
         self.runtime = runtime
         self._on_tick = on_tick
         self._fixed_interval = interval_s
@@ -59,9 +64,16 @@ class TickService:
 
     def start(self) -> None:
         """Schedule the job (first tick at once) and start; blocks until ``stop`` when blocking."""
-        self.scheduler.add_job(self._job, "interval", seconds=self._interval, id=JOB_ID, max_instances=1,
-                               coalesce=True, misfire_grace_time=max(1, int(self._interval)),
-                               next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(
+            self._job,
+            "interval",
+            seconds=self._interval,
+            id=JOB_ID,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(self._interval)),
+            next_run_time=datetime.now(UTC),
+        )
         self.scheduler.add_listener(self._job_failed, EVENT_JOB_ERROR)
         log.info("service_started", interval_s=self._interval)
         self.scheduler.start()

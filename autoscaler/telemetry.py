@@ -19,27 +19,47 @@ class ControllerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.ticks = Counter("autoscaler_ticks", "Ticks run, by result.", ["pool", "result"], registry=r)
-        self.tick_seconds = Histogram("autoscaler_tick_duration_seconds", "Wall time of one tick.", ["pool"],
-                                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
-        self.desired = Gauge("autoscaler_desired_nodes", "Nodes the last decision wants.", ["pool"], registry=r)
-        self.nodes = Gauge("autoscaler_nodes", "Nodes by lifecycle after the last tick.", ["pool", "lifecycle"],
-                           registry=r)
-        self.decisions = Counter("autoscaler_decisions", "Decisions by direction.", ["pool", "direction"],
-                                 registry=r)
+        self.tick_seconds = Histogram(
+            "autoscaler_tick_duration_seconds",
+            "Wall time of one tick.",
+            ["pool"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.desired = Gauge(
+            "autoscaler_desired_nodes", "Nodes the last decision wants.", ["pool"], registry=r
+        )
+        self.nodes = Gauge(
+            "autoscaler_nodes", "Nodes by lifecycle after the last tick.", ["pool", "lifecycle"], registry=r
+        )
+        self.decisions = Counter(
+            "autoscaler_decisions", "Decisions by direction.", ["pool", "direction"], registry=r
+        )
         self.launches = Counter("autoscaler_launched_nodes", "Nodes launched.", ["pool"], registry=r)
-        self.terminations = Counter("autoscaler_terminated_nodes", "Nodes terminated, by reason.",
-                                    ["pool", "reason"], registry=r)
-        self.boot_failures = Counter("autoscaler_boot_failures", "Nodes replaced for failing to boot.",
-                                     ["pool"], registry=r)
-        self.balancer_errors = Counter("autoscaler_balancer_errors", "Balancer changes rejected.", ["pool"],
-                                       registry=r)
-        self.missing = Gauge("autoscaler_check_missing_data", "1 when a check had no data last tick.",
-                             ["pool", "check"], registry=r)
-        self.check_value = Gauge("autoscaler_check_value", "Last value read for a check.", ["pool", "check"],
-                                 registry=r)
-        self.policy_ok = Gauge("autoscaler_policy_valid",
-                               "0 while the policy file on disk is invalid and the last valid one is kept.",
-                               ["pool"], registry=r)
+        self.terminations = Counter(
+            "autoscaler_terminated_nodes", "Nodes terminated, by reason.", ["pool", "reason"], registry=r
+        )
+        self.boot_failures = Counter(
+            "autoscaler_boot_failures", "Nodes replaced for failing to boot.", ["pool"], registry=r
+        )
+        self.balancer_errors = Counter(
+            "autoscaler_balancer_errors", "Balancer changes rejected.", ["pool"], registry=r
+        )
+        self.missing = Gauge(
+            "autoscaler_check_missing_data",
+            "1 when a check had no data last tick.",
+            ["pool", "check"],
+            registry=r,
+        )
+        self.check_value = Gauge(
+            "autoscaler_check_value", "Last value read for a check.", ["pool", "check"], registry=r
+        )
+        self.policy_ok = Gauge(
+            "autoscaler_policy_valid",
+            "0 while the policy file on disk is invalid and the last valid one is kept.",
+            ["pool"],
+            registry=r,
+        )
 
     def policy_valid(self, pool: str, valid: bool) -> None:
         """Whether the file on disk is the policy in force."""
@@ -58,7 +78,9 @@ class ControllerMetrics:
 
     def terminated(self, pool: str, reason: str) -> None:
         """A node terminated; the reason is reduced to its first words to keep label cardinality low."""
-        self.terminations.labels(pool, reason.split(":", maxsplit=1)[0].split("(", maxsplit=1)[0].strip()[:40]).inc()
+        self.terminations.labels(
+            pool, reason.split(":", maxsplit=1)[0].split("(", maxsplit=1)[0].strip()[:40]
+        ).inc()
 
     def boot_failure(self, pool: str) -> None:
         """A node did not become healthy in time."""

@@ -92,8 +92,14 @@ class Runtime:
             thing.close()
 
 
-def build_runtime(policy_path: str | Path, store_url: str | None = None, *, clock: Clock | None = None,
-                  telemetry: ControllerMetrics | None = None, store: Store | None = None) -> Runtime:
+def build_runtime(
+    policy_path: str | Path,
+    store_url: str | None = None,
+    *,
+    clock: Clock | None = None,
+    telemetry: ControllerMetrics | None = None,
+    store: Store | None = None,
+) -> Runtime:
     """Everything ``run``/``once``/``explain`` need for one policy file.
 
     Adapters follow the policy as loaded at start; a reloaded policy changes the rules, not the
@@ -106,8 +112,12 @@ def build_runtime(policy_path: str | Path, store_url: str | None = None, *, cloc
     probe = HttpNodeProbe(health_path=policy.health.path, timeout_s=policy.health.timeout.total_seconds())
     targets = policy.metrics.file_sd_path
     adapters = Adapters(
-        provider=build_provider(policy), balancer=build_balancer(policy), metrics=metrics, store=real_store,
-        probe=probe, clock=clock or SystemClock(),
+        provider=build_provider(policy),
+        balancer=build_balancer(policy),
+        metrics=metrics,
+        store=real_store,
+        probe=probe,
+        clock=clock or SystemClock(),
         write_targets=partial(_write_targets, targets, policy.pool) if targets else None,
     )
 

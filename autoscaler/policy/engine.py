@@ -69,6 +69,9 @@ class EngineMemory(BaseModel):
     last_scale_out: datetime | None = None
     last_scale_in: datetime | None = None
     streaks: dict[str, int] = Field(default_factory=dict, description="Consecutive ticks per step band.")
+    replacing: int = Field(
+        default=0, description="Rollout replacements launched whose outdated node is not yet drained."
+    )
     missing_ticks: int = Field(default=0, description="Consecutive ticks in which some check had no data.")
 
 
@@ -321,6 +324,36 @@ def _choose_victims(
     return tuple(chosen)
 
 
+def _rollout(
+    policy: PoolPolicy, serving: Sequence[Node], outdated: Sequence[Node], booting: Sequence[Node],
+    draining: int, *, target: int, replacing: int, launch: int, now: datetime, reasons: list[Reason],
+) -> tuple[int, tuple[str, ...], int]:
+    """Replace outdated serving nodes under the disruption budget: launch first, drain once replaced.
+
+    Returns the launch count, the victims and the replacements still in flight after this tick.
+    """
+    budget = policy.launch.rollout.budget(max(target, 1))
+    extra = max(0, min(budget - replacing, len(outdated) - replacing))
+    max_launching = policy.scaling.behavior.max_launching
+    if max_launching is not None:
+        extra = min(extra, max(0, max_launching - len(booting) - launch))
+    # Drain an outdated node only when serving nodes exceed the target: its replacement serves.
+    drainable = max(0, min(len(outdated), len(serving) - target, budget - draining))
+    # Outdated nodes sort first in victim order, and drainable never exceeds their number.
+    victims = (_choose_victims(policy, serving, (), need=drainable, now=now, reasons=reasons)
+               if drainable else ())
+    reasons.append(Reason(
+        "rollout", "replace-outdated",
+        f"{len(outdated)} serving nodes run an outdated model version or image: "
+        f"launch {extra} replacement(s), "
+        f"drain {len(victims)} (at most {budget} draining at once, {draining} draining now, "
+        f"{replacing} replacement(s) on the way)",
+        {"outdated": len(outdated), "budget": budget, "launch": extra, "drain": len(victims),
+         "draining": draining, "replacing": replacing},
+    ))
+    return launch + extra, victims, max(0, replacing + extra - len(victims))
+
+
 def decide(
     policy: PoolPolicy,
     samples: Mapping[str, Sample],
@@ -351,7 +384,11 @@ def decide(
         elif state is Lifecycle.DRAINING:
             draining += 1
     ready = len(serving)
-    current = ready + len(booting)
+    # Replacements of outdated nodes (a rollout) run on top of the pool's size: they do not count
+    # toward it, or the surge would become permanent capacity through the "hold" vote.
+    outdated_serving = [n for n in serving if _outdated(n, policy)]
+    replacing = min(memory.replacing, len(outdated_serving), ready + len(booting) - len(outdated_serving))
+    current = ready + len(booting) - replacing
 
     # 1-2. Checks vote; the largest recommendation wins (hold = current).
     new_streaks: dict[str, int] = {}
@@ -525,8 +562,16 @@ def decide(
                 launch = room
     elif target < current:
         victims = _choose_victims(policy, serving, booting, need=current - target, now=now, reasons=reasons)
+    scaling_launch, scaling_victims = launch, victims
+    next_replacing = 0
+    if outdated_serving and not victims:
+        launch, victims, next_replacing = _rollout(
+            policy, serving, outdated_serving, booting, draining, target=target, replacing=replacing,
+            launch=launch, now=now, reasons=reasons)
 
-    if launch:
+    if scaling_launch == 0 and not scaling_victims and (launch or victims):
+        final = f"hold at {current}, replacing outdated nodes: launch {launch}, drain {len(victims)}"
+    elif launch:
         final = f"scale out {current}→{target}: launch {launch}"
     elif victims:
         final = f"scale in {current}→{target}: drain {len(victims)}"
@@ -543,15 +588,16 @@ def decide(
 
     # Memory for the next tick, pruned to the longest window so it stays small.
     last_out, last_in = memory.last_scale_out, memory.last_scale_in
-    if launch:
-        events.append((now, launch))
+    # Rollout replacements keep the pool's size: only scaling moves count toward rate limits/cooldowns.
+    if scaling_launch:
+        events.append((now, scaling_launch))
         last_out = now
-    elif victims:
-        events.append((now, -len(victims)))
+    elif scaling_victims:
+        events.append((now, -len(scaling_victims)))
         last_in = now
     next_memory = EngineMemory.model_construct(
         recommendations=history, scale_events=events, last_scale_out=last_out, last_scale_in=last_in,
-        streaks=new_streaks, missing_ticks=missing_ticks,
+        streaks=new_streaks, missing_ticks=missing_ticks, replacing=next_replacing,
     )
     decision = Decision(pool=policy.pool, at=now, ready=ready, booting=len(booting), draining=draining,
                         desired=target, launch=launch, victims=victims, reasons=tuple(reasons))

@@ -174,6 +174,25 @@ class ImageSpec(StrictModel):
         return self
 
 
+class RolloutConfig(StrictModel):
+    """How nodes of an outdated model version or image are replaced: a disruption budget.
+
+    New nodes are launched first (at most ``budget`` above the desired count) and an outdated node
+    is drained only when a replacement is serving, with at most ``budget`` nodes draining at once.
+    """
+
+    max_draining: int = Field(default=1, ge=1, description="At most this many nodes draining at once.")
+    max_draining_percent: float | None = Field(
+        default=None, gt=0, le=100, description="Or at most this percent of the pool (at least one node)."
+    )
+
+    def budget(self, nodes: int) -> int:
+        """Nodes that may be draining (and surging) at once in a pool of ``nodes``."""
+        if self.max_draining_percent is not None:
+            return max(1, int(nodes * self.max_draining_percent / 100))
+        return self.max_draining
+
+
 class LaunchConfig(StrictModel):
     """What every node of the pool is launched from."""
 
@@ -183,6 +202,8 @@ class LaunchConfig(StrictModel):
     port: int = Field(default=7860, gt=0, lt=65536)
     user_data: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig,
+                                   description="Replacing nodes when the model version or image changes.")
 
 
 # --------------------------------------------------------------------------------------------- balancer

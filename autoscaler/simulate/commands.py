@@ -84,8 +84,12 @@ def register(app: typer.Typer) -> None:
                 disable=not show,
             ) as bar:
                 tasks: dict[str, TaskID] = {}
+                # Reading and scaling a long trace takes seconds too: say so until the replay starts.
+                preparing: list[TaskID] = [bar.add_task("reading and scaling demand", total=None)]
 
                 def progress(label: str, done: int, total: int) -> None:
+                    if preparing:
+                        bar.remove_task(preparing.pop())
                     if total < PROGRESS_MIN_TICKS:
                         return
                     if label not in tasks:

@@ -21,6 +21,7 @@ Reducer = Literal["max", "min", "mean"]
 
 _WIDTH = 960
 _HEIGHT = 260
+_LEGEND_ROW = 16
 _LEFT = 56
 _RIGHT = 16
 _TOP = 14
@@ -157,10 +158,17 @@ def chart(
             parts.append(
                 f'<polyline points="{line}" fill="none" stroke="{s.color}" stroke-width="1.4"{dash}/>'
             )
-    legend_x = _LEFT
+    # The legend wraps onto more rows below the plot when it is wider than the chart.
+    legend_x, row = _LEFT, 0
     for s in series:
-        parts.append(f'<rect x="{legend_x}" y="{_HEIGHT - 14}" width="12" height="8" fill="{s.color}"/>')
-        parts.append(f'<text x="{legend_x + 16}" y="{_HEIGHT - 6}">{escape(s.label)}</text>')
-        legend_x += 24 + 7 * len(s.label)
+        width = 24 + 7 * len(s.label)
+        if legend_x > _LEFT and legend_x + width > _WIDTH - _RIGHT:
+            legend_x, row = _LEFT, row + 1
+        base = _HEIGHT + row * _LEGEND_ROW
+        parts.append(f'<rect x="{legend_x}" y="{base - 14}" width="12" height="8" fill="{s.color}"/>')
+        parts.append(f'<text x="{legend_x + 16}" y="{base - 6}">{escape(s.label)}</text>')
+        legend_x += width
+    height = _HEIGHT + row * _LEGEND_ROW
+    parts[0] = parts[0].replace(f'viewBox="0 0 {_WIDTH} {_HEIGHT}"', f'viewBox="0 0 {_WIDTH} {height}"')
     parts.append("</svg>")
     return "\n".join(parts)

@@ -25,14 +25,30 @@ class MemoryStore:
             error, self.next_error = self.next_error, None
             raise StoreError(str(error)) from error
 
-    def record_tick(self, pool: str, at: datetime, inputs: Mapping[str, Any], decision: Mapping[str, Any],
-                    memory: Mapping[str, Any], error: str | None = None) -> int:
+    def record_tick(
+        self,
+        pool: str,
+        at: datetime,
+        inputs: Mapping[str, Any],
+        decision: Mapping[str, Any],
+        memory: Mapping[str, Any],
+        error: str | None = None,
+    ) -> int:
         """Append a tick; save ``memory`` for ``pool`` when given."""
         self._maybe_fail()
         tick_id = len(self.ticks) + 1
-        self.ticks.append({"id": tick_id, "pool": pool, "at": at.isoformat(), "inputs": copy.deepcopy(dict(inputs)),
-                           "decision": copy.deepcopy(dict(decision)), "error": error,
-                           "direction": decision.get("direction"), "desired": decision.get("desired")})
+        self.ticks.append(
+            {
+                "id": tick_id,
+                "pool": pool,
+                "at": at.isoformat(),
+                "inputs": copy.deepcopy(dict(inputs)),
+                "decision": copy.deepcopy(dict(decision)),
+                "error": error,
+                "direction": decision.get("direction"),
+                "desired": decision.get("desired"),
+            }
+        )
         if memory:
             self.memory[pool] = copy.deepcopy(dict(memory))
         return tick_id
@@ -52,15 +68,22 @@ class MemoryStore:
         saved = self.memory.get(pool)
         return copy.deepcopy(saved) if saved is not None else None
 
-    def record_lifecycle(self, pool: str, instance_id: str, state: Lifecycle, at: datetime,
-                         detail: Mapping[str, Any] | None = None) -> None:
+    def record_lifecycle(
+        self,
+        pool: str,
+        instance_id: str,
+        state: Lifecycle,
+        at: datetime,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
         """Append a transition unless the instance is already in ``state``."""
         self._maybe_fail()
         current = self.lifecycles(pool).get(instance_id)
         if current is not None and current[0] == state:
             return
-        self.events.append({"pool": pool, "instance_id": instance_id, "state": state, "at": at,
-                            "detail": dict(detail or {})})
+        self.events.append(
+            {"pool": pool, "instance_id": instance_id, "state": state, "at": at, "detail": dict(detail or {})}
+        )
 
     def lifecycles(self, pool: str) -> dict[str, tuple[Lifecycle, datetime]]:
         """Latest lifecycle per instance."""
@@ -72,8 +95,11 @@ class MemoryStore:
 
     def instance_history(self, pool: str, instance_id: str) -> list[dict[str, Any]]:
         """Every transition of one instance, oldest first."""
-        return [{"state": e["state"].value, "at": e["at"].isoformat(), "detail": e["detail"]}
-                for e in self.events if e["pool"] == pool and e["instance_id"] == instance_id]
+        return [
+            {"state": e["state"].value, "at": e["at"].isoformat(), "detail": e["detail"]}
+            for e in self.events
+            if e["pool"] == pool and e["instance_id"] == instance_id
+        ]
 
     def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
         """Newest ticks first."""

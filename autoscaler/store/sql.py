@@ -29,7 +29,6 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-
 class TickRow(SQLModel, table=True):
     """One controller tick of one pool."""
 
@@ -111,14 +110,28 @@ class SqlStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"store {what} failed: {exc}") from exc
 
-    def record_tick(self, pool: str, at: datetime, inputs: Mapping[str, Any], decision: Mapping[str, Any],
-                    memory: Mapping[str, Any], error: str | None = None) -> int:
+    def record_tick(
+        self,
+        pool: str,
+        at: datetime,
+        inputs: Mapping[str, Any],
+        decision: Mapping[str, Any],
+        memory: Mapping[str, Any],
+        error: str | None = None,
+    ) -> int:
         """Persist one tick and the engine memory after it, in one transaction; return the tick id."""
         row = TickRow(
-            pool=pool, at=_utc(at), direction=str(decision.get("direction", "")),
-            desired=decision.get("desired"), ready=decision.get("ready"), booting=decision.get("booting"),
-            draining=decision.get("draining"), launch=int(decision.get("launch", 0) or 0),
-            summary=str(decision.get("summary", "")), inputs=_dumps(inputs), decision=_dumps(decision),
+            pool=pool,
+            at=_utc(at),
+            direction=str(decision.get("direction", "")),
+            desired=decision.get("desired"),
+            ready=decision.get("ready"),
+            booting=decision.get("booting"),
+            draining=decision.get("draining"),
+            launch=int(decision.get("launch", 0) or 0),
+            summary=str(decision.get("summary", "")),
+            inputs=_dumps(inputs),
+            decision=_dumps(decision),
             error=error,
         )
         with self._session("record_tick") as session:
@@ -152,25 +165,41 @@ class SqlStore:
             row = session.get(EngineMemoryRow, pool)
             return json.loads(row.memory) if row else None
 
-    def record_lifecycle(self, pool: str, instance_id: str, state: Lifecycle, at: datetime,
-                         detail: Mapping[str, Any] | None = None) -> None:
+    def record_lifecycle(
+        self,
+        pool: str,
+        instance_id: str,
+        state: Lifecycle,
+        at: datetime,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
         """Append a transition unless the instance is already in ``state``."""
         with self._session("record_lifecycle") as session:
             last = session.exec(
-                select(InstanceEventRow).where(InstanceEventRow.pool == pool,
-                                               InstanceEventRow.instance_id == instance_id)
-                .order_by(col(InstanceEventRow.id).desc()).limit(1)
+                select(InstanceEventRow)
+                .where(InstanceEventRow.pool == pool, InstanceEventRow.instance_id == instance_id)
+                .order_by(col(InstanceEventRow.id).desc())
+                .limit(1)
             ).first()
             if last is not None and last.state == state.value:
                 return
-            session.add(InstanceEventRow(pool=pool, instance_id=instance_id, state=state.value,
-                                         at=_utc(at), detail=_dumps(detail or {})))
+            session.add(
+                InstanceEventRow(
+                    pool=pool,
+                    instance_id=instance_id,
+                    state=state.value,
+                    at=_utc(at),
+                    detail=_dumps(detail or {}),
+                )
+            )
 
     def lifecycles(self, pool: str) -> dict[str, tuple[Lifecycle, datetime]]:
         """Latest lifecycle of each instance of ``pool`` and when it was entered."""
         with self._session("lifecycles") as session:
             rows = session.exec(
-                select(InstanceEventRow).where(InstanceEventRow.pool == pool).order_by(col(InstanceEventRow.id))
+                select(InstanceEventRow)
+                .where(InstanceEventRow.pool == pool)
+                .order_by(col(InstanceEventRow.id))
             ).all()
             latest: dict[str, tuple[Lifecycle, datetime]] = {}
             for row in rows:
@@ -181,12 +210,13 @@ class SqlStore:
         """Every transition of one instance, oldest first."""
         with self._session("instance_history") as session:
             rows = session.exec(
-                select(InstanceEventRow).where(InstanceEventRow.pool == pool,
-                                               InstanceEventRow.instance_id == instance_id)
+                select(InstanceEventRow)
+                .where(InstanceEventRow.pool == pool, InstanceEventRow.instance_id == instance_id)
                 .order_by(col(InstanceEventRow.id))
             ).all()
-            return [{"state": r.state, "at": _utc(r.at).isoformat(), "detail": json.loads(r.detail)}
-                    for r in rows]
+            return [
+                {"state": r.state, "at": _utc(r.at).isoformat(), "detail": json.loads(r.detail)} for r in rows
+            ]
 
     def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
         """The newest ticks of ``pool``, newest first."""
@@ -195,10 +225,21 @@ class SqlStore:
                 select(TickRow).where(TickRow.pool == pool).order_by(col(TickRow.id).desc()).limit(limit)
             ).all()
             return [
-                {"id": r.id, "pool": r.pool, "at": _utc(r.at).isoformat(), "direction": r.direction,
-                 "desired": r.desired, "ready": r.ready, "booting": r.booting, "draining": r.draining,
-                 "launch": r.launch, "summary": r.summary, "inputs": json.loads(r.inputs),
-                 "decision": json.loads(r.decision), "error": r.error}
+                {
+                    "id": r.id,
+                    "pool": r.pool,
+                    "at": _utc(r.at).isoformat(),
+                    "direction": r.direction,
+                    "desired": r.desired,
+                    "ready": r.ready,
+                    "booting": r.booting,
+                    "draining": r.draining,
+                    "launch": r.launch,
+                    "summary": r.summary,
+                    "inputs": json.loads(r.inputs),
+                    "decision": json.loads(r.decision),
+                    "error": r.error,
+                }
                 for r in rows
             ]
 

@@ -99,8 +99,6 @@ class Rig:
             self.probe.streams.setdefault(instance_id, 0)
 
 
-
-
 def make_rig(metrics: MetricsSource | None = None, policy_text: str = POLICY) -> Rig:
     """A controller on fakes (or on ``metrics``, e.g. a real Prometheus source), with a movable clock."""
     clock = MovableClock()
@@ -108,8 +106,9 @@ def make_rig(metrics: MetricsSource | None = None, policy_text: str = POLICY) ->
     provider = FakeProvider(clock=clock)
     balancer, store, probe = FakeBalancer(), MemoryStore(), FakeProbe()
     metrics = metrics or FakeMetricsSource()
-    adapters = Adapters(provider=provider, balancer=balancer, metrics=metrics, store=store, probe=probe,
-                        clock=clock)
+    adapters = Adapters(
+        provider=provider, balancer=balancer, metrics=metrics, store=store, probe=probe, clock=clock
+    )
     controller = Controller(lambda: policy, adapters)
     return Rig(controller, provider, balancer, metrics, store, probe, clock, policy)
 

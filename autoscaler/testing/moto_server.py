@@ -11,13 +11,13 @@ Usage as a context manager::
         ...
         moto.reset()            # forget every resource between tests
 
-or through the pytest fixtures below, imported into a test module (``from
-autoscaler.testing.moto_server import ec2_sandbox, moto, moto_server  # noqa: F401``):
-``moto_server`` starts one server per test module; ``moto`` resets its state before each test;
-``ec2_sandbox`` builds a VPC with two zonal subnets, a security group and an instance profile
-(``make_ec2_sandbox``). ``bake_model_image`` registers an AMI tagged with a model version, and
-``RequestFaults`` with ``aws_error_response`` stands in for the service on chosen requests
-(throttling, capacity and quota errors) through botocore's ``before-send`` event.
+or through the pytest fixtures below, bound to names in a test module (``moto_server =
+moto_fixtures.moto_server`` and so on, so pytest finds them): ``moto_server`` starts one server
+per test module; ``moto`` resets its state before each test; ``ec2_sandbox`` builds a VPC with
+two zonal subnets, a security group, an instance profile and a base AMI (``make_ec2_sandbox``).
+``bake_model_image`` registers an AMI tagged with a model version, and ``RequestFaults`` with
+``aws_error_response`` stands in for the service on chosen requests (throttling, capacity and
+quota errors) through botocore's ``before-send`` event.
 
 While the server runs, the process environment carries dummy credentials
 (``AWS_ACCESS_KEY_ID=testing`` ...), ``AWS_EC2_METADATA_DISABLED=true`` (so botocore never asks the
@@ -122,15 +122,18 @@ def _moto_validation_on() -> Iterator[None]:
 
 @contextmanager
 def running_moto_server(
-    *, validate: bool = True, env: Mapping[str, str] | None = None
+    *, validate: bool = True, stock_amis: bool = False, env: Mapping[str, str] | None = None
 ) -> Iterator[MotoServer]:
     """Run a moto server on 127.0.0.1 (a free port) for the ``with`` block, then stop it.
 
-    ``validate`` turns on moto's AMI and instance-type validation. ``env`` adds to (or overrides)
+    ``validate`` turns on moto's AMI and instance-type validation. ``stock_amis`` loads moto's
+    ~1,300 stock AMIs into every fresh region (about a second after each reset; off by default:
+    ``make_ec2_sandbox`` registers the one base AMI tests need). ``env`` adds to (or overrides)
     ``DUMMY_AWS_ENV`` for the block. The server's state is reset on exit, so resources do not
     leak into a later server in the same process.
     """
-    environment = {**DUMMY_AWS_ENV, **(MOTO_VALIDATION_ENV if validate else {}), **(env or {})}
+    environment = {**DUMMY_AWS_ENV, **(MOTO_VALIDATION_ENV if validate else {}),
+                   "MOTO_EC2_LOAD_DEFAULT_AMIS": "true" if stock_amis else "false", **(env or {})}
     with _patched_environment(environment):
         # Imported only now, so a first import of moto sees the validation switches.
         from moto.server import ThreadedMotoServer
@@ -177,7 +180,7 @@ def moto(moto_server: MotoServer) -> MotoServer:
 @dataclass(frozen=True)
 class Ec2Sandbox:
     """What a provider test launches into: a VPC with one subnet per zone, a security group, an
-    instance profile and a stock AMI, all created on a moto server."""
+    instance profile and a base AMI (untagged, owned by the account), all created on moto."""
 
     endpoint_url: str
     region: str
@@ -198,7 +201,7 @@ class Ec2Sandbox:
 def make_ec2_sandbox(server: MotoServer, *, region: str = "us-east-1", zones: int = 2,
                      instance_profile: str = "asr-node") -> Ec2Sandbox:
     """Create a VPC (10.20.0.0/16) with ``zones`` subnets in different zones, a security group,
-    an instance profile with a role, and pick one of moto's stock Amazon Linux AMIs."""
+    an instance profile with a role, and register a base AMI (a plain x86_64 HVM image)."""
     import boto3
 
     ec2 = boto3.client("ec2", region_name=region, endpoint_url=server.endpoint_url)
@@ -214,9 +217,10 @@ def make_ec2_sandbox(server: MotoServer, *, region: str = "us-east-1", zones: in
     iam.create_role(RoleName=role, AssumeRolePolicyDocument='{"Version":"2012-10-17"}')
     iam.create_instance_profile(InstanceProfileName=instance_profile)
     iam.add_role_to_instance_profile(InstanceProfileName=instance_profile, RoleName=role)
-    stock = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-*"]},
-                                                            {"Name": "architecture", "Values": ["x86_64"]}])
-    base = sorted(image["ImageId"] for image in stock["Images"])[0]
+    base = ec2.register_image(
+        Name="base-linux", Architecture="x86_64", VirtualizationType="hvm", RootDeviceName="/dev/xvda",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 20}}],
+    )["ImageId"]
     return Ec2Sandbox(endpoint_url=server.endpoint_url, region=region, vpc_id=vpc, zones=zone_names,
                       subnets=subnets, security_group=group, instance_profile=instance_profile,
                       base_image=base)
@@ -224,7 +228,7 @@ def make_ec2_sandbox(server: MotoServer, *, region: str = "us-east-1", zones: in
 
 def bake_model_image(sandbox: Ec2Sandbox, model_version: str, *, name: str | None = None) -> str:
     """Register an AMI tagged ``autoscaler:model-version=model_version`` as the Packer template would:
-    run a builder instance from the stock AMI, ``CreateImage`` from it, terminate the builder."""
+    run a builder instance from the base AMI, ``CreateImage`` from it, terminate the builder."""
     from autoscaler.domain import TAG_MODEL_VERSION
 
     ec2 = sandbox.client("ec2")
@@ -333,7 +337,7 @@ def make_target_group(sandbox: Ec2Sandbox, name: str = "asr-nodes", *, target_ty
 
 
 def run_plain_instances(sandbox: Ec2Sandbox, count: int) -> list[tuple[str, str]]:
-    """Start ``count`` untagged stock instances in the first subnet; return ``(id, private IP)`` pairs."""
+    """Start ``count`` untagged instances of the base AMI in the first subnet; return ``(id, IP)`` pairs."""
     reply = sandbox.client("ec2").run_instances(ImageId=sandbox.base_image, InstanceType="t3.micro",
                                                 MinCount=count, MaxCount=count, SubnetId=sandbox.subnets[0])
     return [(i["InstanceId"], i["PrivateIpAddress"]) for i in reply["Instances"]]

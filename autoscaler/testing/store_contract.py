@@ -24,10 +24,18 @@ class StoreContract:
 
     def test_tick_round_trips_with_memory(self, store: Store) -> None:
         """A recorded tick comes back with its inputs and decision; its memory is the pool's memory."""
-        tick_id = store.record_tick("p", T0, {"samples": {"q": {"value": 3.5}}},
-                                    {"direction": "out", "desired": 4, "summary": "out 3→4",
-                                     "reasons": [{"kind": "final", "name": "x", "message": "m", "detail": {}}]},
-                                    {"missing_ticks": 2})
+        tick_id = store.record_tick(
+            "p",
+            T0,
+            {"samples": {"q": {"value": 3.5}}},
+            {
+                "direction": "out",
+                "desired": 4,
+                "summary": "out 3→4",
+                "reasons": [{"kind": "final", "name": "x", "message": "m", "detail": {}}],
+            },
+            {"missing_ticks": 2},
+        )
         ticks = store.recent_ticks("p")
         assert ticks[0]["id"] == tick_id
         assert ticks[0]["inputs"]["samples"]["q"]["value"] == 3.5
@@ -61,7 +69,9 @@ class StoreContract:
         store.record_lifecycle("p", "i-1", Lifecycle.BOOTING, T0 + timedelta(seconds=5))
         store.record_lifecycle("p", "i-1", Lifecycle.SERVING, T0 + timedelta(seconds=60))
         store.record_lifecycle("p", "i-1", Lifecycle.SERVING, T0 + timedelta(seconds=75))
-        store.record_lifecycle("p", "i-2", Lifecycle.DRAINING, T0 + timedelta(seconds=90), {"reason": "victim"})
+        store.record_lifecycle(
+            "p", "i-2", Lifecycle.DRAINING, T0 + timedelta(seconds=90), {"reason": "victim"}
+        )
         latest = store.lifecycles("p")
         assert latest["i-1"] == (Lifecycle.SERVING, T0 + timedelta(seconds=60))
         assert latest["i-2"][0] == Lifecycle.DRAINING

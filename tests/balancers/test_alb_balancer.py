@@ -228,7 +228,7 @@ def test_throttling_is_retried_and_then_bounded(
     with RequestFaults(balancer.elb_client, "RegisterTargets", throttle(first_only=False)), \
             pytest.raises(BalancerError) as caught:
         balancer.apply(nodes)
-    assert time.monotonic() - started < 1.5 + 0.75
+    assert time.monotonic() - started < 1.5 + 1.5  # the deadline plus request latency
     assert caught.value.__cause__ is not None
 
 

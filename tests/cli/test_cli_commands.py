@@ -37,8 +37,14 @@ scaling:
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "autoscaler.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "autoscaler.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -74,9 +80,22 @@ def test_explain_prints_the_reason_trail_and_changes_nothing(policy: Path, tmp_p
 def test_run_stops_cleanly_on_sigterm(policy: Path, tmp_path: Path) -> None:
     """`run` ticks on its interval and exits 0 between ticks when sent SIGTERM."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "autoscaler.cli", "run", "--policy", str(policy),
-         "--store", f"sqlite:///{tmp_path / 's.db'}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        [
+            sys.executable,
+            "-m",
+            "autoscaler.cli",
+            "run",
+            "--policy",
+            str(policy),
+            "--store",
+            f"sqlite:///{tmp_path / 's.db'}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         time.sleep(4)
         process.send_signal(signal.SIGTERM)

@@ -125,8 +125,16 @@ def test_boot_timeout_replaces_the_node(rig: Rig) -> None:
 
 def test_node_of_another_model_version_never_joins(rig: Rig) -> None:
     """A healthy node tagged with another model version is replaced, never admitted."""
-    stray = Instance(id="i-stray", pool="unit", instance_type="gpu", model_version="v1", launch_token="old",
-                     launched_at=rig.clock.now(), state=CloudState.RUNNING, address="10.0.0.9")
+    stray = Instance(
+        id="i-stray",
+        pool="unit",
+        instance_type="gpu",
+        model_version="v1",
+        launch_token="old",
+        launched_at=rig.clock.now(),
+        state=CloudState.RUNNING,
+        address="10.0.0.9",
+    )
     rig.provider.add_instance(stray)
     rig.serve("i-stray")
     rig.metrics.set(STREAMS_QUERY, 0.0)

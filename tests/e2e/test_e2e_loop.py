@@ -55,12 +55,21 @@ def loop(tmp_path: Path) -> Iterator[tuple[Runtime, EmbeddedNginx, LocalProvider
     """A controller on a local fleet, with its own nginx and Prometheus; everything stops afterwards."""
     require_binary("nginx")
     require_binary("prometheus")
-    with EmbeddedPrometheus(tmp_path / "prom", scrape_interval_s=1.0) as prometheus, \
-            EmbeddedNginx(tmp_path / "nginx") as nginx:
+    with (
+        EmbeddedPrometheus(tmp_path / "prom", scrape_interval_s=1.0) as prometheus,
+        EmbeddedNginx(tmp_path / "nginx") as nginx,
+    ):
         policy_file = tmp_path / "e2e.yaml"
-        policy_file.write_text(POLICY_TEMPLATE.format(
-            fleet=tmp_path / "fleet", upstream=nginx.upstream_file, conf=nginx.conf_path, prefix=f"{nginx.root}/",
-            prometheus=prometheus.url, targets=prometheus.targets_file))
+        policy_file.write_text(
+            POLICY_TEMPLATE.format(
+                fleet=tmp_path / "fleet",
+                upstream=nginx.upstream_file,
+                conf=nginx.conf_path,
+                prefix=f"{nginx.root}/",
+                prometheus=prometheus.url,
+                targets=prometheus.targets_file,
+            )
+        )
         runtime = build_runtime(policy_file, f"sqlite:///{tmp_path / 'store.db'}")
         fleet = LocalProvider.for_policy(runtime.watcher.current())
         try:
@@ -74,8 +83,14 @@ def _upstream_ids(nginx: EmbeddedNginx) -> set[str]:
     return {b.instance_id for b in parse_upstream(nginx.upstream_file.read_text())}
 
 
-def _tick_until(runtime: Runtime, nginx: EmbeddedNginx, done: Callable[[TickOutcome], bool], *,
-                timeout_s: float, seen: list[TickOutcome]) -> TickOutcome:
+def _tick_until(
+    runtime: Runtime,
+    nginx: EmbeddedNginx,
+    done: Callable[[TickOutcome], bool],
+    *,
+    timeout_s: float,
+    seen: list[TickOutcome],
+) -> TickOutcome:
     """Tick once a second until ``done``; after every tick, check the balancer admits only healthy nodes."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -89,7 +104,9 @@ def _tick_until(runtime: Runtime, nginx: EmbeddedNginx, done: Callable[[TickOutc
                 assert instance_id not in _upstream_ids(nginx), "a booting node joined the upstream"
         if done(outcome):
             return outcome
-        assert time.monotonic() < deadline, f"timed out; last: {outcome.decision and outcome.decision.summary()}"
+        assert time.monotonic() < deadline, (
+            f"timed out; last: {outcome.decision and outcome.decision.summary()}"
+        )
         time.sleep(1.0)
 
 
@@ -98,7 +115,8 @@ def _transcribe(client: httpx.Client, url: str, audio_s: float) -> int:
 
 
 def test_scale_out_join_after_health_then_drain_first_scale_in(
-        loop: tuple[Runtime, EmbeddedNginx, LocalProvider]) -> None:
+    loop: tuple[Runtime, EmbeddedNginx, LocalProvider],
+) -> None:
     """Load rises → nodes launch and join nginx only once healthy → load falls → a victim leaves the
     upstream, its long in-flight request completes with 200, and only then is it terminated."""
     runtime, nginx, fleet = loop
@@ -130,8 +148,17 @@ def test_scale_out_join_after_health_then_drain_first_scale_in(
         assert len(drained) == 2, drained  # 2 streams / target 3 → 1 node
         for victim in drained:
             assert victim not in _upstream_ids(nginx)
-        busy = [v for v in drained if (runtime.controller.adapters.probe.active_streams(
-            next(i for i in fleet.list_instances("e2e") if i.id == v)) or 0) > 0]
+        busy = [
+            v
+            for v in drained
+            if (
+                runtime.controller.adapters.probe.active_streams(
+                    next(i for i in fleet.list_instances("e2e") if i.id == v)
+                )
+                or 0
+            )
+            > 0
+        ]
         assert len(busy) == 1, "one victim still carries a long request"
         (busy_victim,) = busy
 
@@ -151,7 +178,9 @@ def test_no_scale_in_while_prometheus_is_empty_or_down(tmp_path: Path) -> None:
     require_binary("prometheus")
     with EmbeddedPrometheus(tmp_path / "prom", scrape_interval_s=1.0) as prometheus:
         source = PrometheusSource(prometheus.source_config(timeout=1))
-        policy = POLICY.replace("query: streams_per_node", """query: 'sum(asr_active_streams{pool="unit"})'""")
+        policy = POLICY.replace(
+            "query: streams_per_node", """query: 'sum(asr_active_streams{pool="unit"})'"""
+        )
         rig = make_rig(source, policy)
         spec = LaunchSpec(pool="unit", image="img-v2", model_version="v2", instance_types=("gpu",))
         rig.provider.launch(spec, 3, "seed")  # three nodes, admitted to the balancer by a real tick
@@ -172,4 +201,3 @@ def test_no_scale_in_while_prometheus_is_empty_or_down(tmp_path: Path) -> None:
             assert outcome.drained == [] and outcome.terminated == {}, outcome.decision
         assert len(rig.balancer.current()) == 3
         source.close()
-

@@ -174,7 +174,9 @@ def _simulate(pol: PoolPolicy, demand: float, start: int, ticks: int) -> list[in
     Launched nodes serve from the next tick; victims leave at once. Readings are what a real pool
     under ``demand`` concurrent streams would report.
     """
-    fleet = [Node(f"n{i}", Lifecycle.SERVING, "gpu", 10, "v2", NOW - timedelta(hours=3), image="img-2")
+    # Nodes run what the policy launches (a rollout of outdated nodes is tested on its own).
+    version, image = pol.launch.model_version, pol.launch.image.id
+    fleet = [Node(f"n{i}", Lifecycle.SERVING, "gpu", 10, version, NOW - timedelta(hours=3), image=image)
              for i in range(start)]
     memory = EngineMemory()
     counts = []
@@ -197,7 +199,7 @@ def _simulate(pol: PoolPolicy, demand: float, start: int, ticks: int) -> list[in
         gone = set(ev.decision.victims)
         fleet = [n for n in fleet if n.id not in gone]
         for _ in range(ev.decision.launch):
-            fleet.append(Node(f"n{serial}", Lifecycle.SERVING, "gpu", 10, "v2", at, image="img-2"))
+            fleet.append(Node(f"n{serial}", Lifecycle.SERVING, "gpu", 10, version, at, image=image))
             serial += 1
         counts.append(len(fleet))
     return counts

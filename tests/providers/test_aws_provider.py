@@ -259,7 +259,7 @@ def test_endless_throttling_raises_transient_error_within_the_budget(
         with pytest.raises(TransientProviderError) as caught:
             provider.launch(spec, 1, "tok-throttled-forever")
         elapsed = time.monotonic() - started
-    assert elapsed < 2.0 + 0.75  # the deadline plus request latency: no backoff sleeps past it
+    assert elapsed < 2.0 + 1.5  # the deadline plus request latency: no backoff sleeps past it
     assert len(faults.calls) >= 2
     cause = caught.value.__cause__
     assert isinstance(cause, ClientError) and cause.response["Error"]["Code"] == "RequestLimitExceeded"
