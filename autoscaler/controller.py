@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from autoscaler.domain import (
     LaunchSpec,
     Lifecycle,
     Node,
+    Reason,
     Sample,
     TerminateOutcome,
 )
@@ -42,6 +43,13 @@ from autoscaler.protocols import Balancer, Clock, MetricsSource, Provider, Store
 from autoscaler.telemetry import ControllerMetrics
 
 log = structlog.get_logger("autoscaler.controller")
+
+#: How a node that never answered its health check is recorded when it is replaced.
+BOOT_TIMEOUT_REASON = "not healthy within the boot timeout"
+#: Launches pause after this many consecutive boot failures, doubling per further failure...
+BOOT_FAILURES_BEFORE_BACKOFF = 2
+#: ...up to this long, so a broken image is not relaunched (and billed) every tick.
+MAX_BOOT_BACKOFF = timedelta(minutes=30)
 
 
 class NodeProbe:
@@ -223,12 +231,12 @@ class Controller:
             store.record_lifecycle(policy.pool, instance_id, lifecycle, now, detail)
         for instance, reason in observation.replace:
             self._terminate(policy, instance, now, outcome, reason)
-            if reason.startswith("not healthy within the boot timeout"):
+            if reason.startswith(BOOT_TIMEOUT_REASON):
                 self.telemetry.boot_failure(policy.pool)
         for name, sample in observation.samples.items():
             self.telemetry.check_sample(policy.pool, name, sample)
         evaluation = self.evaluate(policy, observation, now)
-        decision = evaluation.decision
+        decision = self._hold_launches_after_boot_failures(policy, evaluation.decision, now, outcome)
         outcome.decision = decision
         # ---- record (before acting, so the launch's client token comes from the recorded decision)
         tick_id = store.record_tick(
@@ -248,6 +256,59 @@ class Controller:
                 store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
             except StoreError as exc:
                 outcome.errors.append(f"could not record the outcome: {exc}")
+
+    def boot_failures(self, pool: str) -> tuple[int, datetime | None]:
+        """Nodes replaced for failing to boot since a node last joined, and when the last one was."""
+        failures, last = 0, None
+        for tick in self.adapters.store.recent_ticks(pool, limit=100):
+            outcome = tick.get("decision", {}).get("outcome", {})
+            if outcome.get("joined"):
+                break  # a node booted fine since: the image works
+            failed = [r for r in outcome.get("terminated", {}).values() if r.startswith(BOOT_TIMEOUT_REASON)]
+            if failed:
+                failures += len(failed)
+                last = last or datetime.fromisoformat(tick["at"])
+        return failures, last
+
+    def _hold_launches_after_boot_failures(
+        self, policy: PoolPolicy, decision: Decision, now: datetime, outcome: TickOutcome
+    ) -> Decision:
+        """Back off launching when new nodes keep failing to boot (a broken image, a bad zone)."""
+        failures, last = self.boot_failures(policy.pool)
+        failures += sum(r.startswith(BOOT_TIMEOUT_REASON) for r in outcome.terminated.values())
+        if any(r.startswith(BOOT_TIMEOUT_REASON) for r in outcome.terminated.values()):
+            last = now
+        self.telemetry.boot_failures_in_a_row(policy.pool, failures)
+        if decision.launch == 0 or failures < BOOT_FAILURES_BEFORE_BACKOFF or last is None:
+            return decision
+        backoff = min(policy.scaling.tick * 2 ** (failures - 1), MAX_BOOT_BACKOFF)
+        if now >= last + backoff:
+            return decision
+        message = (
+            f"launch of {decision.launch} held back: {failures} nodes in a row failed to boot, "
+            f"the last at {last.isoformat(timespec='seconds')}; next try after "
+            f"{(last + backoff).isoformat(timespec='seconds')}"
+        )
+        outcome.notes.append(message)
+        log.warning(
+            "boot_failure_backoff", pool=policy.pool, failures=failures, backoff_s=backoff.total_seconds()
+        )
+        reasons = (
+            *decision.reasons[:-1],
+            Reason(
+                "fallback",
+                "boot-backoff",
+                message,
+                {"failures": failures, "backoff_s": backoff.total_seconds(), "held": decision.launch},
+            ),
+            Reason(
+                "final",
+                policy.pool,
+                f"hold at {decision.current}: {message}",
+                {**decision.reasons[-1].detail, "launch": 0},
+            ),
+        )
+        return replace(decision, launch=0, reasons=reasons)
 
     def evaluate(self, policy: PoolPolicy, observation: Observation, now: datetime) -> Evaluation:
         """The engine's decision on an observation, with the memory the store kept."""
@@ -325,7 +386,7 @@ class Controller:
                 since = instance.launched_at
             if now - since > boot_timeout:
                 observation.replace.append(
-                    (instance, f"not healthy within the boot timeout ({boot_timeout.total_seconds():.0f}s)")
+                    (instance, f"{BOOT_TIMEOUT_REASON} ({boot_timeout.total_seconds():.0f}s)")
                 )
                 continue
             observation.states[instance.id] = NodeState(instance, Lifecycle.BOOTING, since)

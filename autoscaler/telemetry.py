@@ -42,6 +42,12 @@ class ControllerMetrics:
         self.boot_failures = Counter(
             "autoscaler_boot_failures", "Nodes replaced for failing to boot.", ["pool"], registry=r
         )
+        self.boot_failure_streak = Gauge(
+            "autoscaler_boot_failures_in_a_row",
+            "Nodes replaced for failing to boot since one last joined.",
+            ["pool"],
+            registry=r,
+        )
         self.balancer_errors = Counter(
             "autoscaler_balancer_errors", "Balancer changes rejected.", ["pool"], registry=r
         )
@@ -85,6 +91,10 @@ class ControllerMetrics:
     def boot_failure(self, pool: str) -> None:
         """A node did not become healthy in time."""
         self.boot_failures.labels(pool).inc()
+
+    def boot_failures_in_a_row(self, pool: str, count: int) -> None:
+        """Consecutive boot failures (launches back off while this is 2 or more)."""
+        self.boot_failure_streak.labels(pool).set(count)
 
     def balancer_error(self, pool: str) -> None:
         """The balancer rejected a change."""

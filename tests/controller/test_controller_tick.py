@@ -168,3 +168,31 @@ def test_explain_changes_nothing(rig: Rig) -> None:
     _policy, _observation, decision = rig.controller.explain()
     assert decision.launch == 1
     assert rig.provider.launch_calls == [] and rig.store.ticks == [] and rig.balancer.apply_calls == []
+
+
+def test_repeated_boot_failures_back_off_launches(rig: Rig) -> None:
+    """After two nodes in a row fail to boot, launches pause (doubling) and the reason says why."""
+    rig.metrics.set(STREAMS_QUERY, 0.0)
+    rig.controller.tick()  # launches the first node, which never becomes healthy
+    rig.running()
+    rig.clock.advance(61)
+    first = rig.controller.tick()  # boot timeout: replaced, relaunched (one failure is no pattern)
+    assert len(first.terminated) == 1 and len(first.launched) == 1
+    rig.running()
+    rig.clock.advance(61)
+    second = rig.controller.tick()  # second failure in a row: replaced, relaunch held back
+    assert len(second.terminated) == 1 and second.launched == []
+    assert second.decision is not None and second.decision.launch == 0
+    backoff = [r for r in second.decision.reasons if r.name == "boot-backoff"]
+    assert backoff and "2 nodes in a row failed to boot" in backoff[0].message
+    rig.clock.advance(15)
+    assert rig.controller.tick().launched == []  # still inside 2 × 15 s
+    rig.clock.advance(16)
+    retry = rig.controller.tick()
+    assert len(retry.launched) == 1  # the backoff ran out: try again
+    rig.running()
+    rig.serve(*retry.launched)
+    rig.clock.advance(15)
+    joined = rig.controller.tick()
+    assert joined.joined == retry.launched
+    assert rig.controller.boot_failures("unit") == (0, None)  # a node booted: the streak is over
