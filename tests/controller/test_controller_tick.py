@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+from autoscaler.controller import Controller
 from autoscaler.domain import CloudState, Instance, Lifecycle
 from autoscaler.errors import BalancerError, TransientProviderError
-from autoscaler.testing.controller_rig import STREAMS_QUERY, Rig
+from autoscaler.policy.load import PolicyWatcher
+from autoscaler.testing.controller_rig import POLICY, STREAMS_QUERY, Rig
 
 
 def test_first_tick_launches_min_with_token_from_recorded_tick(rig: Rig) -> None:
@@ -196,3 +199,27 @@ def test_repeated_boot_failures_back_off_launches(rig: Rig) -> None:
     joined = rig.controller.tick()
     assert joined.joined == retry.launched
     assert rig.controller.boot_failures("unit") == (0, None)  # a node booted: the streak is over
+
+
+def test_invalid_policy_edit_keeps_last_valid_policy(rig: Rig, tmp_path: Path) -> None:
+    """A policy file edited into an invalid state: ticks go on with the last valid policy, and the
+    outcome and the `autoscaler_policy_valid` gauge say so until the file is fixed."""
+    path = tmp_path / "unit.yaml"
+    path.write_text(POLICY)
+    watcher = PolicyWatcher(path)
+    controller = Controller(
+        watcher.current,
+        rig.controller.adapters,
+        policy_error=lambda: str(watcher.last_error) if watcher.last_error else None,
+    )
+    rig.metrics.set(STREAMS_QUERY, 0.0)
+    assert controller.tick().ok
+    path.write_text(POLICY.replace("max_nodes: 5", "max_nodes: 0"))
+    outcome = controller.tick()
+    assert outcome.ok and outcome.decision is not None
+    assert any("keeping the last valid policy" in note for note in outcome.notes)
+    gauge = controller.telemetry.registry.get_sample_value("autoscaler_policy_valid", {"pool": "unit"})
+    assert gauge == 0
+    path.write_text(POLICY.replace("max_nodes: 5", "max_nodes: 4"))
+    assert controller.tick().notes == []
+    assert controller.telemetry.registry.get_sample_value("autoscaler_policy_valid", {"pool": "unit"}) == 1
