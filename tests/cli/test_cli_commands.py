@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import pytest
 
 from autoscaler.policy.load import load_policy
 from autoscaler.providers.local import LocalProvider
+from autoscaler.store import SqlStore
+from autoscaler.testing import wait_until
 from autoscaler.testing.embedded_fixtures import require_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,11 @@ def test_run_stops_cleanly_on_sigterm(policy: Path, tmp_path: Path) -> None:
         env=os.environ.copy(),
     )
     try:
-        time.sleep(4)
+        # Two ticks recorded (one second apart) before the signal, however loaded the machine is.
+        store = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
+        wait_until(lambda: len(store.recent_ticks("cli")) >= 2, timeout_s=60, interval_s=0.2,
+                   message="two recorded ticks")
+        store.close()
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)
     finally:
