@@ -126,14 +126,26 @@ def test_scale_out_join_after_health_then_drain_first_scale_in(
     store = runtime.store
     assert isinstance(store, SqlStore)
 
-    with httpx.Client(timeout=120) as client, ThreadPoolExecutor(max_workers=16) as pool:
+    # No keep-alive: a connection kept from before a reload would still be served by an old nginx
+    # worker with the old (empty) upstream.
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(timeout=120, limits=no_keepalive) as client, ThreadPoolExecutor(max_workers=16) as pool:
         # nginx's old workers answer from the previous (empty) upstream for a moment after a reload.
         deadline = time.monotonic() + 10
-        while _transcribe(client, nginx.url, 0.01) != 200:
+        while [_transcribe(client, nginx.url, 0.01) for _ in range(3)] != [200, 200, 200]:
             assert time.monotonic() < deadline, "nginx never routed to the first node"
             time.sleep(0.2)
         # Load rises: 10 transcriptions of 12 s on one node of 4 streams → 4 active + 6 queued.
         burst: list[Future[int]] = [pool.submit(_transcribe, client, nginx.url, 12.0) for _ in range(10)]
+        (first,) = fleet.list_instances("e2e")
+        probe = runtime.controller.adapters.probe
+        wait_until(
+            lambda: any(f.done() for f in burst) or (probe.active_streams(first) or 0) > 0,
+            timeout_s=20,
+            message="the burst reaching the node",
+        )
+        early = [f.result() for f in burst if f.done()]
+        assert early == [], f"transcriptions answered before any could run: {early}"
         _tick_until(runtime, nginx, lambda o: serving(o) == 3, timeout_s=60, seen=seen)
         launched = [i for o in seen for i in o.launched]
         assert len(launched) == 3, launched  # the first node, then two for the burst (max 3)
