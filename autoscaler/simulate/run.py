@@ -1,14 +1,15 @@
 """A dry run: one demand, one or more policies replayed on it, the baselines, and their figures.
 
 ``dry_run`` builds the demand once, replays each policy (the scenario's, or the ``compare`` list)
-through the decision engine, replays the HPA-like baseline the same way, and computes the static
-peak and the oracle. ``summarize`` turns a replay into the figures of ``summary.json``.
+through the decision engine, replays the HPA-like baseline the same way (tracking the scenario
+policy's own target, see ``hpa_like_baseline``), and computes the static peak and the oracle.
+``summarize`` turns a replay into the figures of ``summary.json``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from autoscaler.errors import ScenarioError
-from autoscaler.policy.model import PoolPolicy
+from autoscaler.policy.model import PoolPolicy, TargetTrackingCheck
 from autoscaler.simulate.demand import Demand, build_demand
 from autoscaler.simulate.fleet import FleetModel, Replay, fit_policy, replay, resolve_fleet
 from autoscaler.simulate.oracle import Oracle, oracle
@@ -197,12 +198,15 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
             "set baselines.hpa_like to a policy file"
         )
     hpa_policy = fit_policy(
-        load_policy_for_scenario(hpa_path, "baselines.hpa_like"),
+        hpa_like_baseline(load_policy_for_scenario(hpa_path, "baselines.hpa_like"), scenario.policy),
         fleet,
         min_nodes=min_nodes,
         max_nodes=max_nodes,
     )
     hpa = run("hpa_like", hpa_path, hpa_policy)
+    # Which target the baseline tracked, so summary.json says what it was compared at.
+    tracked = {c.name: c.target for c in hpa_policy.scaling.checks if isinstance(c, TargetTrackingCheck)}
+    hpa = replace(hpa, summary=hpa.summary | {"targets": tracked})
 
     base_oracle = oracle_for(min_nodes)
     required = demand.required_nodes(fleet.streams_per_node, min_nodes)
@@ -250,6 +254,28 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
         min_nodes=min_nodes,
         max_nodes=max_nodes,
     )
+
+
+def hpa_like_baseline(hpa: PoolPolicy, compared: PoolPolicy) -> PoolPolicy:
+    """``hpa`` tracking the same per-node target as ``compared``: a like-for-like HPA baseline.
+
+    An HPA that tracks a different utilization than the policy under test measures the target, not
+    the policy's rules. So each target-tracking check of ``hpa`` takes the target of the first
+    target-tracking check of ``compared`` with the same ``signal`` and ``per``; everything else (HPA's
+    tolerance, windows and rate limits) stays as the baseline file says. A check with no counterpart
+    keeps its own target. The scenario's policy is the reference, also under ``--compare``.
+    """
+    targets: dict[tuple[str | None, str], float] = {}
+    for check in compared.scaling.checks:
+        if isinstance(check, TargetTrackingCheck):
+            targets.setdefault((check.signal, check.per), check.target)
+    checks = [
+        check.model_copy(update={"target": targets[(check.signal, check.per)]})
+        if isinstance(check, TargetTrackingCheck) and (check.signal, check.per) in targets
+        else check
+        for check in hpa.scaling.checks
+    ]
+    return hpa.model_copy(update={"scaling": hpa.scaling.model_copy(update={"checks": checks})})
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
