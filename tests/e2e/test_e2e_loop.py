@@ -130,7 +130,9 @@ def test_scale_out_join_after_health_then_drain_first_scale_in(
     # worker with the old (empty) upstream.
     no_keepalive = httpx.Limits(max_keepalive_connections=0)
     with httpx.Client(timeout=120, limits=no_keepalive) as client, ThreadPoolExecutor(max_workers=16) as pool:
-        # nginx's old workers answer from the previous (empty) upstream for a moment after a reload.
+        # nginx's old workers answer from the previous (empty) upstream for a moment after a reload:
+        # wait until every reload so far has retired its old workers, then probe through nginx.
+        nginx.wait_reloaded(nginx.settled_reload_count(), timeout_s=30)
         deadline = time.monotonic() + 10
         while [_transcribe(client, nginx.url, 0.01) for _ in range(3)] != [200, 200, 200]:
             assert time.monotonic() < deadline, "nginx never routed to the first node"
