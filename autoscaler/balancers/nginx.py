@@ -33,16 +33,15 @@ One process should own a given nginx: ``apply`` is serialised within a process, 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from autoscaler.domain import Backend
 from autoscaler.errors import BalancerError
+from autoscaler.files import atomic_write
 from autoscaler.policy.model import NginxBalancerConfig
 
 #: The line standing in for "no backends" (nginx refuses an upstream without servers).
@@ -139,36 +138,6 @@ def _server_line(backend: Backend) -> str:
 def _check_token(text: str, what: str) -> None:
     if not text or _UNSAFE.search(text):
         raise BalancerError(f"{what} {text!r} is empty or holds characters nginx would misparse")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new content, never a mix.
-
-    Writes a temporary file in the same folder, fsyncs it, renames it over ``path`` and fsyncs the
-    folder so the rename survives a crash. The file keeps its permissions (0644 when new), not the
-    0600 of a temporary file, so an nginx running as another user can still read it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class NginxBalancer:

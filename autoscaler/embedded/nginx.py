@@ -29,7 +29,7 @@ from typing import Any, Self
 
 import httpx
 
-from autoscaler.balancers.nginx import atomic_write, render_upstream
+from autoscaler.balancers.nginx import render_upstream
 from autoscaler.embedded._process import (
     INFRA_DIR,
     LOOPBACK,
@@ -38,6 +38,7 @@ from autoscaler.embedded._process import (
     free_port,
     render_template,
 )
+from autoscaler.files import atomic_write
 from autoscaler.policy.model import NginxBalancerConfig
 
 NGINX_TEMPLATE = INFRA_DIR / "nginx" / "nginx.conf.template"

@@ -14,13 +14,12 @@ never read half a file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from autoscaler.domain import Instance
+from autoscaler.files import atomic_write
 
 #: Labels every target carries, taken from the instance.
 TARGET_LABELS = ("pool", "instance_id", "instance_type", "model_version")
@@ -64,26 +63,8 @@ def write_target_groups(path: str | Path, groups: Sequence[Mapping[str, Any]]) -
     Prometheus running as another user can read it. ``OSError`` propagates: a caller that cannot
     publish targets must know.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = target.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    # The temporary name starts with a dot and ends in .tmp, so a `*.json` glob in file_sd_configs
-    # never matches it.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump([dict(g) for g in groups], handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    text = json.dumps([dict(g) for g in groups], indent=2, sort_keys=True) + "\n"
+    atomic_write(Path(path), text)
 
 
 def read_targets(path: str | Path) -> list[dict[str, Any]]:

@@ -15,13 +15,13 @@ import pytest
 from autoscaler.balancers.nginx import (
     PLACEHOLDER_SERVER,
     NginxBalancer,
-    atomic_write,
     parse_upstream,
     render_upstream,
 )
 from autoscaler.domain import Backend
 from autoscaler.embedded import EmbeddedNginx
 from autoscaler.errors import BalancerError
+from autoscaler.files import atomic_write
 from autoscaler.policy.model import NginxBalancerConfig
 from autoscaler.testing import wait_until
 from autoscaler.testing.embedded_fixtures import TinyBackend
