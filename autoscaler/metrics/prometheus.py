@@ -75,6 +75,17 @@ def _utc_seconds(when: datetime) -> float:
     return when.timestamp()
 
 
+def _describe(exc: BaseException, timeout_s: float) -> str:
+    """What went wrong, in words an operator reads (not urllib3's message with the whole URL)."""
+    # With retries off, urllib3 wraps a read timeout in MaxRetryError and requests turns that into
+    # a ConnectionError, so the message is the only reliable sign of a timeout.
+    if isinstance(exc, requests.Timeout) or "timed out" in str(exc).lower():
+        return f"timed out: no answer within {timeout_s:g}s"
+    if isinstance(exc, requests.ConnectionError):
+        return "cannot connect (is Prometheus running at that address?)"
+    return _shorten(str(exc) or type(exc).__name__)
+
+
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
@@ -206,9 +217,8 @@ class PrometheusSource:
             )
             return _parse_instant(result)
         except _QUERY_ERRORS as exc:
-            raise _QueryFailedError(
-                f"query failed at {self.config.url}: {_shorten(str(exc) or type(exc).__name__)}"
-            ) from exc
+            reason = _describe(exc, timeout_s)
+            raise _QueryFailedError(f"query failed at {self.config.url}: {reason}") from exc
 
 
 def _parse_instant(result: Any) -> tuple[str, list[_Series]]:
