@@ -39,7 +39,7 @@ from autoscaler.domain import (
 from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
 from autoscaler.policy.model import PoolPolicy
-from autoscaler.protocols import Balancer, Clock, MetricsSource, Provider, Store
+from autoscaler.protocols import Balancer, Clock, MetricsSource, NodeProbe, Provider, Store
 from autoscaler.telemetry import ControllerMetrics
 
 log = structlog.get_logger("autoscaler.controller")
@@ -52,18 +52,6 @@ BOOT_FAILURES_BEFORE_BACKOFF = 2
 MAX_BOOT_BACKOFF = timedelta(minutes=30)
 
 
-class NodeProbe:
-    """What the controller asks a node directly (``autoscaler.probes.HttpNodeProbe`` is the real one)."""
-
-    def healthy(self, instance: Instance) -> bool:  # pragma: no cover - protocol shape
-        """True only on a timely 200 from ``/healthz``."""
-        raise NotImplementedError
-
-    def active_streams(self, instance: Instance) -> float | None:  # pragma: no cover - protocol shape
-        """Streams in progress on the node, or None when unknown."""
-        raise NotImplementedError
-
-
 @dataclass(frozen=True)
 class Adapters:
     """The implementations one controller works with."""
@@ -72,7 +60,7 @@ class Adapters:
     balancer: Balancer
     metrics: MetricsSource
     store: Store
-    probe: Any  # NodeProbe-shaped: healthy(instance) and active_streams(instance)
+    probe: NodeProbe
     clock: Clock
     write_targets: Callable[[list[Instance]], None] | None = None
 

@@ -19,7 +19,7 @@ ACTIVE_STREAMS_METRIC = "asr_active_streams"
 
 
 class HttpNodeProbe:
-    """``HealthProbe`` over HTTP with a short timeout; every failure is "not healthy" / "unknown"."""
+    """``NodeProbe`` over HTTP with a short timeout; every failure is "not healthy" / "unknown"."""
 
     def __init__(self, *, health_path: str = "/healthz", timeout_s: float = 2.0) -> None:
         self.health_path = health_path

@@ -114,11 +114,20 @@ class Balancer(Protocol):
 
 
 @runtime_checkable
-class HealthProbe(Protocol):
-    """Asks a node whether it can serve (``GET /healthz`` answering 200)."""
+class NodeProbe(Protocol):
+    """Asks a node itself whether it can serve and how busy it is.
+
+    Contract: never raises and answers within its own short timeout. ``healthy`` is True only on a
+    timely 200 from the node's health path; ``active_streams`` is None whenever the node cannot say
+    (unreachable, no such metric): unknown, never zero, so a drain never ends on a guess.
+    """
 
     def healthy(self, instance: Instance) -> bool:
         """True only on a timely 200; any error or timeout is False."""
+        ...
+
+    def active_streams(self, instance: Instance) -> float | None:
+        """Streams in progress on the node, or None when unknown."""
         ...
 
 

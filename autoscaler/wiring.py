@@ -7,11 +7,11 @@ policy names, so a local pool never imports boto3 or the Alibaba SDK.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from autoscaler.clock import SystemClock
 from autoscaler.controller import Adapters, Controller
 from autoscaler.domain import Instance
 from autoscaler.metrics.file_sd import write_targets
@@ -29,14 +29,6 @@ from autoscaler.probes import HttpNodeProbe
 from autoscaler.protocols import Balancer, Clock, Provider, Store
 from autoscaler.store import open_store
 from autoscaler.telemetry import ControllerMetrics
-
-
-class SystemClock:
-    """The wall clock, in UTC."""
-
-    def now(self) -> datetime:
-        """Now, timezone-aware."""
-        return datetime.now(UTC)
 
 
 def build_provider(policy: PoolPolicy) -> Provider:

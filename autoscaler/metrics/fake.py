@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from autoscaler.domain import Sample
+from autoscaler.metrics.reduce import max_by_label
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,7 @@ class FakeMetricsSource:
         answer = self._answer(QueryCall("query_by_instance", promql, now, label))
         if isinstance(answer, str):
             return {}
-        by_label: dict[str, float] = {}
-        for s in answer:
-            key = s.labels.get(label)
-            if key is not None:
-                by_label[key] = max(s.value, by_label.get(key, -math.inf))
-        return by_label
+        return max_by_label(answer, label)
 
     def query_range(
         self, promql: str, start: datetime, end: datetime, step: timedelta

@@ -35,6 +35,7 @@ from urllib3.util.retry import Retry
 
 from autoscaler.domain import Sample
 from autoscaler.errors import MetricsUnavailable
+from autoscaler.metrics.reduce import max_by_label
 from autoscaler.policy.model import PrometheusConfig
 
 #: Errors of one HTTP exchange with Prometheus: transport (refused, timeout, retry exhausted),
@@ -138,12 +139,7 @@ class PrometheusSource:
             series = self._fresh_series(promql, now)
         except _QueryFailedError:
             return {}
-        by_label: dict[str, float] = {}
-        for s in series:
-            key = s.labels.get(label)
-            if key is not None:
-                by_label[key] = max(s.value, by_label.get(key, -math.inf))
-        return by_label
+        return max_by_label(series, label)
 
     # ------------------------------------------------------------------------------------ range
     def query_range(

@@ -55,6 +55,7 @@ from alibabacloud_tea_openapi.exceptions import AlibabaCloudException, Throttlin
 from darabonba.exceptions import RetryError
 from Tea.exceptions import TeaException, UnretryableException
 
+from autoscaler.clock import SystemClock
 from autoscaler.domain import (
     MANAGED_BY_VALUE,
     TAG_LAUNCH_TOKEN,
@@ -176,11 +177,6 @@ def parse_creation_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-class _SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
 def _split_endpoint(endpoint: str | None, protocol: str) -> tuple[str | None, str]:
     """``(host[:port], protocol)`` from the config: ``http://127.0.0.1:8080`` sets both."""
     if endpoint and "://" in endpoint:
@@ -215,7 +211,7 @@ class AlibabaProvider:
         self.config = config
         self._budget = budget or RetryBudget(deadline_s=30.0, max_rounds=config.max_attempts)
         self._page_size = page_size
-        self._clock: Clock = clock or _SystemClock()
+        self._clock: Clock = clock or SystemClock()
         self._sleep = sleep
         endpoint, protocol = _split_endpoint(config.endpoint, config.protocol)
         self._endpoint = endpoint

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
+from autoscaler.clock import SystemClock
 from autoscaler.domain import (
     MANAGED_BY_VALUE,
     TAG_LAUNCH_TOKEN,
@@ -39,11 +39,6 @@ class LaunchCall:
     client_token: str
 
 
-class _SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
 class FakeProvider:
     """A ``Provider`` whose machines live in a dict.
 
@@ -64,7 +59,7 @@ class FakeProvider:
         unavailable_types: Sequence[str] = (),
         zone: str = "fake-zone-a",
     ) -> None:
-        self._clock: Clock = clock or _SystemClock()
+        self._clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self.launch_state = launch_state
         self.terminate_state = terminate_state

@@ -26,11 +26,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from autoscaler.clock import SystemClock
 from autoscaler.domain import (
     MANAGED_BY_VALUE,
     TAG_LAUNCH_TOKEN,
@@ -94,11 +95,6 @@ class _Record(BaseModel):
 class _State(BaseModel):
     version: int = 1
     instances: dict[str, _Record] = Field(default_factory=dict)
-
-
-class _SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 def process_alive(pid: int, instance_id: str) -> bool:
@@ -180,7 +176,7 @@ class LocalProvider:
         self._max_instances = max_instances
         self._kill_grace_s = kill_grace_s
         self._python = python or sys.executable
-        self._clock: Clock = clock or _SystemClock()
+        self._clock: Clock = clock or SystemClock()
 
     @classmethod
     def for_policy(
