@@ -323,7 +323,8 @@ class Controller:
         instances = self.adapters.provider.list_instances(policy.pool)
         recorded = store.lifecycles(policy.pool)
         observation = Observation()
-        live = {i.id: i for i in instances if i.state not in (CloudState.TERMINATED, CloudState.STOPPING)}
+        down = (CloudState.TERMINATED, CloudState.STOPPING, CloudState.STOPPED)
+        live = {i.id: i for i in instances if i.state not in down}
         listed = {i.id for i in instances}
         for instance_id, (lifecycle, _since) in recorded.items():
             if instance_id not in listed and lifecycle != Lifecycle.TERMINATED:

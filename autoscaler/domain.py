@@ -26,7 +26,10 @@ class CloudState(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    #: On its way down: being stopped (to ``STOPPED``) or shutting down (to ``TERMINATED``).
     STOPPING = "stopping"
+    #: Powered off but kept, with its disk (a warm-pool instance): bills the disk only, serves nothing.
+    STOPPED = "stopped"
     TERMINATED = "terminated"
 
 
@@ -45,6 +48,30 @@ class TerminateOutcome(StrEnum):
 
     TERMINATING = "terminating"
     ALREADY_GONE = "already-gone"
+
+
+class StopOutcome(StrEnum):
+    """What ``Provider.stop`` did for one instance id."""
+
+    #: A stop was requested (or one already in progress was confirmed).
+    STOPPING = "stopping"
+    #: The instance was stopped already: nothing to do.
+    ALREADY_STOPPED = "already-stopped"
+    #: Unknown to the provider, terminated or shutting down: there is nothing to stop.
+    ALREADY_GONE = "already-gone"
+
+
+class StartOutcome(StrEnum):
+    """What ``Provider.start`` did for one instance id."""
+
+    #: A start was requested; the instance comes back with its disk (pending, then running).
+    STARTING = "starting"
+    #: The instance was pending or running already: nothing to do.
+    ALREADY_RUNNING = "already-running"
+    #: Unknown to the provider, terminated or shutting down: it cannot be started, replace it.
+    ALREADY_GONE = "already-gone"
+    #: The provider has no stock to start it now (economical-mode stops give the GPU back).
+    NO_CAPACITY = "no-capacity"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,17 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from autoscaler.domain import Backend, Instance, LaunchResult, LaunchSpec, Lifecycle, Sample, TerminateOutcome
+from autoscaler.domain import (
+    Backend,
+    Instance,
+    LaunchResult,
+    LaunchSpec,
+    Lifecycle,
+    Sample,
+    StartOutcome,
+    StopOutcome,
+    TerminateOutcome,
+)
 
 
 @runtime_checkable
@@ -54,11 +64,11 @@ class MetricsSource(Protocol):
 
 @runtime_checkable
 class Provider(Protocol):
-    """Launches and terminates the pool's machines.
+    """Launches, stops, starts and terminates the pool's machines.
 
     Contract:
     - ``list_instances`` returns every instance tagged with the pool that is not terminated
-      (pending, running, stopping), reading all pages. It raises ``TransientProviderError`` when
+      (pending, running, stopping, stopped), reading all pages. It raises ``TransientProviderError`` when
       throttled or 5xx beyond the retry budget, ``ProviderError`` otherwise; it never returns a
       partial list silently.
     - ``launch`` is idempotent on ``client_token``: instances tagged with that launch token count
@@ -70,6 +80,20 @@ class Provider(Protocol):
     - ``terminate`` is idempotent: an id that is already gone (terminated, or unknown to the
       provider) returns ``TerminateOutcome.ALREADY_GONE`` and never raises ``InstanceNotFound``.
       It does not wait for the machine to stop.
+    - ``stop`` powers instances off *keeping their disk* (a warm pool's model-loaded instances):
+      they stay listed as ``STOPPING`` then ``STOPPED``. It is idempotent: an instance already
+      stopping or stopped is ``ALREADY_STOPPED`` or ``STOPPING``, never an error; an id that is gone
+      (unknown, terminated, shutting down) is ``StopOutcome.ALREADY_GONE``, never ``InstanceNotFound``.
+      It does not wait for the machine to stop. It refuses machines the autoscaler did not launch.
+    - ``start`` powers stopped instances back on with the disk they had: they go ``PENDING`` then
+      ``RUNNING`` and keep their id. It is idempotent: an instance pending or running is
+      ``ALREADY_RUNNING``; a gone id is ``StartOutcome.ALREADY_GONE``. An instance that cannot be
+      started for lack of stock (an economical-mode stop gave its GPU back) is
+      ``StartOutcome.NO_CAPACITY`` when others of the call started; when stock stopped every id
+      that needed a start, ``InsufficientCapacity`` is raised instead. An instance still
+      ``STOPPING`` is started once it has stopped: it is reported ``STARTING`` only when the start
+      was accepted, else ``ProviderError`` (retry next tick). It does not wait for the node to serve.
+    - All four raise ``TransientProviderError`` when throttling or 5xx outlive the retry budget.
     """
 
     name: str
@@ -84,6 +108,14 @@ class Provider(Protocol):
 
     def terminate(self, instance_ids: Sequence[str]) -> dict[str, TerminateOutcome]:
         """Start terminating each id; report per id what happened."""
+        ...
+
+    def stop(self, instance_ids: Sequence[str]) -> dict[str, StopOutcome]:
+        """Start stopping each id (disk kept); report per id what happened."""
+        ...
+
+    def start(self, instance_ids: Sequence[str]) -> dict[str, StartOutcome]:
+        """Start each stopped id again; report per id what happened."""
         ...
 
 

@@ -28,6 +28,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-memory-mib", type=int, default=3400)
     parser.add_argument("--stream-memory-mib", type=int, default=1900)
     parser.add_argument("--real-time-factor", type=float, default=1.0, help="processing s per s of audio")
+    parser.add_argument("--model-cache", default=None,
+                        help="the node's disk: a file naming the model version once loaded")
+    parser.add_argument("--cached-load-fraction", type=float, default=0.1,
+                        help="share of --load-delay a start with a matching model cache takes")
     parser.add_argument("--never-ready", action="store_true", help="never finish loading (a broken node)")
     return parser.parse_args(argv)
 
@@ -42,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             streams=args.streams, load_delay_s=args.load_delay, gpu_memory_mib=args.gpu_memory_mib,
             model_memory_mib=args.model_memory_mib, stream_memory_mib=args.stream_memory_mib,
             real_time_factor=args.real_time_factor, never_ready=args.never_ready,
+            model_cache=args.model_cache, cached_load_fraction=args.cached_load_fraction,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -60,8 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http")
     serving.start()
     host, port = server.server_address[:2]
-    logger.info("node %s (pool %s, model %s) listening on %s:%s", config.instance_id, config.pool,
-                config.model_version, host, port)
+    logger.info("node %s (pool %s, model %s) listening on %s:%s; model loads in %.2f s (%s)",
+                config.instance_id, config.pool, config.model_version, host, port, node.load_delay_s,
+                "from its own disk" if node.from_cache else "cold")
     try:
         while not stop.wait(0.5):
             pass

@@ -53,12 +53,18 @@ class NodeConfig:
     stream_memory_mib: int = 1900
     real_time_factor: float = 1.0
     never_ready: bool = False
+    #: The node's "disk": a file naming the model version once loaded. A node started with a cache
+    #: of its own model version loads in ``cached_load_fraction`` of ``load_delay_s`` (a warm start).
+    model_cache: str | None = None
+    cached_load_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if self.streams < 1:
             raise ValueError("streams must be at least 1")
         if not math.isfinite(self.load_delay_s) or self.load_delay_s < 0:
             raise ValueError("load_delay_s must be a finite number >= 0")
+        if not math.isfinite(self.cached_load_fraction) or not 0 <= self.cached_load_fraction <= 1:
+            raise ValueError("cached_load_fraction must be a number in [0, 1]")
         if not math.isfinite(self.real_time_factor) or self.real_time_factor <= 0:
             raise ValueError("real_time_factor must be a finite number > 0")
         if min(self.gpu_memory_mib, self.model_memory_mib, self.stream_memory_mib) <= 0:
@@ -202,6 +208,12 @@ class AsrNode:
         self.config = config
         self._clock = clock
         self._started = clock()
+        #: True when the model came from the node's own disk (a start after a stop), not cold.
+        self.from_cache = self._cache_matches()
+        #: Seconds this start takes to load the model.
+        self.load_delay_s = (config.load_delay_s * config.cached_load_fraction if self.from_cache
+                             else config.load_delay_s)
+        self._cache_written = threading.Event()
         self._gate = StreamGate(config.streams)
         self._stopping = threading.Event()
         self._stats_lock = threading.Lock()
@@ -215,7 +227,32 @@ class AsrNode:
         """True once the model has finished loading (never with ``never_ready``)."""
         if self.config.never_ready:
             return False
-        return self._clock() - self._started >= self.config.load_delay_s
+        if self._clock() - self._started < self.load_delay_s:
+            return False
+        if not self._cache_written.is_set():
+            self._write_cache()
+        return True
+
+    def _cache_matches(self) -> bool:
+        path = self.config.model_cache
+        if not path:
+            return False
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() == self.config.model_version
+        except OSError:
+            return False
+
+    def _write_cache(self) -> None:
+        """Keep the loaded model on the node's disk, so a start after a stop loads from it."""
+        self._cache_written.set()
+        path = self.config.model_cache
+        if not path or self.from_cache:
+            return
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(self.config.model_version + "\n", encoding="utf-8")
+        except OSError as exc:
+            logger.warning("cannot write the model cache %s: %s", path, exc)
 
     @property
     def active_streams(self) -> int:
@@ -252,6 +289,10 @@ class AsrNode:
             "asr_queued_streams": ("Transcriptions waiting for a stream.", lambda: float(self._gate.queued)),
             "asr_stream_capacity": ("Concurrent streams this node serves.", lambda: float(cfg.streams)),
             "asr_model_loaded": ("1 once the model is loaded.", lambda: float(self.loaded)),
+            "asr_model_from_cache": ("1 when this start loads the model from the node's own disk.",
+                                     lambda: float(self.from_cache)),
+            "asr_model_load_seconds": ("Seconds this start takes to load the model.",
+                                       lambda: float(self.load_delay_s)),
         }
         for name, (doc, read) in gauges.items():
             Gauge(name, doc, list(own), registry=reg).labels(**own).set_function(read)

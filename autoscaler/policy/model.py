@@ -102,6 +102,10 @@ class LocalProviderConfig(StrictModel):
     load_delay: Duration = Field(
         default=timedelta(seconds=5), description="How long a node's model takes to load."
     )
+    cached_load_fraction: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Share of load_delay a node takes when started after a stop (model on its own disk).",
+    )
     gpu_memory_mib: int = Field(default=24576, gt=0, description="Simulated GPU memory per node.")
     model_memory_mib: int = Field(default=3400, gt=0, description="GPU memory the model weights take.")
     stream_memory_mib: int = Field(default=1900, gt=0, description="GPU memory each active stream takes.")
@@ -512,6 +516,71 @@ class Scaling(StrictModel):
         return value
 
 
+# -------------------------------------------------------------------------------------------- warm pool
+class WarmPoolConfig(StrictModel):
+    """Pre-initialised capacity: instances that booted once, loaded the model, and wait stopped (or
+    running) to serve in seconds. Shaped after AWS Auto Scaling warm pools."""
+
+    size: int | Literal["auto"] = Field(
+        default=0,
+        description="Warm instances to keep ready, or 'auto': the size `autoscaler dry-run` recommends "
+        "(live, 'auto' keeps max_prepared minus the nodes in service, as AWS does without a size).",
+    )
+    max_prepared: int | None = Field(
+        default=None, ge=1,
+        description="Most instances warm plus in service (AWS MaxGroupPreparedCapacity); the warm pool "
+        "shrinks as the pool grows toward it.",
+    )
+    state: Literal["stopped", "running"] = Field(
+        default="stopped",
+        description="'stopped' bills the disk only and starts in tens of seconds; 'running' serves at once "
+        "but bills like a serving node.",
+    )
+    reuse_on_scale_in: bool = Field(
+        default=True,
+        description="A drained scale-in victim returns to the warm pool (when below size) instead of being "
+        "terminated (AWS InstanceReusePolicy).",
+    )
+    start_timeout: Duration = Field(
+        default=timedelta(seconds=120),
+        description="A started warm instance must pass its health check within this; else it is replaced.",
+    )
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("size is a number of instances or 'auto'")
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"size cannot be negative ({value})")
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"size is a number of instances or 'auto', not {value!r}")
+        return value
+
+    @field_validator("max_prepared")
+    @classmethod
+    def _prepared(cls, value: int | None, info: ValidationInfo) -> int | None:
+        size = info.data.get("size")
+        if value is not None and isinstance(size, int) and size > value:
+            raise ValueError(f"the warm pool size ({size}) is larger than max_prepared ({value})")
+        return value
+
+    def target(self, in_service: int, recommended: int | None = None) -> int:
+        """How many warm instances to keep when ``in_service`` nodes serve or boot.
+
+        ``auto`` takes ``recommended`` (the dry-run's figure) when given, else what ``max_prepared``
+        leaves (0 without it); ``max_prepared`` always caps warm plus in service.
+        """
+        if self.size == "auto":
+            size = recommended if recommended is not None else (
+                self.max_prepared - in_service if self.max_prepared is not None else 0)
+        else:
+            size = self.size
+        if self.max_prepared is not None:
+            size = min(size, self.max_prepared - in_service)
+        return max(size, 0)
+
+
 # ------------------------------------------------------------------------------------------------- pool
 class PoolPolicy(StrictModel):
     """One pool: where its nodes come from, how traffic reaches them, and when to scale."""
@@ -525,6 +594,20 @@ class PoolPolicy(StrictModel):
     health: HealthConfig = Field(default_factory=HealthConfig)
     drain: DrainConfig = Field(default_factory=DrainConfig)
     scaling: Scaling
+    warm_pool: WarmPoolConfig | None = Field(
+        default=None, description="Model-loaded instances kept stopped (or running) for fast scale-out."
+    )
+
+    @field_validator("warm_pool")
+    @classmethod
+    def _warm_pool_fits(cls, value: WarmPoolConfig | None, info: ValidationInfo) -> WarmPoolConfig | None:
+        scaling = info.data.get("scaling")
+        if value is None or scaling is None or value.max_prepared is None:
+            return value
+        if value.max_prepared < scaling.min_nodes:
+            raise ValueError(f"max_prepared ({value.max_prepared}) is below scaling.min_nodes "
+                             f"({scaling.min_nodes}): the pool could never be prepared")
+        return value
 
     def instance_type(self, name: str) -> InstanceTypeSpec | None:
         """The launch spec entry of ``name``, or None for a type the policy no longer lists."""

@@ -12,6 +12,11 @@ What it sends:
   version, launch token, port and managed-by tags.
 - ``terminate``: ``DescribeInstances`` by id (ids ECS no longer knows are ``ALREADY_GONE``), then
   ``DeleteInstances`` with ``Force=true`` in batches of 100.
+- ``stop``: ``StopInstances`` with ``StoppedMode=StopCharging`` (economical mode: the stopped
+  instance keeps its disks, billed, but gives its GPU back and bills no compute) and
+  ``BatchOptimization=SuccessFirst`` (a result per id). ``start``: ``StartInstances`` the same way;
+  a start refused with ``OperationDenied.NoStock`` (the GPU went to someone else meanwhile) is
+  ``StartOutcome.NO_CAPACITY``, or ``InsufficientCapacity`` when no id of the call could start.
 
 Idempotency: each ``RunInstances`` carries an ECS ``ClientToken`` derived from the caller's token,
 the instance type, the vswitch, the amount and how many instances the token already had. A retry
@@ -67,6 +72,8 @@ from autoscaler.domain import (
     Instance,
     LaunchResult,
     LaunchSpec,
+    StartOutcome,
+    StopOutcome,
     TerminateOutcome,
 )
 from autoscaler.errors import (
@@ -96,14 +103,16 @@ MAX_PAGES = 10_000
 DEFAULT_PORT = 7860
 
 #: ECS instance statuses and what they mean to the controller. ``Stopped`` is not terminated (the
-#: machine still exists and may be billed) but it serves nothing, so it counts with ``STOPPING``.
+#: machine and its disks still exist) but it serves nothing: a warm-pool member, or a leftover.
 ECS_STATES: Mapping[str, CloudState] = {
     "Pending": CloudState.PENDING,
     "Starting": CloudState.PENDING,
     "Running": CloudState.RUNNING,
     "Stopping": CloudState.STOPPING,
-    "Stopped": CloudState.STOPPING,
+    "Stopped": CloudState.STOPPED,
 }
+#: How ``stop`` stops: economical mode, so a warm-pool instance bills its disks only.
+STOPPED_MODE = "StopCharging"
 
 #: Error codes worth another attempt besides every ``Throttling*`` code and every 5xx answer.
 TRANSIENT_CODES = frozenset({
@@ -269,7 +278,7 @@ class AlibabaProvider:
         with self._budget.start("launch", sleep=self._sleep) as run:
             have = [i for i in (self._to_instance(raw) for raw in self._describe(
                 run, tags={**self._pool_tags(spec.pool), TAG_LAUNCH_TOKEN: client_token}))
-                if i.state in (CloudState.PENDING, CloudState.RUNNING)]
+                if i.state in (CloudState.PENDING, CloudState.RUNNING, CloudState.STOPPED)]
             if len(have) >= count:
                 return LaunchResult(instances=tuple(have))
             image = spec.image or self.image_for_model_version(spec.model_version, run=run)
@@ -338,6 +347,105 @@ class AlibabaProvider:
                     self._delete(run, live, outcomes)
         logger.info("ECS terminate: %s", {iid: outcome.value for iid, outcome in outcomes.items()})
         return {iid: outcomes[iid] for iid in ids}
+
+    def stop(self, instance_ids: Sequence[str]) -> dict[str, StopOutcome]:
+        """``StopInstances`` in economical mode for each pending or running id; see the protocol."""
+        statuses, ids = self._statuses(instance_ids, "stop")
+        outcomes: dict[str, StopOutcome] = {}
+        to_stop: list[str] = []
+        for iid in ids:
+            status = statuses.get(iid)
+            if status in ("Pending", "Starting", "Running"):
+                to_stop.append(iid)
+            elif status == "Stopping":
+                outcomes[iid] = StopOutcome.STOPPING
+            elif status == "Stopped":
+                outcomes[iid] = StopOutcome.ALREADY_STOPPED
+            else:
+                outcomes[iid] = StopOutcome.ALREADY_GONE
+        with self._budget.start("stop", sleep=self._sleep) as run:
+            for start in range(0, len(to_stop), MAX_BATCH):
+                batch = to_stop[start:start + MAX_BATCH]
+                request = ecs_models.StopInstancesRequest(
+                    region_id=self.config.region, instance_id=batch, stopped_mode=STOPPED_MODE,
+                    force_stop=False, batch_optimization="SuccessFirst",
+                )
+                stop = functools.partial(self._client.stop_instances, request)
+                for iid, code, message in self._power_results(run, "StopInstances", batch, stop):
+                    if code == "200":
+                        outcomes[iid] = StopOutcome.STOPPING
+                    elif code in NOT_FOUND_CODES:
+                        outcomes[iid] = StopOutcome.ALREADY_GONE
+                    else:
+                        raise EcsError(f"ECS StopInstances({iid}) failed: {code}: {message}", code=code)
+        logger.info("ECS stop: %s", {iid: o.value for iid, o in outcomes.items()})
+        return {iid: outcomes[iid] for iid in ids}
+
+    def start(self, instance_ids: Sequence[str]) -> dict[str, StartOutcome]:
+        """``StartInstances`` for each stopped id; no stock is NO_CAPACITY (or ``InsufficientCapacity``)."""
+        statuses, ids = self._statuses(instance_ids, "start")
+        outcomes: dict[str, StartOutcome] = {}
+        to_start: list[str] = []
+        for iid in ids:
+            status = statuses.get(iid)
+            if status == "Stopped":
+                to_start.append(iid)
+            elif status in ("Pending", "Starting", "Running"):
+                outcomes[iid] = StartOutcome.ALREADY_RUNNING
+            elif status == "Stopping":
+                raise ProviderError(f"ECS instance {iid} is still stopping; start it once it has stopped")
+            else:
+                outcomes[iid] = StartOutcome.ALREADY_GONE
+        no_stock: list[str] = []
+        with self._budget.start("start", sleep=self._sleep) as run:
+            for start in range(0, len(to_start), MAX_BATCH):
+                batch = to_start[start:start + MAX_BATCH]
+                request = ecs_models.StartInstancesRequest(
+                    region_id=self.config.region, instance_id=batch, batch_optimization="SuccessFirst",
+                )
+                start_call = functools.partial(self._client.start_instances, request)
+                for iid, code, message in self._power_results(run, "StartInstances", batch, start_call):
+                    if code == "200":
+                        outcomes[iid] = StartOutcome.STARTING
+                    elif code in NOT_FOUND_CODES:
+                        outcomes[iid] = StartOutcome.ALREADY_GONE
+                    elif is_capacity(code):
+                        outcomes[iid] = StartOutcome.NO_CAPACITY
+                        no_stock.append(f"{iid}: {code}")
+                    else:
+                        raise EcsError(f"ECS StartInstances({iid}) failed: {code}: {message}", code=code)
+        if no_stock and not any(outcomes.get(iid) == StartOutcome.STARTING for iid in to_start):
+            raise InsufficientCapacity(f"no ECS stock to start {'; '.join(no_stock)}")
+        logger.info("ECS start: %s", {iid: o.value for iid, o in outcomes.items()})
+        return {iid: outcomes[iid] for iid in ids}
+
+    def _statuses(self, instance_ids: Sequence[str], what: str) -> tuple[dict[str, str], list[str]]:
+        """The ECS status of each id that exists; refuses instances the autoscaler does not manage."""
+        ids = list(dict.fromkeys(instance_ids))
+        statuses: dict[str, str] = {}
+        foreign: list[str] = []
+        if not ids:
+            return statuses, ids
+        with self._budget.start(f"{what} look-up", sleep=self._sleep) as run:
+            for start in range(0, len(ids), MAX_BATCH):
+                for raw in self._describe(run, ids=ids[start:start + MAX_BATCH]):
+                    instance = self._to_instance(raw)
+                    statuses[instance.id] = str(raw.status)
+                    if instance.tags.get(TAG_MANAGED_BY) != MANAGED_BY_VALUE:
+                        foreign.append(instance.id)
+        if foreign:
+            raise ProviderError(f"refusing to {what} instances not managed by {MANAGED_BY_VALUE}: "
+                                f"{', '.join(sorted(foreign))}")
+        return statuses, ids
+
+    def _power_results(self, run: BudgetRun, action: str, batch: list[str],
+                       fn: Callable[[], Any]) -> list[tuple[str, str, str]]:
+        """``(instance id, code, message)`` per id of a ``SuccessFirst`` stop or start."""
+        body = self._call(run, action, fn).body
+        answers = body.instance_responses.instance_response if body.instance_responses else None
+        by_id = {str(a.instance_id): (str(a.code or ""), str(a.message or "")) for a in answers or []}
+        # An id ECS left out of the answer was not acted on: report it as not found rather than guess.
+        return [(iid, *by_id.get(iid, ("InvalidInstanceId.NotFound", "not in the answer"))) for iid in batch]
 
     # ----------------------------------------------------------------------------- images
     def image_for_model_version(self, model_version: str, *, run: BudgetRun | None = None) -> str:

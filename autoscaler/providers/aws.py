@@ -23,8 +23,14 @@ What a launch does (``AwsProvider.launch``):
 
 Instances and their volumes are tagged (``TagSpecifications``) with the pool, the model version,
 ``managed-by``, the launch token, the serving port (``autoscaler:port``) and ``spec.tags``.
-``terminate`` refuses instances that lack ``managed-by=gpu-autoscaler``, so a bug upstream can
-never terminate a machine this controller did not launch.
+``terminate``, ``stop`` and ``start`` refuse instances that lack ``managed-by=gpu-autoscaler``, so
+a bug upstream can never touch a machine this controller did not launch.
+
+``stop`` (``StopInstances``) keeps the EBS root volume, so a ``start`` (``StartInstances``) boots
+with the model already on disk: the warm pool's stopped state, billed for storage only. EC2 fails a
+whole batch for one bad id or one type without stock, so a failed batch is settled id by id; a
+start refused for stock (``InsufficientInstanceCapacity``) is ``StartOutcome.NO_CAPACITY``, or
+``InsufficientCapacity`` when no id of the call could start.
 
 Throttling and 5xx are retried by botocore (standard mode, ``config.max_attempts`` attempts per
 request) inside a ``RetryBudget`` for the whole operation (see ``autoscaler.providers.retry``):
@@ -62,6 +68,8 @@ from autoscaler.domain import (
     Instance,
     LaunchResult,
     LaunchSpec,
+    StartOutcome,
+    StopOutcome,
     TerminateOutcome,
 )
 from autoscaler.errors import (
@@ -96,8 +104,8 @@ _STATES: Mapping[str, CloudState] = {
     "pending": CloudState.PENDING,
     "running": CloudState.RUNNING,
     "stopping": CloudState.STOPPING,
-    # A stopped instance serves nothing and is not capacity; the controller replaces it.
-    "stopped": CloudState.STOPPING,
+    # A stopped instance serves nothing and is not capacity: a warm-pool member (or a leftover).
+    "stopped": CloudState.STOPPED,
     "shutting-down": CloudState.STOPPING,
     "terminated": CloudState.TERMINATED,
 }
@@ -115,6 +123,8 @@ UNKNOWN_TYPE_CODES = frozenset({"InvalidInstanceType", "InvalidInstanceType.NotF
 QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded"})
 #: The instance id is not (or no longer) known to EC2.
 NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
+#: Stop or start asked of an instance in a state that does not allow it (pending, stopping, ...).
+INCORRECT_STATE_CODES = frozenset({"IncorrectInstanceState", "IncorrectState"})
 
 # EC2 accepts at most 200 values per filter; terminate in batches of the same size.
 _ID_BATCH = 200
@@ -376,6 +386,88 @@ class AwsProvider:
                 for iid in self._terminate_batch(run, batch):
                     outcome[iid] = TerminateOutcome.TERMINATING
         return outcome
+
+    def stop(self, instance_ids: Sequence[str]) -> dict[str, StopOutcome]:
+        """``StopInstances`` for each pending or running id (root volume kept); see the protocol."""
+        found, ids = self._look_up(instance_ids, "stop")
+        outcome: dict[str, StopOutcome] = {}
+        to_stop: list[str] = []
+        for iid in ids:
+            state = found[iid].get("State", {}).get("Name") if iid in found else None
+            if state in ("pending", "running"):
+                to_stop.append(iid)
+            elif state == "stopping":
+                outcome[iid] = StopOutcome.STOPPING
+            elif state == "stopped":
+                outcome[iid] = StopOutcome.ALREADY_STOPPED
+            else:
+                outcome[iid] = StopOutcome.ALREADY_GONE
+        with self.budget.start("stop") as run:
+            for batch in _batches(to_stop, _ID_BATCH):
+                outcome.update(self._power_batch(run, "stop", batch))
+        return {iid: outcome[iid] for iid in ids}
+
+    def start(self, instance_ids: Sequence[str]) -> dict[str, StartOutcome]:
+        """``StartInstances`` for each stopped id; see the protocol (NO_CAPACITY, InsufficientCapacity)."""
+        found, ids = self._look_up(instance_ids, "start")
+        outcome: dict[str, StartOutcome] = {}
+        to_start: list[str] = []
+        for iid in ids:
+            state = found[iid].get("State", {}).get("Name") if iid in found else None
+            if state == "stopped":
+                to_start.append(iid)
+            elif state in ("pending", "running"):
+                outcome[iid] = StartOutcome.ALREADY_RUNNING
+            elif state == "stopping":
+                raise ProviderError(f"EC2 instance {iid} is still stopping; start it once it has stopped")
+            else:
+                outcome[iid] = StartOutcome.ALREADY_GONE
+        with self.budget.start("start") as run:
+            for batch in _batches(to_start, _ID_BATCH):
+                outcome.update(self._power_batch(run, "start", batch))
+        no_stock = [iid for iid in to_start if outcome.get(iid) == StartOutcome.NO_CAPACITY]
+        if no_stock and not any(outcome.get(iid) == StartOutcome.STARTING for iid in to_start):
+            raise InsufficientCapacity(f"no EC2 capacity to start {', '.join(no_stock)}",
+                                       instance_type=str(found[no_stock[0]].get("InstanceType", "")) or None)
+        return {iid: outcome[iid] for iid in ids}
+
+    def _look_up(self, instance_ids: Sequence[str],
+                 what: str) -> tuple[dict[str, InstanceTypeDef], list[str]]:
+        """Describe ``instance_ids`` (unknown ones are simply absent); refuse foreign instances."""
+        ids = list(dict.fromkeys(instance_ids))
+        found: dict[str, InstanceTypeDef] = {}
+        if not ids:
+            return found, ids
+        with self.budget.start(f"{what} look-up") as run:
+            for batch in _batches(ids, _ID_BATCH):
+                for raw in self._describe(run, [{"Name": "instance-id", "Values": batch}]):
+                    found[raw["InstanceId"]] = raw
+        foreign = sorted(iid for iid, raw in found.items()
+                         if self._tags(raw).get(TAG_MANAGED_BY) != MANAGED_BY_VALUE)
+        if foreign:
+            raise ProviderError(f"refusing to {what} instances not managed by {MANAGED_BY_VALUE}: "
+                                f"{', '.join(foreign)}")
+        return found, ids
+
+    def _power_batch(self, run: BudgetRun, what: str, ids: list[str]) -> dict[str, Any]:
+        """One ``StopInstances``/``StartInstances``; a failed batch is settled one id at a time."""
+        call = self._client.stop_instances if what == "stop" else self._client.start_instances
+        done = StopOutcome.STOPPING if what == "stop" else StartOutcome.STARTING
+        try:
+            aws_call(run, "EC2", f"{what.title()}Instances", lambda: call(InstanceIds=ids),
+                     passthrough=NOT_FOUND_CODES | INCORRECT_STATE_CODES | CAPACITY_CODES)
+        except ClientError as exc:
+            if len(ids) > 1:
+                return {iid: result for single in ids
+                        for iid, result in self._power_batch(run, what, [single]).items()}
+            code = error_code(exc)
+            if code in NOT_FOUND_CODES:
+                return {ids[0]: StopOutcome.ALREADY_GONE if what == "stop" else StartOutcome.ALREADY_GONE}
+            if code in CAPACITY_CODES and what == "start":
+                return {ids[0]: StartOutcome.NO_CAPACITY}
+            raise ProviderError(f"EC2 {what.title()}Instances({ids[0]}) failed: {code}: "
+                                f"{_message(exc)}") from exc
+        return dict.fromkeys(ids, done)
 
     # ------------------------------------------------------------------------------------- launching
     def _launch_missing(self, run: BudgetRun, spec: LaunchSpec, image: str, count: int, client_token: str,

@@ -1,10 +1,12 @@
 """An in-memory ``Provider`` that records every call, for controller and executor tests.
 
 Shaped after Karpenter's fake cloud provider: calls are recorded (``launch_calls``,
-``terminate_calls``, ``list_calls``), the next call of a kind can be made to fail
-(``next_launch_error`` and friends, one-shot), and ``reset()`` forgets everything. Tests drive the
-instances' lifecycle by hand with ``set_state`` and ``set_address``; stock and quota limits
-(``unavailable_types``, ``quota``) exercise the launch fallbacks and shortfalls.
+``terminate_calls``, ``stop_calls``, ``start_calls``, ``list_calls``), the next call of a kind can
+be made to fail (``next_launch_error`` and friends, one-shot), and ``reset()`` forgets everything.
+Tests drive the instances' lifecycle by hand with ``set_state`` and ``set_address``; stock and
+quota limits (``unavailable_types``, ``quota``) exercise the launch fallbacks and shortfalls, and
+a stopped instance of an unavailable type cannot be started (``StartOutcome.NO_CAPACITY``), as
+after an economical-mode stop on ECS.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from autoscaler.domain import (
     Instance,
     LaunchResult,
     LaunchSpec,
+    StartOutcome,
+    StopOutcome,
     TerminateOutcome,
 )
-from autoscaler.errors import InstanceNotFound, InsufficientCapacity, QuotaExceeded
+from autoscaler.errors import InstanceNotFound, InsufficientCapacity, ProviderError, QuotaExceeded
 from autoscaler.protocols import Clock
 
 
@@ -44,7 +48,9 @@ class FakeProvider:
 
     ``launch_state`` is the state new instances start in (PENDING, as on a cloud); ``terminate``
     moves instances to ``terminate_state`` (TERMINATED: gone from the list at once; STOPPING to
-    keep them listed until a test calls ``set_state(id, CloudState.TERMINATED)``).
+    keep them listed until a test calls ``set_state(id, CloudState.TERMINATED)``). ``stop`` moves
+    instances to ``stop_state`` (STOPPED at once; STOPPING to let a test finish it by hand) and
+    ``start`` moves stopped ones back to ``launch_state``.
     """
 
     name = "fake"
@@ -55,6 +61,7 @@ class FakeProvider:
         clock: Clock | None = None,
         launch_state: CloudState = CloudState.PENDING,
         terminate_state: CloudState = CloudState.TERMINATED,
+        stop_state: CloudState = CloudState.STOPPED,
         quota: int | None = None,
         unavailable_types: Sequence[str] = (),
         zone: str = "fake-zone-a",
@@ -63,10 +70,14 @@ class FakeProvider:
         self._lock = threading.Lock()
         self.launch_state = launch_state
         self.terminate_state = terminate_state
+        self.stop_state = stop_state
         #: Most non-terminated instances across all pools; None means no limit.
         self.quota = quota
         #: Instance types with no stock: ``launch`` skips them as a cloud's InsufficientCapacity would.
         self.unavailable_types: set[str] = set(unavailable_types)
+        #: How many more stopped instances ``start`` can bring back (None: no limit), as the stock an
+        #: economical-mode stop gave back may be taken by someone else meanwhile.
+        self.start_stock: int | None = None
         self.zone = zone
         self.reset()
 
@@ -74,12 +85,18 @@ class FakeProvider:
         """Forget every instance, recorded call and pending injected error."""
         with self._lock:
             self._instances: dict[str, Instance] = {}
+            #: Ids ``terminate`` was called for: neither stopped nor started again, like a shutting-down VM.
+            self._terminating: set[str] = set()
             self._serial = 0
             self.launch_calls: list[LaunchCall] = []
             self.terminate_calls: list[tuple[str, ...]] = []
+            self.stop_calls: list[tuple[str, ...]] = []
+            self.start_calls: list[tuple[str, ...]] = []
             self.list_calls: list[str] = []
             self.next_launch_error: Exception | None = None
             self.next_terminate_error: Exception | None = None
+            self.next_stop_error: Exception | None = None
+            self.next_start_error: Exception | None = None
             self.next_list_error: Exception | None = None
 
     # ----------------------------------------------------------------------------- Provider protocol
@@ -136,7 +153,60 @@ class FakeProvider:
                     outcomes[iid] = TerminateOutcome.ALREADY_GONE
                 else:
                     self._instances[iid] = replace(inst, state=self.terminate_state)
+                    self._terminating.add(iid)
                     outcomes[iid] = TerminateOutcome.TERMINATING
+            return outcomes
+
+    def stop(self, instance_ids: Sequence[str]) -> dict[str, StopOutcome]:
+        """Move pending or running ids to ``stop_state``; stopped ones are ALREADY_STOPPED, gone ones
+        ALREADY_GONE."""
+        with self._lock:
+            self.stop_calls.append(tuple(instance_ids))
+            self._raise_injected("next_stop_error")
+            outcomes: dict[str, StopOutcome] = {}
+            for iid in instance_ids:
+                inst = self._instances.get(iid)
+                if inst is None or inst.state == CloudState.TERMINATED or iid in self._terminating:
+                    outcomes[iid] = StopOutcome.ALREADY_GONE
+                elif inst.state == CloudState.STOPPED:
+                    outcomes[iid] = StopOutcome.ALREADY_STOPPED
+                else:
+                    if inst.state != CloudState.STOPPING:
+                        self._instances[iid] = replace(inst, state=self.stop_state)
+                    outcomes[iid] = StopOutcome.STOPPING
+            return outcomes
+
+    def start(self, instance_ids: Sequence[str]) -> dict[str, StartOutcome]:
+        """Move stopped ids back to ``launch_state`` unless their type is in ``unavailable_types``
+        or ``start_stock`` is used up.
+
+        Pending or running ids are ALREADY_RUNNING, gone ones ALREADY_GONE; a STOPPING one raises
+        ``ProviderError`` (not stopped yet). No stock for every id to start raises ``InsufficientCapacity``.
+        """
+        with self._lock:
+            self.start_calls.append(tuple(instance_ids))
+            self._raise_injected("next_start_error")
+            outcomes: dict[str, StartOutcome] = {}
+            for iid in instance_ids:
+                inst = self._instances.get(iid)
+                if inst is None or inst.state == CloudState.TERMINATED or iid in self._terminating:
+                    outcomes[iid] = StartOutcome.ALREADY_GONE
+                elif inst.state in (CloudState.PENDING, CloudState.RUNNING):
+                    outcomes[iid] = StartOutcome.ALREADY_RUNNING
+                elif inst.state == CloudState.STOPPING:
+                    raise ProviderError(f"fake instance {iid} is still stopping; start it once stopped")
+                elif inst.instance_type in self.unavailable_types or self.start_stock == 0:
+                    outcomes[iid] = StartOutcome.NO_CAPACITY
+                else:
+                    self._instances[iid] = replace(inst, state=self.launch_state)
+                    outcomes[iid] = StartOutcome.STARTING
+                    if self.start_stock is not None:
+                        self.start_stock -= 1
+            no_stock = [i for i, o in outcomes.items() if o == StartOutcome.NO_CAPACITY]
+            if no_stock and not any(o == StartOutcome.STARTING for o in outcomes.values()):
+                raise InsufficientCapacity(f"no stock to start {', '.join(no_stock)} in {self.zone}",
+                                           instance_type=self._instances[no_stock[0]].instance_type,
+                                           zone=self.zone)
             return outcomes
 
     # ------------------------------------------------------------------------------ test controls

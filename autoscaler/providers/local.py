@@ -9,6 +9,12 @@ commands can share one local fleet. Node logs go to ``<state_dir>/logs/<id>.log`
 A record whose process is gone counts as terminated and is dropped the next time the file is read;
 liveness is checked against ``/proc`` (the pid must still run a node with that instance id), so a
 recycled pid is not mistaken for a node.
+
+``stop`` ends a node's process but keeps its record and its "disk", ``<state_dir>/disks/<id>/``,
+where the node wrote a model-cache file once its model had loaded; ``start`` runs the node again
+with the same id and (when free) the same port, and the node finds the cache and loads in
+``config.cached_load_fraction`` of the cold ``load_delay``: the warm start of a stopped cloud VM.
+Terminating an instance deletes its disk.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import fcntl
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +49,8 @@ from autoscaler.domain import (
     Instance,
     LaunchResult,
     LaunchSpec,
+    StartOutcome,
+    StopOutcome,
     TerminateOutcome,
 )
 from autoscaler.errors import PolicyError, ProviderError, QuotaExceeded
@@ -53,6 +62,9 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "instances.json"
 LOCK_FILE = "instances.lock"
 LOG_DIR = "logs"
+DISK_DIR = "disks"
+#: The file on a node's disk that says which model version it has loaded before.
+MODEL_CACHE = "model.cache"
 #: Streams of an instance type the provider was not told about (the reference node's ~10).
 DEFAULT_STREAMS = 10
 ZONE = "local"
@@ -81,10 +93,22 @@ class _Record(BaseModel):
     tags: dict[str, str]
     log_path: str
     terminating_at: datetime | None = None
+    #: When ``stop`` was called; the record (and its disk) outlive the process until a start.
+    stopped_at: datetime | None = None
+
+    @property
+    def has_process(self) -> bool:
+        """False once a stopped node's process is gone (``pid`` is then 0)."""
+        return self.pid > 0
 
     def to_instance(self, host: str) -> Instance:
         # A process that exists is a running machine; whether the node serves is the health check's call.
-        state = CloudState.STOPPING if self.terminating_at else CloudState.RUNNING
+        if self.terminating_at:
+            state = CloudState.STOPPING
+        elif self.stopped_at:
+            state = CloudState.STOPPING if self.has_process else CloudState.STOPPED
+        else:
+            state = CloudState.RUNNING
         return Instance(
             id=self.id, pool=self.pool, instance_type=self.instance_type, model_version=self.model_version,
             launch_token=self.launch_token, launched_at=self.launched_at, state=state, address=host,
@@ -196,7 +220,7 @@ class LocalProvider:
 
     # ----------------------------------------------------------------------------- Provider protocol
     def list_instances(self, pool: str) -> list[Instance]:
-        """Live instances of ``pool`` (RUNNING, or STOPPING once terminated), oldest first."""
+        """Instances of ``pool`` (RUNNING; STOPPING once terminated or stopped; STOPPED), oldest first."""
         with self._locked() as state:
             records = [r for r in state.instances.values() if r.pool == pool]
         return [r.to_instance(self.config.host) for r in sorted(records, key=lambda r: r.launched_at)]
@@ -249,6 +273,11 @@ class LocalProvider:
                 if record is None:
                     outcomes[iid] = TerminateOutcome.ALREADY_GONE
                     continue
+                if not record.has_process:  # a stopped machine: nothing runs, it is gone at once
+                    del state.instances[iid]
+                    self._delete_disk(iid)
+                    outcomes[iid] = TerminateOutcome.TERMINATING
+                    continue
                 _signal_group(record.pid, signal.SIGTERM)
                 if record.terminating_at is None:
                     record.terminating_at = self._clock.now()
@@ -258,6 +287,66 @@ class LocalProvider:
             # Not a daemon: an exiting controller still waits (at most the grace) to SIGKILL stragglers.
             threading.Thread(target=_escalate, args=(signalled, self._kill_grace_s),
                              name="local-provider-escalate").start()
+        return outcomes
+
+    def stop(self, instance_ids: Sequence[str]) -> dict[str, StopOutcome]:
+        """SIGTERM each running node (SIGKILL after ``kill_grace_s``), keeping its record and disk.
+
+        A node still shutting down from an earlier stop is STOPPING, a stopped one ALREADY_STOPPED;
+        unknown and terminating ids are ALREADY_GONE.
+        """
+        outcomes: dict[str, StopOutcome] = {}
+        signalled: list[tuple[int, str]] = []
+        if not instance_ids:
+            return outcomes
+        with self._locked() as state:
+            for iid in instance_ids:
+                record = state.instances.get(iid)
+                if record is None or record.terminating_at is not None:
+                    outcomes[iid] = StopOutcome.ALREADY_GONE
+                elif not record.has_process:
+                    outcomes[iid] = StopOutcome.ALREADY_STOPPED
+                else:
+                    _signal_group(record.pid, signal.SIGTERM)
+                    if record.stopped_at is None:
+                        record.stopped_at = self._clock.now()
+                    outcomes[iid] = StopOutcome.STOPPING
+                    signalled.append((record.pid, iid))
+        if signalled:
+            threading.Thread(target=_escalate, args=(signalled, self._kill_grace_s),
+                             name="local-provider-escalate").start()
+        return outcomes
+
+    def start(self, instance_ids: Sequence[str]) -> dict[str, StartOutcome]:
+        """Run each stopped node again with its id, disk and (when free) port; it loads from its disk.
+
+        Running nodes are ALREADY_RUNNING, unknown and terminating ids ALREADY_GONE. Raises
+        ``ProviderError`` for a node whose stop has not finished yet (nothing is started for it;
+        the ids before it in the call are started) or when a process cannot be spawned.
+        """
+        outcomes: dict[str, StartOutcome] = {}
+        if not instance_ids:
+            return outcomes
+        with self._locked() as state:
+            for iid in instance_ids:
+                record = state.instances.get(iid)
+                if record is None or record.terminating_at is not None:
+                    outcomes[iid] = StartOutcome.ALREADY_GONE
+                elif record.stopped_at is None:
+                    outcomes[iid] = StartOutcome.ALREADY_RUNNING
+                elif record.has_process:
+                    raise ProviderError(f"local node {iid} is still stopping; start it once it has stopped")
+                else:
+                    spec = LaunchSpec(pool=record.pool, image=record.image,
+                                      model_version=record.model_version,
+                                      instance_types=(record.instance_type,), port=record.port,
+                                      tags=dict(record.tags))
+                    taken = {r.port for r in state.instances.values() if r.id != iid and r.has_process}
+                    fresh = self._start(spec, record.launch_token, state, instance_id=iid,
+                                        port=record.port if self._port_free(record.port, taken) else None)
+                    state.instances[iid] = fresh.model_copy(update={"launched_at": record.launched_at,
+                                                                    "tags": record.tags})
+                    outcomes[iid] = StartOutcome.STARTING
         return outcomes
 
     # ---------------------------------------------------------------------------------- helpers
@@ -289,11 +378,29 @@ class LocalProvider:
         return self.state_dir / LOG_DIR / f"{instance_id}.log"
 
     # ---------------------------------------------------------------------------------- internals
-    def _start(self, spec: LaunchSpec, client_token: str, state: _State) -> _Record:
+    def disk_path(self, instance_id: str) -> Path:
+        """The node's "disk": where its model cache lives across stop and start."""
+        return self.state_dir / DISK_DIR / instance_id
+
+    def _delete_disk(self, instance_id: str) -> None:
+        shutil.rmtree(self.disk_path(instance_id), ignore_errors=True)
+
+    def _port_free(self, port: int, taken: set[int]) -> bool:
+        if port in taken:
+            return False
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((self.config.host, port))
+            except OSError:
+                return False
+        return True
+
+    def _start(self, spec: LaunchSpec, client_token: str, state: _State, *, instance_id: str | None = None,
+               port: int | None = None) -> _Record:
         instance_type = spec.instance_types[0]
         streams = self._streams_by_type.get(instance_type, DEFAULT_STREAMS)
-        instance_id = f"local-{secrets.token_hex(6)}"
-        port = self._free_port({r.port for r in state.instances.values()})
+        instance_id = instance_id or f"local-{secrets.token_hex(6)}"
+        port = port or self._free_port({r.port for r in state.instances.values()})
         cfg = self.config
         command = [
             self._python, "-m", "autoscaler.node",
@@ -304,6 +411,8 @@ class LocalProvider:
             "--model-memory-mib", str(cfg.model_memory_mib),
             "--stream-memory-mib", str(cfg.stream_memory_mib),
             "--real-time-factor", str(cfg.real_time_factor),
+            "--model-cache", str(self.disk_path(instance_id) / MODEL_CACHE),
+            "--cached-load-fraction", str(cfg.cached_load_fraction),
         ]
         log_path = self.log_path(instance_id)
         try:
@@ -348,8 +457,13 @@ class LocalProvider:
             state = self._read()
             before = state.model_dump_json()
             for iid, record in list(state.instances.items()):
-                if not process_alive(record.pid, iid):
+                if not record.has_process or process_alive(record.pid, iid):
+                    continue
+                if record.stopped_at is not None and record.terminating_at is None:
+                    record.pid = 0  # stopped: the machine and its disk stay until started or terminated
+                else:
                     del state.instances[iid]
+                    self._delete_disk(iid)
             try:
                 yield state
             finally:

@@ -12,9 +12,15 @@ Served actions: ``RunInstances`` (``Amount``, ``MinAmount``, ``ClientToken`` ide
 stock per instance type and zone, an instance quota), ``DescribeInstances`` (tag, id, status,
 type and zone filters; ``PageNumber``/``PageSize`` or ``NextToken``/``MaxResults`` paging),
 ``DeleteInstances`` (``Force``; an unknown id fails the whole call with
-``InvalidInstanceId.NotFound`` like ECS does) and ``DescribeImages`` (tag filter, images added
-with ``add_image``). Instance state lives in memory: Pending for ``pending_s``, then Running;
-a deleted instance is Stopping for ``release_s`` and then gone. ``visibility_delay_s`` hides a new
+``InvalidInstanceId.NotFound`` like ECS does), ``StopInstances`` (``StoppedMode`` ``KeepCharging`` or
+``StopCharging``, ``ForceStop``), ``StartInstances`` (both with ``BatchOptimization``
+``AllTogether``, where one bad id fails the call, or ``SuccessFirst``, with a result per id) and
+``DescribeImages`` (tag filter, images added with ``add_image``). Instance state lives in memory:
+Pending for ``pending_s``, then Running; a deleted instance is Stopping for ``release_s`` and then
+gone; a stopped one is Stopping for ``stop_s``, then Stopped until started (Starting for
+``pending_s``, then Running). An economical-mode stop (``StopCharging``) gives the instance's GPU
+back to the zone's stock (when ``set_stock`` tracks it), so its start needs stock again and fails
+with ``OperationDenied.NoStock`` when there is none, as on ECS. ``visibility_delay_s`` hides a new
 instance from ``DescribeInstances`` for a while, the eventual consistency ECS shows after a launch.
 
 Tests inject failures with ``inject`` (``Throttling.User`` twice, ``OperationDenied.NoStock``
@@ -129,6 +135,12 @@ class EcsInstance:
     client_token: str | None = None
     deleted_mono: float | None = None
     status_override: str | None = None
+    #: When the last ``StopInstances`` took it down (None while it runs) and in which mode.
+    stopped_mono: float | None = None
+    stopped_mode: str | None = None
+    stop_s: float = 0.0
+    #: When the last ``StartInstances`` brought it back.
+    started_mono: float | None = None
 
     def status(self, now: float, pending_s: float) -> str:
         """The ECS status at monotonic time ``now``."""
@@ -136,6 +148,10 @@ class EcsInstance:
             return "Stopping"
         if self.status_override is not None:
             return self.status_override
+        if self.stopped_mono is not None:
+            return "Stopping" if now - self.stopped_mono < self.stop_s else "Stopped"
+        if self.started_mono is not None:
+            return "Starting" if now - self.started_mono < pending_s else "Running"
         return "Pending" if now - self.created_mono < pending_s else "Running"
 
     def to_api(self, now: float, pending_s: float, region: str) -> dict[str, Any]:
@@ -151,6 +167,8 @@ class EcsInstance:
             # ECS reports creation times in UTC to the minute.
             "CreationTime": self.created_at.strftime("%Y-%m-%dT%H:%MZ"),
             "InstanceChargeType": "PostPaid",
+            "StoppedMode": (self.stopped_mode or "Not-applicable") if self.stopped_mono is not None
+            else "Not-applicable",
             "InstanceNetworkType": "vpc",
             "KeyPairName": self.key_pair or "",
             "VpcAttributes": {
@@ -232,6 +250,7 @@ class EcsEndpoint:
         vswitches: Mapping[str, str] | None = None,
         pending_s: float = 0.0,
         release_s: float = 0.0,
+        stop_s: float = 0.0,
         visibility_delay_s: float = 0.0,
         max_instances: int | None = None,
         credentials: Mapping[str, str] | None = None,
@@ -245,6 +264,7 @@ class EcsEndpoint:
         )
         self.pending_s = pending_s
         self.release_s = release_s
+        self.stop_s = stop_s
         self.visibility_delay_s = visibility_delay_s
         self.max_instances = max_instances
         self._credentials = dict(credentials) if credentials is not None else None
@@ -357,6 +377,11 @@ class EcsEndpoint:
             else:
                 self._stock[(instance_type, zone)] = count
 
+    def stock(self, instance_type: str, zone: str) -> int | None:
+        """How many more ``instance_type`` instances ``zone`` can launch or start (None: unlimited)."""
+        with self._lock:
+            return self._stock.get((instance_type, zone))
+
     def set_status(self, instance_id: str, status: str | None) -> None:
         """Force an instance's reported status (e.g. ``Stopped``); None returns to the timeline."""
         with self._lock:
@@ -413,6 +438,8 @@ class EcsEndpoint:
                 "RunInstances": self._run_instances,
                 "DescribeInstances": self._describe_instances,
                 "DeleteInstances": self._delete_instances,
+                "StopInstances": self._stop_instances,
+                "StartInstances": self._start_instances,
                 "DescribeImages": self._describe_images,
             }
             handler = handlers.get(action)
@@ -604,6 +631,83 @@ class EcsEndpoint:
                 inst.deleted_mono = now
         self._sweep()
         return {"RequestId": _request_id()}
+
+    def _stop_instances(self, params: Mapping[str, str]) -> dict[str, Any]:
+        mode = params.get("StoppedMode", "KeepCharging")
+        if mode not in ("KeepCharging", "StopCharging"):
+            raise EcsApiError("InvalidParameter.StoppedMode", f"StoppedMode {mode} is not supported.")
+
+        def stop(inst: EcsInstance, now: float) -> None:
+            if mode == "StopCharging":  # economical mode: the GPU goes back to the zone's stock
+                stock = self._stock.get((inst.instance_type, inst.zone))
+                if stock is not None:
+                    self._stock[(inst.instance_type, inst.zone)] = stock + 1
+            inst.stopped_mono, inst.stopped_mode, inst.stop_s = now, mode, self.stop_s
+            inst.started_mono = None
+
+        return self._power(params, "Running", stop)
+
+    def _start_instances(self, params: Mapping[str, str]) -> dict[str, Any]:
+        def check(inst: EcsInstance) -> None:
+            if inst.stopped_mode == "StopCharging" and self._stock.get((inst.instance_type, inst.zone)) == 0:
+                raise EcsApiError("OperationDenied.NoStock", f"The requested resource "
+                                  f"({inst.instance_type} in {inst.zone}) is sold out.", 403)
+
+        def start(inst: EcsInstance, now: float) -> None:
+            check(inst)
+            if inst.stopped_mode == "StopCharging":
+                stock = self._stock.get((inst.instance_type, inst.zone))
+                if stock is not None:
+                    self._stock[(inst.instance_type, inst.zone)] = stock - 1
+            inst.started_mono, inst.stopped_mono, inst.stopped_mode = now, None, None
+
+        return self._power(params, "Stopped", start, check)
+
+    def _power(self, params: Mapping[str, str], needed: str, apply: Callable[[EcsInstance, float], None],
+               check: Callable[[EcsInstance], None] | None = None) -> dict[str, Any]:
+        """Stop or start each ``InstanceId.N`` that is ``needed``; ``AllTogether`` or ``SuccessFirst``."""
+        ids = _indexed(params, "InstanceId")
+        if not ids:
+            raise EcsApiError("MissingInstanceId", "InstanceId is mandatory for this action.")
+        if len(ids) > MAX_AMOUNT:
+            raise EcsApiError("InvalidParameter.InstanceIdCount", "At most 100 instance ids per call.")
+        together = params.get("BatchOptimization", "AllTogether") != "SuccessFirst"
+        now = time.monotonic()
+
+        def problem(iid: str) -> EcsApiError | None:
+            inst = self._instances.get(iid)
+            if inst is None or inst.deleted_mono is not None:
+                return EcsApiError("InvalidInstanceId.NotFound",
+                                   f"The specified InstanceId does not exist: {iid}", 404)
+            status = inst.status(now, self.pending_s)
+            if status != needed:
+                return EcsApiError("IncorrectInstanceStatus", f"The current status of the instance {iid} "
+                                   f"({status}) does not support this operation.", 403)
+            if check is not None:
+                try:
+                    check(inst)
+                except EcsApiError as err:
+                    return err
+            return None
+
+        if together:
+            for iid in ids:
+                if (err := problem(iid)) is not None:
+                    raise err
+        answers: list[dict[str, Any]] = []
+        for iid in ids:
+            err = problem(iid)
+            inst = self._instances.get(iid)
+            before = inst.status(now, self.pending_s) if inst is not None else ""
+            if err is None and inst is not None:
+                apply(inst, now)
+                answers.append({"InstanceId": iid, "Code": "200", "Message": "success",
+                                "PreviousStatus": before, "CurrentStatus": inst.status(now, self.pending_s)})
+            else:
+                answers.append({"InstanceId": iid, "Code": err.code if err else "UnknownError",
+                                "Message": err.message if err else "", "PreviousStatus": before,
+                                "CurrentStatus": before})
+        return {"RequestId": _request_id(), "InstanceResponses": {"InstanceResponse": answers}}
 
     def _describe_images(self, params: Mapping[str, str]) -> dict[str, Any]:
         wanted_tags = _tag_filters(params)

@@ -13,7 +13,9 @@ Usage, in a test module::
 
 The suite only uses the ``Provider`` protocol, so it runs unchanged against the local provider,
 the fake, moto's EC2 and a local ECS endpoint. It assumes the backend has stock of
-``launch_spec.instance_types[0]`` and no quota lower than four instances. Lists are polled up
+``launch_spec.instance_types[0]`` and no quota lower than four instances. The stop/start tests
+that need the backend to run out of stock call ``start_stock`` (a context manager the subclass
+overrides; by default those tests are skipped, for backends that never run out). Lists are polled up
 to ``settle_timeout_s`` wherever a cloud may be eventually consistent. Every instance the suite
 launches is terminated after each test (best effort, through the provider itself).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import ClassVar
 
@@ -36,8 +39,11 @@ from autoscaler.domain import (
     CloudState,
     Instance,
     LaunchSpec,
+    StartOutcome,
+    StopOutcome,
     TerminateOutcome,
 )
+from autoscaler.errors import InsufficientCapacity
 from autoscaler.protocols import Provider
 from autoscaler.testing import wait_until
 
@@ -81,6 +87,30 @@ class ProviderContract:
         """Wait until no id in ``ids`` is listed for ``pool``."""
         wait_until(lambda: not (ids & self.listed_ids(provider, pool)), timeout_s=self.settle_timeout_s,
                    interval_s=self.poll_interval_s, message=f"instances {sorted(ids)} gone from pool {pool}")
+
+    def wait_state(self, provider: Provider, pool: str, iid: str, *states: CloudState) -> Instance:
+        """Wait until ``iid`` is listed in one of ``states``; return it."""
+        def in_state() -> Instance | None:
+            found = {i.id: i for i in provider.list_instances(pool)}.get(iid)
+            return found if found is not None and found.state in states else None
+
+        found = wait_until(in_state, timeout_s=self.settle_timeout_s, interval_s=self.poll_interval_s,
+                           message=f"instance {iid} in {[s.value for s in states]}")
+        assert found is not None
+        return found
+
+    def stopped_instance(self, provider: Provider, spec: LaunchSpec) -> Instance:
+        """Launch one instance, wait until it runs, stop it and wait until it is STOPPED."""
+        iid = provider.launch(spec, 1, new_token()).instances[0].id
+        self.wait_state(provider, spec.pool, iid, CloudState.RUNNING)
+        assert provider.stop([iid]) == {iid: StopOutcome.STOPPING}
+        return self.wait_state(provider, spec.pool, iid, CloudState.STOPPED)
+
+    def start_stock(self, provider: Provider, instances: list[Instance],
+                    available: int) -> AbstractContextManager[None]:
+        """While entered, at most ``available`` of the stopped ``instances`` (launched alike, one
+        after the other) can start; the others fail for lack of stock. Override; default skips."""
+        pytest.skip(f"{type(provider).__name__} never runs out of stock")
 
     @pytest.fixture(autouse=True)
     def _terminate_leftovers(self, provider: Provider, launch_spec: LaunchSpec) -> Iterator[None]:
@@ -207,3 +237,103 @@ class ProviderContract:
     def test_terminate_nothing_returns_empty(self, provider: Provider) -> None:
         """Terminating an empty list does nothing and returns an empty mapping."""
         assert provider.terminate([]) == {}
+
+    # ------------------------------------------------------------------------------ stop and start
+    def test_stop_keeps_the_instance_listed_as_stopped(self, provider: Provider,
+                                                       launch_spec: LaunchSpec) -> None:
+        """A stopped instance stays listed as STOPPED with its pool, model version and token tags."""
+        token = new_token()
+        iid = provider.launch(launch_spec, 1, token).instances[0].id
+        self.wait_state(provider, launch_spec.pool, iid, CloudState.RUNNING)
+        assert provider.stop([iid]) == {iid: StopOutcome.STOPPING}
+        stopped = self.wait_state(provider, launch_spec.pool, iid, CloudState.STOPPED)
+        self.assert_launched_from(replace(stopped, state=CloudState.RUNNING), launch_spec, token)
+
+    def test_stop_of_a_stopped_instance_is_already_stopped(self, provider: Provider,
+                                                           launch_spec: LaunchSpec) -> None:
+        """Stopping an instance that is stopped already reports ALREADY_STOPPED, without raising."""
+        iid = self.stopped_instance(provider, launch_spec).id
+        assert provider.stop([iid]) == {iid: StopOutcome.ALREADY_STOPPED}
+        assert self.wait_state(provider, launch_spec.pool, iid, CloudState.STOPPED).id == iid
+
+    def test_stop_and_start_of_unknown_ids_are_already_gone(self, provider: Provider) -> None:
+        """An id the provider never issued is ALREADY_GONE for stop and start, never an exception."""
+        unknown = self.unknown_instance_id
+        assert provider.stop([unknown]) == {unknown: StopOutcome.ALREADY_GONE}
+        assert provider.start([unknown]) == {unknown: StartOutcome.ALREADY_GONE}
+
+    def test_stop_and_start_of_nothing_return_empty(self, provider: Provider) -> None:
+        """Stopping or starting an empty list does nothing and returns an empty mapping."""
+        assert provider.stop([]) == {}
+        assert provider.start([]) == {}
+
+    def test_stop_mixed_ids_reports_each(self, provider: Provider, launch_spec: LaunchSpec) -> None:
+        """One stop call with a running and an unknown id reports STOPPING and ALREADY_GONE."""
+        iid = provider.launch(launch_spec, 1, new_token()).instances[0].id
+        self.wait_state(provider, launch_spec.pool, iid, CloudState.RUNNING)
+        assert provider.stop([iid, self.unknown_instance_id]) == {
+            iid: StopOutcome.STOPPING, self.unknown_instance_id: StopOutcome.ALREADY_GONE,
+        }
+
+    def test_start_brings_a_stopped_instance_back_with_its_id(self, provider: Provider,
+                                                               launch_spec: LaunchSpec) -> None:
+        """Starting a stopped instance reports STARTING; the same id runs again, tags intact."""
+        stopped = self.stopped_instance(provider, launch_spec)
+        assert provider.start([stopped.id]) == {stopped.id: StartOutcome.STARTING}
+        running = self.wait_state(provider, launch_spec.pool, stopped.id, CloudState.RUNNING)
+        assert running.launch_token == stopped.launch_token
+        assert running.model_version == launch_spec.model_version
+
+    def test_start_of_a_running_instance_is_already_running(self, provider: Provider,
+                                                            launch_spec: LaunchSpec) -> None:
+        """Starting an instance that runs (or was just started) is ALREADY_RUNNING, not an error."""
+        iid = provider.launch(launch_spec, 1, new_token()).instances[0].id
+        self.wait_state(provider, launch_spec.pool, iid, CloudState.RUNNING)
+        assert provider.start([iid]) == {iid: StartOutcome.ALREADY_RUNNING}
+        stopped = self.stopped_instance(provider, launch_spec)
+        assert provider.start([stopped.id]) == {stopped.id: StartOutcome.STARTING}
+        self.wait_state(provider, launch_spec.pool, stopped.id, CloudState.PENDING, CloudState.RUNNING)
+        assert provider.start([stopped.id]) == {stopped.id: StartOutcome.ALREADY_RUNNING}
+
+    def test_stop_and_start_after_terminate_are_already_gone(self, provider: Provider,
+                                                             launch_spec: LaunchSpec) -> None:
+        """A terminated instance can be neither stopped nor started: both report ALREADY_GONE."""
+        iid = provider.launch(launch_spec, 1, new_token()).instances[0].id
+        self.wait_listed(provider, launch_spec.pool, {iid})
+        provider.terminate([iid])
+        self.wait_unlisted(provider, launch_spec.pool, {iid})
+        assert provider.stop([iid]) == {iid: StopOutcome.ALREADY_GONE}
+        assert provider.start([iid]) == {iid: StartOutcome.ALREADY_GONE}
+
+    def test_a_stopped_instance_can_be_terminated(self, provider: Provider, launch_spec: LaunchSpec) -> None:
+        """Terminating a stopped instance reports TERMINATING and it leaves the list."""
+        iid = self.stopped_instance(provider, launch_spec).id
+        assert provider.terminate([iid]) == {iid: TerminateOutcome.TERMINATING}
+        self.wait_unlisted(provider, launch_spec.pool, {iid})
+
+    def test_a_stopped_instance_still_counts_toward_its_token(self, provider: Provider,
+                                                              launch_spec: LaunchSpec) -> None:
+        """A launch retried with the token of a now-stopped instance launches nothing new."""
+        stopped = self.stopped_instance(provider, launch_spec)
+        again = provider.launch(launch_spec, 1, stopped.launch_token)
+        assert [i.id for i in again.instances] == [stopped.id]
+        assert self.listed_ids(provider, launch_spec.pool) == {stopped.id}
+
+    def test_start_without_stock_raises_insufficient_capacity(self, provider: Provider,
+                                                              launch_spec: LaunchSpec) -> None:
+        """A start refused for lack of stock raises InsufficientCapacity; the instance stays STOPPED
+        and starts once stock is back."""
+        stopped = self.stopped_instance(provider, launch_spec)
+        with self.start_stock(provider, [stopped], 0), pytest.raises(InsufficientCapacity):
+            provider.start([stopped.id])
+        assert self.wait_state(provider, launch_spec.pool, stopped.id, CloudState.STOPPED).id == stopped.id
+        assert provider.start([stopped.id]) == {stopped.id: StartOutcome.STARTING}
+
+    def test_start_without_stock_for_one_id_reports_no_capacity(self, provider: Provider,
+                                                                launch_spec: LaunchSpec) -> None:
+        """With stock for one of two stopped instances, one starts and the other is NO_CAPACITY."""
+        first = self.stopped_instance(provider, launch_spec)
+        second = self.stopped_instance(provider, launch_spec)
+        with self.start_stock(provider, [first, second], 1):
+            outcomes = provider.start([first.id, second.id])
+        assert sorted(outcomes.values()) == sorted([StartOutcome.STARTING, StartOutcome.NO_CAPACITY])

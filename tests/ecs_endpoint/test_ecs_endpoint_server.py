@@ -301,3 +301,39 @@ def test_stop_releases_the_port_and_connection_threads(credentials: tuple[str, s
         sock.connect(("127.0.0.1", port))
     wait_until(lambda: not [t for t in set(threading.enumerate()) - before if t.is_alive()], timeout_s=5.0,
                message="endpoint threads ended")
+
+
+# ------------------------------------------------------------------------------------- stop and start
+def test_economical_stop_gives_the_gpu_back_so_a_start_can_find_no_stock(client: EcsClient,
+                                                                        ecs: EcsEndpoint) -> None:
+    """StopInstances(StopCharging) returns the GPU to the zone; once someone takes it, StartInstances
+    fails with OperationDenied.NoStock (HTTP 403); with stock back the instance starts and runs."""
+    [iid] = run(client, ecs)
+    zone = ecs.instances()[iid].zone
+    ecs.set_stock(ecs.instances()[iid].instance_type, zone, 0)
+    client.stop_instances(m.StopInstancesRequest(region_id=ecs.region, instance_id=[iid],
+                                                 stopped_mode="StopCharging"))
+    assert statuses(client, ecs, [iid]) == {iid: "Stopped"}
+    assert describe(client, ecs).instances.instance[0].stopped_mode == "StopCharging"
+    assert ecs.stock(ecs.instances()[iid].instance_type, zone) == 1  # given back
+    ecs.set_stock(ecs.instances()[iid].instance_type, zone, 0)        # and taken by someone else
+    with pytest.raises(ClientException) as raised:
+        client.start_instances(m.StartInstancesRequest(region_id=ecs.region, instance_id=[iid]))
+    assert raised.value.code == "OperationDenied.NoStock" and raised.value.status_code == 403
+    assert statuses(client, ecs, [iid]) == {iid: "Stopped"}
+    ecs.set_stock(ecs.instances()[iid].instance_type, zone, 1)
+    client.start_instances(m.StartInstancesRequest(region_id=ecs.region, instance_id=[iid]))
+    assert statuses(client, ecs, [iid]) == {iid: "Running"}
+    assert ecs.stock(ecs.instances()[iid].instance_type, zone) == 0
+
+
+def test_success_first_batch_answers_a_result_per_instance(client: EcsClient, ecs: EcsEndpoint) -> None:
+    """With BatchOptimization=SuccessFirst one bad id does not fail the call: each id gets its code."""
+    [iid] = run(client, ecs)
+    body = client.stop_instances(m.StopInstancesRequest(
+        region_id=ecs.region, instance_id=[iid, "i-unknown"], batch_optimization="SuccessFirst")).body
+    codes = {r.instance_id: r.code for r in body.instance_responses.instance_response}
+    assert codes == {iid: "200", "i-unknown": "InvalidInstanceId.NotFound"}
+    with pytest.raises(ClientException) as raised:  # AllTogether: the stopped one cannot stop again
+        client.stop_instances(m.StopInstancesRequest(region_id=ecs.region, instance_id=[iid]))
+    assert raised.value.code == "IncorrectInstanceStatus"

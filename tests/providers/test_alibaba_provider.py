@@ -288,7 +288,7 @@ def test_list_filters_by_pool_and_managed_by_tags(provider: AlibabaProvider, ecs
 
 
 def test_list_maps_ecs_status_to_cloud_state(credentials: tuple[str, str], spec: LaunchSpec) -> None:
-    """Pending→PENDING, Running→RUNNING, Stopped and Stopping→STOPPING; a released instance is not listed."""
+    """Pending→PENDING, Running→RUNNING, Stopped→STOPPED, Stopping→STOPPING; a released one is not listed."""
     with EcsEndpoint(vswitches=VSWITCHES, pending_s=60.0, release_s=60.0) as ecs:
         provider = AlibabaProvider(make_config(ecs), budget=FAST_BUDGET)
         a, b, c, d = (i.id for i in provider.launch(spec, 4, "tok-states").instances)
@@ -296,7 +296,7 @@ def test_list_maps_ecs_status_to_cloud_state(credentials: tuple[str, str], spec:
         ecs.set_status(c, "Stopped")
         provider.terminate([d])
         states = {i.id: i.state for i in provider.list_instances(POOL)}
-        assert states == {a: CloudState.PENDING, b: CloudState.RUNNING, c: CloudState.STOPPING,
+        assert states == {a: CloudState.PENDING, b: CloudState.RUNNING, c: CloudState.STOPPED,
                           d: CloudState.STOPPING}
         ecs.remove(d)
         assert d not in {i.id for i in provider.list_instances(POOL)}

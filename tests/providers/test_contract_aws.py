@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
 import pytest
 
-from autoscaler.domain import LaunchSpec
+from autoscaler.domain import Instance, LaunchSpec
 from autoscaler.policy.model import AwsProviderConfig
+from autoscaler.protocols import Provider
 from autoscaler.providers.aws import AwsProvider
 from autoscaler.testing import moto_server as moto_fixtures
-from autoscaler.testing.moto_server import Ec2Sandbox, bake_model_image
+from autoscaler.testing.moto_server import Ec2Sandbox, RequestFaults, aws_error_response, bake_model_image
 from autoscaler.testing.provider_contract import ProviderContract
 
 # The shared moto fixtures, bound to this module's names so pytest finds them.
@@ -41,3 +46,21 @@ class TestAwsProviderContract(ProviderContract):
         bake_model_image(ec2_sandbox, MODEL)
         return LaunchSpec(pool="asr-contract", image="", model_version=MODEL,
                           instance_types=("g5.xlarge", "g4dn.xlarge"), tags={"team": "asr"})
+
+    @contextmanager
+    def start_stock(self, provider: Provider, instances: list[Instance], available: int) -> Iterator[None]:
+        """EC2 answers StartInstances with InsufficientInstanceCapacity (HTTP 500, as EC2 does) once
+        ``available`` instances have started: moto itself never runs out."""
+        assert isinstance(provider, AwsProvider)
+        left = [available]
+
+        def answer(_: int, params: Mapping[str, str]) -> Any:
+            ids = [v for k, v in params.items() if k.startswith("InstanceId.")]
+            if len(ids) <= left[0]:
+                left[0] -= len(ids)
+                return None
+            return aws_error_response("InsufficientInstanceCapacity",
+                                      "We currently do not have sufficient g5.xlarge capacity.", status=500)
+
+        with RequestFaults(provider.client, "StartInstances", answer):
+            yield

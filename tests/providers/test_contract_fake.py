@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
 
-from autoscaler.domain import CloudState, LaunchSpec, TerminateOutcome
+from autoscaler.domain import CloudState, Instance, LaunchSpec, TerminateOutcome
 from autoscaler.errors import (
     InstanceNotFound,
     InsufficientCapacity,
@@ -14,6 +16,7 @@ from autoscaler.errors import (
     QuotaExceeded,
     TransientProviderError,
 )
+from autoscaler.protocols import Provider
 from autoscaler.providers.fake import FakeProvider, LaunchCall
 from autoscaler.testing.provider_contract import ProviderContract
 
@@ -27,13 +30,23 @@ class TestFakeProviderContract(ProviderContract):
     @pytest.fixture
     def provider(self) -> FakeProvider:
         """A fresh fake fleet."""
-        return FakeProvider()
+        return FakeProvider(launch_state=CloudState.RUNNING)
 
     @pytest.fixture
     def launch_spec(self) -> LaunchSpec:
         """A spec with two instance types and a custom tag."""
         return LaunchSpec(pool="asr-fake", image="img-1", model_version="v1",
                           instance_types=("gpu.large", "gpu.xlarge"), tags={"team": "asr"})
+
+    @contextmanager
+    def start_stock(self, provider: Provider, instances: list[Instance], available: int) -> Iterator[None]:
+        """The fake's ``start_stock`` allows ``available`` more starts."""
+        assert isinstance(provider, FakeProvider)
+        provider.start_stock = available
+        try:
+            yield
+        finally:
+            provider.start_stock = None
 
 
 SPEC = LaunchSpec(pool="asr-fake", image="img-1", model_version="v1",

@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autoscaler.domain import TAG_LAUNCH_TOKEN, CloudState, Instance, LaunchSpec, TerminateOutcome
+from autoscaler.domain import (
+    TAG_LAUNCH_TOKEN,
+    CloudState,
+    Instance,
+    LaunchSpec,
+    StartOutcome,
+    TerminateOutcome,
+)
 from autoscaler.errors import PolicyError, ProviderError, QuotaExceeded
 from autoscaler.policy.model import AwsProviderConfig, LocalProviderConfig, PoolPolicy
 from autoscaler.providers.local import STATE_FILE, LocalProvider, process_alive
@@ -230,3 +237,56 @@ def test_provider_built_from_a_policy_uses_its_streams(tmp_path: Path, local_lau
                                                                    subnets=["subnet-1"])})
     with pytest.raises(PolicyError):
         LocalProvider.for_policy(aws)
+
+
+# ------------------------------------------------------------------------------------- stop and start
+def test_stopped_node_starts_from_its_disk_in_a_fraction_of_the_cold_load(
+    make_local_provider: MakeProvider, local_launch_spec: LaunchSpec
+) -> None:
+    """A cold node loads in load_delay and writes its model cache; stopped and started, the same id
+    loads from that disk in cached_load_fraction of it; terminating it deletes the disk."""
+    provider = make_local_provider()
+    [inst] = provider.launch(local_launch_spec, 1, "tok-warm").instances
+    wait_until(lambda: healthy(inst), timeout_s=20, message=f"{inst.id} healthy")
+    cold_url = f"http://{inst.endpoint}"
+    assert read_metric(cold_url, "asr_model_from_cache") == 0
+    assert read_metric(cold_url, "asr_model_load_seconds") == pytest.approx(0.3)
+    cache = provider.disk_path(inst.id) / "model.cache"
+    assert cache.read_text().strip() == local_launch_spec.model_version
+
+    provider.stop([inst.id])
+    stopped = wait_until(lambda: next((i for i in provider.list_instances(LOCAL_POOL)
+                                       if i.state == CloudState.STOPPED), None),
+                         timeout_s=20, message="node stopped")
+    assert stopped.id == inst.id and not healthy(inst)
+    provider.start([inst.id])
+    [warm] = provider.list_instances(LOCAL_POOL)
+    assert warm.id == inst.id and warm.state == CloudState.RUNNING
+    wait_until(lambda: healthy(warm), timeout_s=20, message=f"{warm.id} healthy after start")
+    warm_url = f"http://{warm.endpoint}"
+    assert read_metric(warm_url, "asr_model_from_cache") == 1
+    assert read_metric(warm_url, "asr_model_load_seconds") == pytest.approx(0.03)
+
+    provider.stop_all(LOCAL_POOL)
+    assert not provider.disk_path(inst.id).exists()
+
+
+def test_starting_a_node_still_stopping_is_an_error_and_changes_nothing(
+    make_local_provider: MakeProvider, local_launch_spec: LaunchSpec
+) -> None:
+    """A start while the node's process is still shutting down raises ProviderError; the node then
+    settles STOPPED and starts normally."""
+    provider = make_local_provider(kill_grace_s=5.0)
+    [inst] = provider.launch(local_launch_spec, 1, "tok-stopping").instances
+    wait_until(lambda: healthy(inst), timeout_s=20, message=f"{inst.id} healthy")
+    pid = recorded_pid(provider.config, inst.id)
+    os.kill(pid, signal.SIGSTOP)  # a node that cannot act on SIGTERM yet: its stop takes a while
+    try:
+        provider.stop([inst.id])
+        with pytest.raises(ProviderError, match="still stopping"):
+            provider.start([inst.id])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: [i.state for i in provider.list_instances(LOCAL_POOL)] == [CloudState.STOPPED],
+               timeout_s=20, message="node stopped")
+    assert provider.start([inst.id]) == {inst.id: StartOutcome.STARTING}
