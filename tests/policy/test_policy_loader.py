@@ -336,3 +336,23 @@ def test_policy_model_is_frozen() -> None:
     pol: PoolPolicy = load_policy(POLICIES / "asr-local.yaml")
     with pytest.raises(ValueError, match="frozen"):
         pol.scaling.min_nodes = 3
+
+
+# ------------------------------------------------------------------------------------------- warm pool
+def test_warm_pool_target_follows_size_and_max_prepared() -> None:
+    """A fixed size is kept until max_prepared (warm + in service) squeezes it; never below zero."""
+    from autoscaler.policy.model import WarmPoolConfig
+
+    pool = WarmPoolConfig(size=3, max_prepared=8)
+    assert [pool.target(n) for n in (0, 5, 6, 8, 10)] == [3, 3, 2, 0, 0]
+    assert WarmPoolConfig(size=2).target(50) == 2
+
+
+def test_warm_pool_auto_takes_the_recommendation_else_max_prepared() -> None:
+    """size 'auto' uses the dry-run's recommended size when given, else max_prepared minus in service."""
+    from autoscaler.policy.model import WarmPoolConfig
+
+    auto = WarmPoolConfig(size="auto", max_prepared=6)
+    assert auto.target(4, recommended=1) == 1
+    assert auto.target(4) == 2
+    assert WarmPoolConfig(size="auto").target(4) == 0
