@@ -41,6 +41,13 @@ class Lifecycle(StrEnum):
     SERVING = "serving"
     DRAINING = "draining"
     TERMINATED = "terminated"
+    #: Launched cold for the warm pool: must pass its health check (model loaded), then is stopped.
+    #: Never joins the balancer, never counts as capacity.
+    PREPARING = "preparing"
+    #: In the warm pool: model loaded on its disk, powered off (or running idle, for ``state: running``).
+    STOPPED = "stopped"
+    #: Started from the warm pool: capacity on the way, within the warm start timeout.
+    STARTING = "starting"
 
 
 class TerminateOutcome(StrEnum):
@@ -178,7 +185,7 @@ class Node:
 class Reason:
     """One step of a decision's reason trail: a check's vote, a cap, a window, a fallback.
 
-    ``kind`` is one of ``check``, ``schedule``, ``bound``, ``window``, ``rate``, ``cooldown``,
+    ``kind`` is one of ``check``, ``schedule``, ``bound``, ``window``, ``rate``, ``cooldown``, ``warm``,
     ``fallback``, ``capacity``, ``victim``, ``final``. ``detail`` holds the numbers (query, value,
     vote, factor, before/after) so reports and logs only render.
     """
@@ -206,7 +213,11 @@ class Decision:
     """What the engine decided for one pool at one instant, and why.
 
     ``desired`` counts nodes that are serving or booting (draining nodes are not capacity).
-    ``launch`` nodes are to be launched; ``victims`` (node ids, in order) are to be drained.
+    ``launch`` nodes are to be launched cold; ``start`` (warm-pool ids) are to be started first;
+    ``victims`` (node ids, in order) are to be drained. For the warm pool: ``prepare`` instances are
+    to be launched cold and stopped once healthy, ``discard`` (warm ids: outdated or beyond the
+    pool's size) terminated, and ``warm_target`` is the warm pool's size now (a drained victim is
+    stopped into the pool while it holds fewer, when the policy reuses nodes on scale-in).
     """
 
     pool: str
@@ -218,6 +229,11 @@ class Decision:
     launch: int
     victims: tuple[str, ...]
     reasons: tuple[Reason, ...]
+    start: tuple[str, ...] = ()
+    prepare: int = 0
+    discard: tuple[str, ...] = ()
+    warm: int = 0
+    warm_target: int = 0
 
     @property
     def current(self) -> int:
@@ -226,8 +242,8 @@ class Decision:
 
     @property
     def direction(self) -> Direction:
-        """OUT when launching, IN when draining victims, HOLD otherwise."""
-        if self.launch > 0:
+        """OUT when launching or starting warm nodes, IN when draining victims, HOLD otherwise."""
+        if self.launch > 0 or self.start:
             return Direction.OUT
         if self.victims:
             return Direction.IN
@@ -236,7 +252,8 @@ class Decision:
     def summary(self) -> str:
         """One line for logs: ``hold 6 (ready 5, booting 1)`` and the final reason."""
         final = next((r.message for r in reversed(self.reasons) if r.kind == "final"), "")
+        warm = f", warm {self.warm}/{self.warm_target}" if self.warm or self.warm_target else ""
         return (
             f"{self.direction.value} {self.current}→{self.desired} "
-            f"(ready {self.ready}, booting {self.booting}, draining {self.draining}) {final}"
+            f"(ready {self.ready}, booting {self.booting}, draining {self.draining}{warm}) {final}"
         ).strip()

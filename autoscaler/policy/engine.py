@@ -27,10 +27,15 @@ draft, changes the count it is responsible for and appends its own ``Reason``:
    ``max_nodes``; bounds are absolute and override cooldowns and rate limits.
 10. ``plan_moves`` — launches (capped by ``max_launching``), victims in victim order, and the rolling
     replacement of outdated nodes under the disruption budget.
+11. ``warm_pool`` — launches become starts of up-to-date warm (stopped) instances first, cold
+    launches only for the rest; outdated warm instances are discarded, never started; the pool is
+    kept at its size by preparing instances (cold launches that are stopped once healthy) and by
+    discarding any beyond it.
 
 ``Decision.desired`` is the target after step 9 (always within ``[min_nodes, max_nodes]``);
 ``launch`` and ``victims`` are the moves taken now toward it and can fall short of it (step 10).
-Booting (and launching) nodes count toward the current count; draining nodes do not.
+Booting (and launching, and starting) nodes count toward the current count; draining nodes do not,
+nor do warm-pool nodes (preparing or stopped): they are an input of step 11 only.
 """
 
 from __future__ import annotations
@@ -132,6 +137,13 @@ class Draft:
     events: list[tuple[datetime, int]] = field(default_factory=list)
     launch: int = 0
     victims: tuple[str, ...] = ()
+    warm: list[Node] = field(default_factory=list)
+    preparing: list[Node] = field(default_factory=list)
+    draining_nodes: list[Node] = field(default_factory=list)
+    starts: tuple[str, ...] = ()
+    prepare: int = 0
+    discard: tuple[str, ...] = ()
+    warm_target: int = 0
     scaling_launch: int = 0
     scaling_victims: tuple[str, ...] = ()
     next_replacing: int = 0
@@ -149,16 +161,23 @@ class Draft:
         """Sort the nodes by lifecycle and work out the current count."""
         serving: list[Node] = []
         booting: list[Node] = []
-        draining = 0
+        warm: list[Node] = []
+        preparing: list[Node] = []
+        draining_nodes: list[Node] = []
         for node in nodes:
             state = node.lifecycle
             if state is Lifecycle.SERVING:
                 serving.append(node)
-            elif state is Lifecycle.BOOTING or state is Lifecycle.LAUNCHING:
-                # Launched but not yet serving: capacity on the way, so it is not launched twice.
+            elif state in (Lifecycle.BOOTING, Lifecycle.LAUNCHING, Lifecycle.STARTING):
+                # Launched or started but not yet serving: capacity on the way, not added twice.
                 booting.append(node)
             elif state is Lifecycle.DRAINING:
-                draining += 1
+                draining_nodes.append(node)
+            elif state is Lifecycle.STOPPED:
+                warm.append(node)
+            elif state is Lifecycle.PREPARING:
+                preparing.append(node)
+        draining = len(draining_nodes)
         # Replacements of outdated nodes (a rollout) run on top of the pool's size: they do not count
         # toward it, or the surge would become permanent capacity through the "hold" vote.
         outdated = [n for n in serving if _outdated(n, policy)]
@@ -166,7 +185,8 @@ class Draft:
         current = len(serving) + len(booting) - replacing
         return cls(policy=policy, samples=samples, memory=memory, now=now, forecast=forecast,
                    serving=serving, booting=booting, draining=draining, outdated=outdated,
-                   replacing=replacing, current=current, combined=current, target=current)
+                   replacing=replacing, current=current, combined=current, target=current,
+                   warm=warm, preparing=preparing, draining_nodes=draining_nodes)
 
     def note(self, kind: str, name: str, message: str, **detail: object) -> None:
         """Append one reason to the trail."""
@@ -605,19 +625,80 @@ def plan_moves(d: Draft) -> None:
         _rollout(d)
 
 
+def warm_pool(d: Draft) -> None:
+    """Start warm instances before launching cold; keep the warm pool at its size, up to date."""
+    config = d.policy.warm_pool
+    if config is None:
+        if d.warm or d.preparing:
+            # A policy that dropped its warm pool: what is left of it is not capacity; let it go.
+            d.discard = tuple(n.id for n in d.warm + d.preparing)
+            d.note("warm", "no-warm-pool", f"no warm_pool in the policy: discard {len(d.discard)} warm "
+                   "instance(s)", discard=list(d.discard))
+        return
+    # Oldest first: the instance that has waited longest is started (or kept) first.
+    ordered = sorted(d.warm, key=lambda n: (n.launched_at, n.id))
+    outdated = [(n, why) for n in ordered if (why := _outdated(n, d.policy))]
+    usable = [n for n in ordered if not _outdated(n, d.policy)]
+    discard = [n.id for n, _ in outdated]
+    for node, why in outdated:
+        d.note("warm", node.id, f"discard warm {node.id}: {why}; never started, replaced",
+               model_version=node.model_version, image=node.image)
+    starts = usable[:d.launch]
+    if starts:
+        d.note("warm", "start",
+               f"start {len(starts)} warm instance(s) ({config.state}) before launching cold: "
+               f"{', '.join(n.id for n in starts)}; {d.launch - len(starts)} cold launch(es) for the rest",
+               start=[n.id for n in starts], cold=d.launch - len(starts), warm=len(usable))
+    elif d.launch and config.state == "stopped":
+        d.note("warm", "empty", f"no warm instance to start: launch {d.launch} cold", cold=d.launch)
+    d.launch -= len(starts)
+    d.starts = tuple(n.id for n in starts)
+    left = usable[len(starts):]
+    in_service = d.target
+    target = config.target(in_service)
+    reusable = [n for n in d.draining_nodes if not _outdated(n, d.policy)] if config.reuse_on_scale_in else []
+    have = len(left) + len(d.preparing)
+    if have > target:
+        # Beyond the size (it shrank, or max_prepared squeezes it): the newest stopped ones go first.
+        extra = [n.id for n in reversed(left)][: have - target]
+        discard += extra
+        if extra:
+            d.note("warm", "shrink", f"warm pool holds {have}, size {target}: discard {len(extra)}",
+                   have=have, target=target, discard=extra)
+    need = max(0, target - have - len(reusable))
+    max_launching = d.policy.scaling.behavior.max_launching
+    if need and max_launching is not None:
+        room = max(0, max_launching - len(d.booting) - d.launch - len(d.preparing))
+        if room < need:
+            d.note("capacity", "max_launching-warm",
+                   f"preparing {room} of {need} warm instance(s): at most {max_launching} boot at once",
+                   wanted=need, prepare=room)
+            need = room
+    if need:
+        d.note("warm", "prepare",
+               f"warm pool holds {have} (+{len(reusable)} draining to reuse), size {target}: prepare {need} "
+               f"(launch cold, stop once healthy)",
+               have=have, reusable=len(reusable), target=target, prepare=need)
+    d.prepare = need
+    d.discard = tuple(discard)
+    d.warm_target = target
+
+
 #: The pipeline, in order. A new mechanism is one new step here.
 STEPS: tuple[Step, ...] = (
     vote, combine, missing_data_fallback, look_ahead, forecast_floor,
-    stabilize, cooldown, rate_limit, bound, plan_moves,
+    stabilize, cooldown, rate_limit, bound, plan_moves, warm_pool,
 )
 
 
 def _finish(d: Draft) -> Evaluation:
     """The final reason, the decision and the memory for the next tick."""
-    if d.scaling_launch == 0 and not d.scaling_victims and (d.launch or d.victims):
-        final = f"hold at {d.current}, replacing outdated nodes: launch {d.launch}, drain {len(d.victims)}"
-    elif d.launch:
-        final = f"scale out {d.current}→{d.target}: launch {d.launch}"
+    if d.scaling_launch == 0 and not d.scaling_victims and (d.launch or d.starts or d.victims):
+        final = (f"hold at {d.current}, replacing outdated nodes: launch {d.launch}, "
+                 + (f"start {len(d.starts)} warm, " if d.starts else "") + f"drain {len(d.victims)}")
+    elif d.launch or d.starts:
+        final = f"scale out {d.current}→{d.target}: " + (
+            f"start {len(d.starts)} warm, launch {d.launch}" if d.starts else f"launch {d.launch}")
     elif d.victims:
         final = f"scale in {d.current}→{d.target}: drain {len(d.victims)}"
     elif d.target != d.current:
@@ -628,12 +709,13 @@ def _finish(d: Draft) -> Evaluation:
         final += f" (largest recommendation {d.combined} from {d.winner})"
     d.note("final", d.policy.pool, final, current=d.current, ready=d.ready, booting=len(d.booting),
            draining=d.draining, recommendation=d.combined, desired=d.target, launch=d.launch,
-           victims=list(d.victims))
+           victims=list(d.victims), start=list(d.starts), prepare=d.prepare, discard=list(d.discard),
+           warm=len(d.warm), warm_target=d.warm_target)
 
     # Rollout replacements keep the pool's size: only scaling moves count toward rate limits/cooldowns.
     last_out, last_in = d.memory.last_scale_out, d.memory.last_scale_in
     if d.scaling_launch:
-        d.events.append((d.now, d.scaling_launch))
+        d.events.append((d.now, d.scaling_launch))  # warm starts included: they add capacity too
         last_out = d.now
     elif d.scaling_victims:
         d.events.append((d.now, -len(d.scaling_victims)))
@@ -648,7 +730,8 @@ def _finish(d: Draft) -> Evaluation:
     )
     decision = Decision(pool=d.policy.pool, at=d.now, ready=d.ready, booting=len(d.booting),
                         draining=d.draining, desired=d.target, launch=d.launch, victims=d.victims,
-                        reasons=tuple(d.reasons))
+                        reasons=tuple(d.reasons), start=d.starts, prepare=d.prepare, discard=d.discard,
+                        warm=len(d.warm), warm_target=d.warm_target)
     return Evaluation(decision=decision, memory=memory)
 
 
@@ -663,7 +746,8 @@ def decide(
     """Decide the pool's node count at ``now`` by running ``STEPS`` in order.
 
     ``samples`` maps each check name to its reading (a missing key is no data). ``nodes`` are the
-    pool's booting, serving and draining nodes. ``forecast`` is the pool's seasonal forecast, made
+    pool's booting, starting, serving and draining nodes, and its warm pool (preparing, stopped).
+    ``forecast`` is the pool's seasonal forecast, made
     outside the engine from history (``policy.forecast``), or None. Returns a ``Decision`` whose
     ``launch`` and ``victims`` say what to do, with the full reason trail, and the next memory.
     """
