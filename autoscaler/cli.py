@@ -61,12 +61,15 @@ def render_outcome(outcome: TickOutcome) -> str:
     if outcome.decision is not None:
         lines.append(f"decision: {outcome.decision.summary()}")
     for label, items in (
+        ("started warm", outcome.started),
         ("launched", outcome.launched),
+        ("preparing for the warm pool", outcome.prepared),
         ("draining", outcome.drained),
         ("joined balancer", outcome.joined),
     ):
         if items:
             lines.append(f"{label}: {', '.join(items)}")
+    lines.extend(f"stopped into the warm pool {i}: {why}" for i, why in outcome.stopped.items())
     lines.extend(f"terminated {i}: {why}" for i, why in outcome.terminated.items())
     lines.extend(f"note: {n}" for n in outcome.notes)
     lines.extend(f"error: {e}" for e in outcome.errors)

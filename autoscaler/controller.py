@@ -11,7 +11,15 @@ engine's inputs and the engine's answer back into calls, safely:
 - scale-in is drain-first: the victim leaves the balancer, its in-flight streams finish (or the
   drain timeout passes), and only then is it terminated, on a later tick than the one that removed
   it from the balancer;
-- when the balancer rejects a change, nothing is terminated that tick.
+- when the balancer rejects a change, nothing is terminated that tick;
+- a warm pool (``policy.warm_pool``) is kept level-triggered from the provider's inventory and the
+  store: an instance launched to be warm (``PREPARING``, launch token ending ``-warm``) is stopped
+  once its health check passes and never joins the balancer; a scale-out starts warm (``STOPPED``)
+  instances first (``STARTING``, within ``warm_pool.start_timeout``) and a start that fails (no
+  stock, capacity, throttling beyond the budget, an instance that vanished) is replaced by a cold
+  launch in the same tick. Each lifecycle is recorded *before* the provider call it announces and
+  every call is idempotent, so a controller killed between a stop or start and its record finds
+  the instance on its next tick and finishes the move instead of repeating or leaking it.
 """
 
 from __future__ import annotations
@@ -34,9 +42,18 @@ from autoscaler.domain import (
     Node,
     Reason,
     Sample,
+    StartOutcome,
+    StopOutcome,
     TerminateOutcome,
 )
-from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
+from autoscaler.errors import (
+    AutoscalerError,
+    BalancerError,
+    InsufficientCapacity,
+    ProviderError,
+    QuotaExceeded,
+    StoreError,
+)
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
 from autoscaler.policy.model import PoolPolicy
 from autoscaler.protocols import Balancer, Clock, MetricsSource, NodeProbe, Provider, Store
@@ -46,6 +63,12 @@ log = structlog.get_logger("autoscaler.controller")
 
 #: How a node that never answered its health check is recorded when it is replaced.
 BOOT_TIMEOUT_REASON = "not healthy within the boot timeout"
+#: How a warm instance that did not serve in time after its start is recorded when it is replaced.
+START_TIMEOUT_REASON = "not healthy within the warm start timeout"
+#: Launch tokens of instances launched to be prepared for the warm pool end with this.
+WARM_TOKEN_SUFFIX = "-warm"
+#: Lifecycles of warm-pool members: not capacity, never in the balancer or the scrape targets.
+WARM_LIFECYCLES = (Lifecycle.PREPARING, Lifecycle.STOPPED)
 #: Launches pause after this many consecutive boot failures, doubling per further failure...
 BOOT_FAILURES_BEFORE_BACKOFF = 2
 #: ...up to this long, so a broken image is not relaunched (and billed) every tick.
@@ -74,6 +97,8 @@ class NodeState:
     since: datetime
     healthy: bool = False
     active_streams: float | None = None
+    #: What the engine is told when it differs (a warm instance still stopping is not startable yet).
+    engine_lifecycle: Lifecycle | None = None
 
 
 def _sample_record(sample: Sample) -> dict[str, Any]:
@@ -92,6 +117,10 @@ class Observation:
     samples: dict[str, Sample] = field(default_factory=dict)
     transitions: list[tuple[str, Lifecycle, dict[str, Any]]] = field(default_factory=list)
     replace: list[tuple[Instance, str]] = field(default_factory=list)
+    #: Warm-pool work found: prepared instances to stop now, stops and starts to (re)issue.
+    prepared: list[Instance] = field(default_factory=list)
+    restop: list[Instance] = field(default_factory=list)
+    restart: list[Instance] = field(default_factory=list)
 
     def inputs(self) -> dict[str, Any]:
         """JSON-ready record of the inputs the engine decided on."""
@@ -108,6 +137,7 @@ class Observation:
                 for s in self.states.values()
             },
             "replaced": {i.id: reason for i, reason in self.replace},
+            "prepared": [i.id for i in self.prepared],
         }
 
 
@@ -120,6 +150,9 @@ class TickOutcome:
     decision: Decision | None = None
     tick_id: int | None = None
     launched: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    stopped: dict[str, str] = field(default_factory=dict)
+    prepared: list[str] = field(default_factory=list)
     drained: list[str] = field(default_factory=list)
     terminated: dict[str, str] = field(default_factory=dict)
     joined: list[str] = field(default_factory=list)
@@ -137,6 +170,9 @@ class TickOutcome:
         """JSON-ready form (the store keeps it as the tick's outcome)."""
         return {
             "launched": self.launched,
+            "started": self.started,
+            "stopped": self.stopped,
+            "prepared": self.prepared,
             "drained": self.drained,
             "terminated": self.terminated,
             "joined": self.joined,
@@ -157,6 +193,11 @@ def decision_record(decision: Decision) -> dict[str, Any]:
         "booting": decision.booting,
         "draining": decision.draining,
         "launch": decision.launch,
+        "start": list(decision.start),
+        "prepare": decision.prepare,
+        "discard": list(decision.discard),
+        "warm": decision.warm,
+        "warm_target": decision.warm_target,
         "victims": list(decision.victims),
         "summary": decision.summary(),
         "reasons": [r.to_dict() for r in decision.reasons],
@@ -203,6 +244,8 @@ class Controller:
             pool=policy.pool,
             summary=outcome.decision.summary() if outcome.decision else None,
             launched=outcome.launched,
+            started=outcome.started or None,
+            stopped=outcome.stopped or None,
             drained=outcome.drained,
             terminated=outcome.terminated,
             joined=outcome.joined,
@@ -237,7 +280,7 @@ class Controller:
         outcome.tick_id = tick_id
         # ---- act
         try:
-            self._act(policy, decision, states, now, tick_id, outcome)
+            self._act(policy, decision, observation, now, tick_id, outcome)
         finally:
             outcome.nodes = {i: s.lifecycle.value for i, s in states.items()}
             try:
@@ -316,79 +359,196 @@ class Controller:
     def observe(self, policy: PoolPolicy, now: datetime) -> Observation:
         """Read the provider, the store, the nodes and the metrics; change nothing.
 
-        Each live instance gets a lifecycle from the store's record, its cloud state and its own
-        health check; what should change (a record, a node to replace) is returned, not done.
+        Each instance gets a lifecycle from the store's record, its cloud state and its own health
+        check; what should change (a record, a node to replace, a warm-pool stop or start to issue)
+        is returned, not done.
         """
-        store, probe = self.adapters.store, self.adapters.probe
+        store = self.adapters.store
         instances = self.adapters.provider.list_instances(policy.pool)
         recorded = store.lifecycles(policy.pool)
         observation = Observation()
-        down = (CloudState.TERMINATED, CloudState.STOPPING, CloudState.STOPPED)
-        live = {i.id: i for i in instances if i.state not in down}
         listed = {i.id for i in instances}
         for instance_id, (lifecycle, _since) in recorded.items():
             if instance_id not in listed and lifecycle != Lifecycle.TERMINATED:
-                observation.transitions.append((instance_id, Lifecycle.TERMINATED, {"reason": "gone"}))
-        boot_timeout = policy.health.boot_timeout
-        for instance in live.values():
-            lifecycle, since = recorded.get(instance.id, (Lifecycle.LAUNCHING, instance.launched_at))
+                reason = "gone"
+                if lifecycle in WARM_LIFECYCLES:
+                    reason = "gone from the warm pool (vanished); replaced"
+                observation.transitions.append((instance_id, Lifecycle.TERMINATED, {"reason": reason}))
+        for instance in instances:
+            if instance.state == CloudState.TERMINATED:
+                continue
+            default = (
+                Lifecycle.PREPARING
+                if instance.launch_token.endswith(WARM_TOKEN_SUFFIX)
+                else Lifecycle.LAUNCHING
+            )
+            lifecycle, since = recorded.get(instance.id, (default, instance.launched_at))
             if lifecycle == Lifecycle.TERMINATED:
                 continue  # terminate was requested; the provider has not caught up yet
-            if lifecycle == Lifecycle.DRAINING:
-                observation.states[instance.id] = NodeState(
-                    instance, Lifecycle.DRAINING, since, active_streams=probe.active_streams(instance)
+            if instance.state in (CloudState.STOPPING, CloudState.STOPPED):
+                self._observe_powered_off(
+                    policy, instance, lifecycle, since, now, observation, recorded=instance.id in recorded
                 )
-                continue
-            healthy = instance.state == CloudState.RUNNING and probe.healthy(instance)
-            if (
-                healthy
-                and instance.model_version != policy.launch.model_version
-                and lifecycle != Lifecycle.SERVING
-            ):
-                # Never let a node of another model version join: the same audio would give other text.
-                observation.replace.append(
-                    (
-                        instance,
-                        f"model version {instance.model_version} is not "
-                        f"the pool's {policy.launch.model_version}",
-                    )
-                )
-                continue
-            if healthy:
-                observation.states[instance.id] = NodeState(
-                    instance,
-                    Lifecycle.SERVING,
-                    since if lifecycle == Lifecycle.SERVING else now,
-                    healthy=True,
-                    active_streams=probe.active_streams(instance),
-                )
-                continue
-            # Booting, or a serving node that stopped answering: not capacity now. It gets the boot
-            # timeout, from launch or from when it stopped answering, to come (back) up.
-            if lifecycle == Lifecycle.SERVING:
-                observation.transitions.append(
-                    (instance.id, Lifecycle.BOOTING, {"reason": "health check failing"})
-                )
-                since = now
-            elif lifecycle == Lifecycle.LAUNCHING:
-                observation.transitions.append((instance.id, Lifecycle.BOOTING, {}))
-                since = instance.launched_at
-            if now - since > boot_timeout:
-                observation.replace.append(
-                    (instance, f"{BOOT_TIMEOUT_REASON} ({boot_timeout.total_seconds():.0f}s)")
-                )
-                continue
-            observation.states[instance.id] = NodeState(instance, Lifecycle.BOOTING, since)
+            else:
+                self._observe_running(policy, instance, lifecycle, since, now, observation)
         observation.samples = {
             check.name: self.adapters.metrics.query(check.query, now=now) for check in policy.scaling.checks
         }
         return observation
 
+    def _observe_powered_off(
+        self,
+        policy: PoolPolicy,
+        instance: Instance,
+        lifecycle: Lifecycle,
+        since: datetime,
+        now: datetime,
+        observation: Observation,
+        *,
+        recorded: bool,
+    ) -> None:
+        """A stopping or stopped instance: a warm-pool member, a start to re-issue, or a leftover."""
+        stopped = instance.state == CloudState.STOPPED
+        warm = policy.warm_pool
+        if lifecycle == Lifecycle.STARTING:
+            # A start was announced (recorded) but the instance is still down: the controller died
+            # between the record and the call, or the call was lost. Starting is idempotent: again.
+            timeout = warm.start_timeout if warm else policy.health.boot_timeout
+            if now - since > timeout:
+                observation.replace.append(
+                    (instance, f"{START_TIMEOUT_REASON} ({timeout.total_seconds():.0f}s): never came up")
+                )
+                return
+            if stopped:
+                observation.restart.append(instance)
+            observation.states[instance.id] = NodeState(instance, Lifecycle.STARTING, since)
+            return
+        if lifecycle in (Lifecycle.LAUNCHING, Lifecycle.BOOTING) and recorded:
+            observation.replace.append((instance, "stopped before it ever passed its health check"))
+            return
+        # Stopped after it served, drained or was prepared (or found stopped with no record): warm.
+        if lifecycle != Lifecycle.STOPPED:
+            observation.transitions.append(
+                (
+                    instance.id,
+                    Lifecycle.STOPPED,
+                    {"reason": f"found {instance.state.value} (was {lifecycle.value})"},
+                )
+            )
+            since = now
+        observation.states[instance.id] = NodeState(
+            instance,
+            Lifecycle.STOPPED,
+            since,
+            # Still stopping: counts toward the warm pool but cannot be started yet.
+            engine_lifecycle=Lifecycle.STOPPED if stopped else Lifecycle.PREPARING,
+        )
+
+    def _observe_running(
+        self,
+        policy: PoolPolicy,
+        instance: Instance,
+        lifecycle: Lifecycle,
+        since: datetime,
+        now: datetime,
+        observation: Observation,
+    ) -> None:
+        """A pending or running instance: booting, starting, serving, draining, or warm."""
+        probe = self.adapters.probe
+        warm = policy.warm_pool
+        keep_running = warm is not None and warm.state == "running"
+        if lifecycle == Lifecycle.DRAINING:
+            observation.states[instance.id] = NodeState(
+                instance, Lifecycle.DRAINING, since, active_streams=probe.active_streams(instance)
+            )
+            return
+        if lifecycle == Lifecycle.STOPPED:
+            if not keep_running:
+                # Recorded as stopped but still up: the stop is in flight, or the controller died
+                # between recording it and calling it. Stopping is idempotent: ask again.
+                observation.restop.append(instance)
+            observation.states[instance.id] = NodeState(
+                instance,
+                Lifecycle.STOPPED,
+                since,
+                engine_lifecycle=Lifecycle.STOPPED if keep_running else Lifecycle.PREPARING,
+            )
+            return
+        healthy = instance.state == CloudState.RUNNING and probe.healthy(instance)
+        if lifecycle == Lifecycle.PREPARING:
+            if healthy:
+                # Model loaded: into the warm pool (stopped this tick), never into the balancer.
+                observation.prepared.append(instance)
+                observation.states[instance.id] = NodeState(
+                    instance,
+                    Lifecycle.STOPPED,
+                    now,
+                    healthy=True,
+                    engine_lifecycle=Lifecycle.STOPPED if keep_running else Lifecycle.PREPARING,
+                )
+                return
+            boot_timeout = policy.health.boot_timeout
+            if now - since > boot_timeout:
+                observation.replace.append(
+                    (instance, f"{BOOT_TIMEOUT_REASON} ({boot_timeout.total_seconds():.0f}s) while preparing")
+                )
+                return
+            observation.states[instance.id] = NodeState(instance, Lifecycle.PREPARING, since)
+            return
+        if (
+            healthy
+            and instance.model_version != policy.launch.model_version
+            and lifecycle != Lifecycle.SERVING
+        ):
+            # Never let a node of another model version join: the same audio would give other text.
+            observation.replace.append(
+                (
+                    instance,
+                    f"model version {instance.model_version} is not the pool's {policy.launch.model_version}",
+                )
+            )
+            return
+        if healthy:
+            observation.states[instance.id] = NodeState(
+                instance,
+                Lifecycle.SERVING,
+                since if lifecycle == Lifecycle.SERVING else now,
+                healthy=True,
+                active_streams=probe.active_streams(instance),
+            )
+            return
+        if lifecycle == Lifecycle.STARTING:
+            timeout = warm.start_timeout if warm else policy.health.boot_timeout
+            if now - since > timeout:
+                observation.replace.append(
+                    (instance, f"{START_TIMEOUT_REASON} ({timeout.total_seconds():.0f}s)")
+                )
+                return
+            observation.states[instance.id] = NodeState(instance, Lifecycle.STARTING, since)
+            return
+        # Booting, or a serving node that stopped answering: not capacity now. It gets the boot
+        # timeout, from launch or from when it stopped answering, to come (back) up.
+        if lifecycle == Lifecycle.SERVING:
+            observation.transitions.append(
+                (instance.id, Lifecycle.BOOTING, {"reason": "health check failing"})
+            )
+            since = now
+        elif lifecycle == Lifecycle.LAUNCHING:
+            observation.transitions.append((instance.id, Lifecycle.BOOTING, {}))
+            since = instance.launched_at
+        boot_timeout = policy.health.boot_timeout
+        if now - since > boot_timeout:
+            observation.replace.append(
+                (instance, f"{BOOT_TIMEOUT_REASON} ({boot_timeout.total_seconds():.0f}s)")
+            )
+            return
+        observation.states[instance.id] = NodeState(instance, Lifecycle.BOOTING, since)
+
     def _as_engine_node(self, policy: PoolPolicy, state: NodeState) -> Node:
         instance = state.instance
         return Node(
             id=instance.id,
-            lifecycle=state.lifecycle,
+            lifecycle=state.engine_lifecycle or state.lifecycle,
             instance_type=instance.instance_type,
             capacity_streams=policy.streams_of(instance.instance_type),
             model_version=instance.model_version,
@@ -402,19 +562,50 @@ class Controller:
         self,
         policy: PoolPolicy,
         decision: Decision,
-        states: dict[str, NodeState],
+        observation: Observation,
         now: datetime,
         tick_id: int,
         outcome: TickOutcome,
     ) -> None:
         store = self.adapters.store
-        if decision.launch > 0:
-            self._launch(policy, decision.launch, f"{policy.pool}-tick-{tick_id}", states, now, outcome)
+        states = observation.states
+        self._keep_warm_pool(policy, observation, now, outcome)
+        for instance_id in decision.discard:
+            state = states.pop(instance_id, None)
+            if state is not None:
+                why = next(
+                    (r.message for r in decision.reasons if r.kind == "warm" and r.name == instance_id),
+                    "beyond the warm pool's size",
+                )
+                self._terminate(policy, state.instance, now, outcome, f"warm pool: {why}")
+        fallback, kept = (
+            self._start_warm(policy, decision.start, states, now, outcome) if decision.start else (0, 0)
+        )
+        if decision.launch + fallback > 0:
+            self._launch(
+                policy, decision.launch + fallback, f"{policy.pool}-tick-{tick_id}", states, now, outcome
+            )
+        # A warm instance that failed to start is still in the pool: it needs no replacement.
+        prepare = max(0, decision.prepare - kept)
+        if prepare > 0:
+            self._launch(
+                policy,
+                prepare,
+                f"{policy.pool}-tick-{tick_id}{WARM_TOKEN_SUFFIX}",
+                states,
+                now,
+                outcome,
+                lifecycle=Lifecycle.PREPARING,
+            )
         for victim in decision.victims:
             state = states.get(victim)
             if state is None:
                 continue
-            if state.lifecycle == Lifecycle.BOOTING:
+            if state.lifecycle == Lifecycle.STARTING and self._reusable(policy, state.instance):
+                # Started from the warm pool and not serving yet: back into the pool, no drain needed.
+                self._stop_into_pool(policy, state, now, outcome, "scale-in: cancelled while starting")
+                continue
+            if state.lifecycle in (Lifecycle.BOOTING, Lifecycle.STARTING):
                 # A booting node serves nobody: cancelling it needs no drain.
                 self._terminate(policy, state.instance, now, outcome, "scale-in: cancelled while booting")
                 del states[victim]
@@ -430,14 +621,156 @@ class Controller:
             outcome.drained.append(victim)
         if self.adapters.write_targets is not None:
             try:
-                self.adapters.write_targets([s.instance for s in states.values()])
+                # Warm-pool members are not scraped: an idle preparing node would drag averages down.
+                self.adapters.write_targets(
+                    [s.instance for s in states.values() if s.lifecycle not in WARM_LIFECYCLES]
+                )
             except OSError as exc:
                 outcome.errors.append(f"could not write the Prometheus target file: {exc}")
         balancer_ok = self._apply_balancer(policy, states, now, outcome)
         if balancer_ok:
-            self._finish_drains(policy, states, now, outcome)
+            self._finish_drains(policy, decision, states, now, outcome)
         else:
             outcome.notes.append("balancer not updated: no draining node is terminated this tick")
+
+    # ------------------------------------------------------------------------------- warm pool
+    def _reusable(self, policy: PoolPolicy, instance: Instance) -> bool:
+        """True when ``instance`` may go (back) into the warm pool: there is one, and it is up to date."""
+        warm = policy.warm_pool
+        if warm is None or not warm.reuse_on_scale_in:
+            return False
+        image = policy.launch.image.id
+        return instance.model_version == policy.launch.model_version and not (
+            image and instance.image is not None and instance.image != image
+        )
+
+    def _stop_into_pool(
+        self, policy: PoolPolicy, state: NodeState, now: datetime, outcome: TickOutcome, reason: str
+    ) -> None:
+        """Record the node as warm, then stop it (unless the pool is kept running)."""
+        instance = state.instance
+        self.adapters.store.record_lifecycle(
+            policy.pool, instance.id, Lifecycle.STOPPED, now, {"reason": reason}
+        )
+        state.lifecycle, state.since, state.healthy = Lifecycle.STOPPED, now, False
+        outcome.stopped[instance.id] = reason
+        if policy.warm_pool is not None and policy.warm_pool.state == "running":
+            return
+        self._stop(policy, [instance], now, outcome)
+
+    def _stop(
+        self, policy: PoolPolicy, instances: list[Instance], now: datetime, outcome: TickOutcome
+    ) -> None:
+        """``provider.stop``; an instance already gone is recorded terminated. Failures are retried
+        next tick (the record says STOPPED while the cloud says running)."""
+        if not instances:
+            return
+        try:
+            results = self.adapters.provider.stop([i.id for i in instances])
+        except ProviderError as exc:
+            outcome.errors.append(f"stop of {', '.join(i.id for i in instances)} failed: {exc}")
+            return
+        for instance in instances:
+            if results.get(instance.id) == StopOutcome.ALREADY_GONE:
+                self.adapters.store.record_lifecycle(
+                    policy.pool,
+                    instance.id,
+                    Lifecycle.TERMINATED,
+                    now,
+                    {"reason": "gone while being stopped into the warm pool"},
+                )
+
+    def _keep_warm_pool(
+        self, policy: PoolPolicy, observation: Observation, now: datetime, outcome: TickOutcome
+    ) -> None:
+        """Stop what finished preparing; re-issue stops and starts a crash or a lost call left undone."""
+        store = self.adapters.store
+        keep_running = policy.warm_pool is not None and policy.warm_pool.state == "running"
+        for instance in observation.prepared:
+            store.record_lifecycle(
+                policy.pool,
+                instance.id,
+                Lifecycle.STOPPED,
+                now,
+                {"reason": "prepared: healthy with its model loaded"},
+            )
+            outcome.stopped[instance.id] = "prepared: healthy with its model loaded"
+        if not keep_running:
+            self._stop(policy, observation.prepared + observation.restop, now, outcome)
+        if observation.restart:
+            ids = [i.id for i in observation.restart]
+            try:
+                results = self.adapters.provider.start(ids)
+            except ProviderError as exc:
+                outcome.errors.append(f"re-issued start of {', '.join(ids)} failed: {exc}")
+                return
+            for iid, result in results.items():
+                if result == StartOutcome.ALREADY_GONE:
+                    store.record_lifecycle(
+                        policy.pool, iid, Lifecycle.TERMINATED, now, {"reason": "vanished from the warm pool"}
+                    )
+                    observation.states.pop(iid, None)
+                elif result == StartOutcome.NO_CAPACITY:
+                    store.record_lifecycle(
+                        policy.pool, iid, Lifecycle.STOPPED, now, {"reason": "re-issued start found no stock"}
+                    )
+                    observation.states.pop(iid, None)
+
+    def _start_warm(
+        self,
+        policy: PoolPolicy,
+        ids: tuple[str, ...],
+        states: dict[str, NodeState],
+        now: datetime,
+        outcome: TickOutcome,
+    ) -> tuple[int, int]:
+        """Start warm instances (recorded STARTING first). Return how many must launch cold instead,
+        and how many of those stay in the warm pool (not started, but not gone either)."""
+        store = self.adapters.store
+        for iid in ids:
+            store.record_lifecycle(
+                policy.pool, iid, Lifecycle.STARTING, now, {"reason": "scale-out: warm start"}
+            )
+        why = ""
+        results: dict[str, StartOutcome] = {}
+        try:
+            results = self.adapters.provider.start(list(ids))
+        except InsufficientCapacity as exc:
+            why = f"no stock: {exc}"
+            results = dict.fromkeys(ids, StartOutcome.NO_CAPACITY)
+        except ProviderError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        failed: list[str] = []
+        kept = 0
+        for iid in ids:
+            result = results.get(iid)
+            state = states.get(iid)
+            if result in (StartOutcome.STARTING, StartOutcome.ALREADY_RUNNING) and state is not None:
+                state.lifecycle, state.since, state.engine_lifecycle = Lifecycle.STARTING, now, None
+                outcome.started.append(iid)
+                self.telemetry.warm_start(policy.pool, "started")
+                continue
+            failed.append(iid)
+            if result == StartOutcome.ALREADY_GONE:
+                store.record_lifecycle(
+                    policy.pool, iid, Lifecycle.TERMINATED, now, {"reason": "vanished from the warm pool"}
+                )
+                states.pop(iid, None)
+                self.telemetry.warm_start(policy.pool, "gone")
+            else:
+                reason = (why or "no stock") if result == StartOutcome.NO_CAPACITY else (why or "not started")
+                store.record_lifecycle(
+                    policy.pool, iid, Lifecycle.STOPPED, now, {"reason": f"warm start failed: {reason}"}
+                )
+                self.telemetry.warm_start(policy.pool, "no-capacity" if result else "error")
+                kept += 1
+        if failed:
+            outcome.notes.append(
+                f"warm start of {', '.join(failed)} failed ({why or 'no stock / vanished'}): "
+                f"launching {len(failed)} cold instead, this tick"
+            )
+            log.warning("warm_start_fallback", pool=policy.pool, failed=failed, reason=why)
+        return len(failed), kept
 
     def _launch(
         self,
@@ -447,6 +780,7 @@ class Controller:
         states: dict[str, NodeState],
         now: datetime,
         outcome: TickOutcome,
+        lifecycle: Lifecycle = Lifecycle.LAUNCHING,
     ) -> None:
         launch = policy.launch
         spec = LaunchSpec(
@@ -458,30 +792,35 @@ class Controller:
             user_data=launch.user_data,
             tags=dict(launch.tags),
         )
+        what = "preparation launch" if lifecycle == Lifecycle.PREPARING else "launch"
         try:
             result = self.adapters.provider.launch(spec, count, token)
         except QuotaExceeded as exc:
-            outcome.errors.append(f"launch blocked by quota, no further scale-out this tick: {exc}")
+            outcome.errors.append(f"{what} blocked by quota, no further scale-out this tick: {exc}")
             return
         except ProviderError as exc:
-            outcome.errors.append(f"launch of {count} failed: {type(exc).__name__}: {exc}")
+            outcome.errors.append(f"{what} of {count} failed: {type(exc).__name__}: {exc}")
             return
+        added = outcome.prepared if lifecycle == Lifecycle.PREPARING else outcome.launched
+        before = len(added)
         for instance in result.instances:
             if instance.id in states:
                 continue
             self.adapters.store.record_lifecycle(
                 policy.pool,
                 instance.id,
-                Lifecycle.LAUNCHING,
+                lifecycle,
                 now,
                 {"token": token, "type": instance.instance_type},
             )
-            states[instance.id] = NodeState(instance, Lifecycle.BOOTING, now)
-            outcome.launched.append(instance.id)
-        self.telemetry.launched(policy.pool, len(outcome.launched))
+            states[instance.id] = NodeState(
+                instance, Lifecycle.PREPARING if lifecycle == Lifecycle.PREPARING else Lifecycle.BOOTING, now
+            )
+            added.append(instance.id)
+        self.telemetry.launched(policy.pool, len(added) - before)
         if result.shortfall:
             outcome.notes.append(
-                f"launched {len(result.instances)} of {count}: {result.shortfall} ({'; '.join(result.notes)})"
+                f"{what}: {len(result.instances)} of {count}: {result.shortfall} ({'; '.join(result.notes)})"
             )
 
     def backends_for(self, policy: PoolPolicy, states: Mapping[str, NodeState]) -> list[Backend]:
@@ -535,7 +874,12 @@ class Controller:
         return True
 
     def _finish_drains(
-        self, policy: PoolPolicy, states: dict[str, NodeState], now: datetime, outcome: TickOutcome
+        self,
+        policy: PoolPolicy,
+        decision: Decision,
+        states: dict[str, NodeState],
+        now: datetime,
+        outcome: TickOutcome,
     ) -> None:
         timeout = policy.drain.timeout
         for instance_id, state in list(states.items()):
@@ -550,6 +894,16 @@ class Controller:
                     f"{'unknown' if active is None else int(active)} streams in flight"
                 )
             else:
+                continue
+            warm_now = sum(1 for s in states.values() if s.lifecycle in WARM_LIFECYCLES)
+            if warm_now < decision.warm_target and self._reusable(policy, state.instance):
+                self._stop_into_pool(
+                    policy,
+                    state,
+                    now,
+                    outcome,
+                    f"{reason}; into the warm pool ({warm_now} of {decision.warm_target})",
+                )
                 continue
             self._terminate(policy, state.instance, now, outcome, reason)
             del states[instance_id]

@@ -48,6 +48,18 @@ class ControllerMetrics:
             ["pool"],
             registry=r,
         )
+        self.warm_starts = Counter(
+            "autoscaler_warm_starts",
+            "Warm-pool starts, by result (started; no-capacity, gone and error fall back to a cold launch).",
+            ["pool", "result"],
+            registry=r,
+        )
+        self.warm_target = Gauge(
+            "autoscaler_warm_pool_target",
+            "The warm pool's size the last decision wanted.",
+            ["pool"],
+            registry=r,
+        )
         self.balancer_errors = Counter(
             "autoscaler_balancer_errors", "Balancer changes rejected.", ["pool"], registry=r
         )
@@ -96,6 +108,10 @@ class ControllerMetrics:
         """Consecutive boot failures (launches back off while this is 2 or more)."""
         self.boot_failure_streak.labels(pool).set(count)
 
+    def warm_start(self, pool: str, result: str) -> None:
+        """One warm instance's start: ``started``, or why it fell back to a cold launch."""
+        self.warm_starts.labels(pool, result).inc()
+
     def balancer_error(self, pool: str) -> None:
         """The balancer rejected a change."""
         self.balancer_errors.labels(pool).inc()
@@ -107,7 +123,8 @@ class ControllerMetrics:
         if outcome.decision is not None:
             self.desired.labels(pool).set(outcome.decision.desired)
             self.decisions.labels(pool, outcome.decision.direction.value).inc()
-        counts = {"booting": 0, "serving": 0, "draining": 0}
+            self.warm_target.labels(pool).set(outcome.decision.warm_target)
+        counts = {"booting": 0, "serving": 0, "draining": 0, "preparing": 0, "stopped": 0, "starting": 0}
         for lifecycle in outcome.nodes.values():
             counts[lifecycle] = counts.get(lifecycle, 0) + 1
         for lifecycle, count in counts.items():

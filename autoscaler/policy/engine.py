@@ -656,7 +656,11 @@ def warm_pool(d: Draft) -> None:
     left = usable[len(starts):]
     in_service = d.target
     target = config.target(in_service)
-    reusable = [n for n in d.draining_nodes if not _outdated(n, d.policy)] if config.reuse_on_scale_in else []
+    # Nodes draining now, and this tick's victims, come back to the pool when reuse is on.
+    victims = set(d.victims)
+    leaving = d.draining_nodes + [n for n in d.serving + d.booting if n.id in victims
+                                  and n.lifecycle in (Lifecycle.SERVING, Lifecycle.STARTING)]
+    reusable = [n for n in leaving if not _outdated(n, d.policy)] if config.reuse_on_scale_in else []
     have = len(left) + len(d.preparing)
     if have > target:
         # Beyond the size (it shrank, or max_prepared squeezes it): the newest stopped ones go first.

@@ -17,6 +17,7 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("windows, cooldowns and rate limits", ("window", "cooldown", "rate")),
     ("bounds", ("schedule", "bound", "capacity")),
     ("victims", ("victim",)),
+    ("warm pool", ("warm",)),
 )
 
 
@@ -43,16 +44,25 @@ def render_reasons(decision: Decision) -> str:
     """The decision and every step of its trail as indented text, one section per kind of step.
 
     Sections: the pool's counts, each check's vote (with query and value), fallbacks, windows/
-    cooldowns/rate limits, bounds (schedules, min/max, launch caps), victims, and the final line.
+    cooldowns/rate limits, bounds (schedules, min/max, launch caps), victims, the warm pool (starts,
+    preparation, discards), and the final line.
     Empty sections are left out.
     """
     head = (
         f"pool {decision.pool} at {decision.at.isoformat()}: ready {decision.ready}, booting "
         f"{decision.booting}, draining {decision.draining} → desired {decision.desired}"
     )
+    if decision.warm or decision.warm_target:
+        head += f"; warm pool {decision.warm} of {decision.warm_target}"
     moves = []
+    if decision.start:
+        moves.append(f"start warm {', '.join(decision.start)}")
     if decision.launch:
         moves.append(f"launch {decision.launch}")
+    if decision.prepare:
+        moves.append(f"prepare {decision.prepare}")
+    if decision.discard:
+        moves.append(f"discard {', '.join(decision.discard)}")
     if decision.victims:
         moves.append(f"drain {', '.join(decision.victims)}")
     lines = [head + (f" ({'; '.join(moves)})" if moves else " (no move)")]

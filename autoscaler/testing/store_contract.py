@@ -63,6 +63,13 @@ class StoreContract:
         with pytest.raises(StoreError):
             store.update_tick(987654, outcome={})
 
+    def test_warm_pool_lifecycles_round_trip(self, store: Store) -> None:
+        """The warm pool's states (preparing, stopped, starting) are recorded and read back in order."""
+        for offset, state in enumerate((Lifecycle.PREPARING, Lifecycle.STOPPED, Lifecycle.STARTING,
+                                        Lifecycle.SERVING, Lifecycle.STOPPED)):
+            store.record_lifecycle("w", "i-warm", state, T0 + timedelta(seconds=offset), {"step": offset})
+        assert store.lifecycles("w")["i-warm"] == (Lifecycle.STOPPED, T0 + timedelta(seconds=4))
+
     def test_lifecycle_latest_wins_and_repeats_collapse(self, store: Store) -> None:
         """lifecycles() gives each instance's latest state and when it was entered; repeats are not new."""
         store.record_lifecycle("p", "i-1", Lifecycle.LAUNCHING, T0)
