@@ -24,6 +24,14 @@ The model, in the order a tick applies it (tick ``k`` at ``t = k × tick_s`` sec
 Per-second ready capacity is rebuilt afterwards from the nodes' intervals (boots end between ticks),
 so violations and unmet stream-seconds are exact to the second: capacity(s) = C × serving(s) +
 streams still finishing on draining nodes.
+
+**Warm pool** (``policy.warm_pool``): the window opens with the pool's warm instances prepared and
+stopped. ``decision.start`` starts them: each serves ``warm_start_s`` later, except that a share
+``start_failure_rate`` of starts fails (no stock after an economical-mode stop) and is replaced by a
+cold launch in the same tick. ``decision.prepare`` launches instances that boot cold (billed as
+running) and are then stopped (billed ``stopped_price_per_hour``); ``decision.discard`` terminates
+warm ones. A scale-in victim is returned to the pool when its drain ends, if the policy reuses
+nodes and the pool was below ``decision.warm_target`` when it was chosen.
 """
 
 from __future__ import annotations
@@ -45,6 +53,10 @@ from autoscaler.simulate.workload import ServiceLaw
 
 #: The boot delay when neither the scenario nor the policy says (an AMI with the model baked in).
 DEFAULT_BOOT_S = 180
+#: A stopped instance's start to serving when the scenario does not say (model on its own disk).
+DEFAULT_WARM_START_S = 30
+#: What a stopped instance bills per hour when the scenario does not say: ~200 GB of block storage.
+DEFAULT_STOPPED_PRICE = 0.02
 #: Signals the simulator can compute.
 SIMULATED_SIGNALS = frozenset(
     {"streams_per_node", "active_streams", "gpu_memory_utilization", "p95_latency_seconds", "queued_streams"}
@@ -65,6 +77,9 @@ class FleetModel:
     gpu_memory_mib: int
     model_memory_mib: int
     stream_memory_mib: int
+    warm_start_s: int = DEFAULT_WARM_START_S
+    stopped_price_per_hour: float = DEFAULT_STOPPED_PRICE
+    start_failure_rate: float = 0.0
 
 
 def resolve_fleet(scenario: Scenario) -> FleetModel:
@@ -86,7 +101,28 @@ def resolve_fleet(scenario: Scenario) -> FleetModel:
         gpu_memory_mib=fleet.gpu_memory_mib or local.gpu_memory_mib,
         model_memory_mib=fleet.model_memory_mib or local.model_memory_mib,
         stream_memory_mib=fleet.stream_memory_mib or local.stream_memory_mib,
+        warm_start_s=round(fleet.warm_start_seconds)
+        if fleet.warm_start_seconds is not None
+        else DEFAULT_WARM_START_S,
+        stopped_price_per_hour=fleet.stopped_price_per_hour
+        if fleet.stopped_price_per_hour is not None
+        else DEFAULT_STOPPED_PRICE,
+        start_failure_rate=fleet.start_failure_rate,
     )
+
+
+def with_warm_pool(policy: PoolPolicy, size: int | None) -> PoolPolicy:
+    """``policy`` with a warm pool of ``size`` (its own settings kept), or none when ``size`` is None."""
+    data = policy.model_dump()
+    if size is None:
+        data["warm_pool"] = None
+    else:
+        warm = dict(data.get("warm_pool") or {})
+        warm["size"] = size
+        if warm.get("max_prepared") is not None and warm["max_prepared"] < size:
+            warm["max_prepared"] = None
+        data["warm_pool"] = warm
+    return PoolPolicy.model_validate(data)
 
 
 def fit_policy(
@@ -130,6 +166,20 @@ class _SimNode:
     left: int | None = None
     stream_ends: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     view: Node | None = None
+    #: Started from the warm pool (seen as STARTING while it boots).
+    warm_start: bool = False
+    #: Goes back into the warm pool (stopped) when its drain ends, instead of terminating.
+    reuse: bool = False
+
+
+@dataclass
+class _Warm:
+    """A warm-pool instance: preparing (running) until ``ready_at``, then stopped."""
+
+    id: str
+    ready_at: int
+    launched_at: datetime
+    prep_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +204,11 @@ class Replay:
     terminations: int
     cut_streams: int
     notes: tuple[str, ...]
+    #: Billed stopped (warm-pool disk only) and warm-pool figures.
+    stopped_seconds: int = 0
+    warm_starts: int = 0
+    failed_starts: int = 0
+    prepared: int = 0
 
     @property
     def violation_seconds(self) -> int:
@@ -259,6 +314,35 @@ def replay(
     for _ in range(initial):
         nodes.append(new_node(0, warm=True))
 
+    warm_cfg = policy.warm_pool
+    warm_s = fleet.warm_start_s
+    pool: list[_Warm] = []
+    # Preparation is billed as running; stopped spells at the stopped price.
+    prep_from: list[int] = []
+    prep_to: list[int] = []
+    stopped_seconds = 0
+    warm_starts = failed_starts = prepared = 0
+    start_rng = np.random.default_rng([seed, 3])
+    if warm_cfg is not None:
+        for _ in range(warm_cfg.target(initial)):
+            counter += 1
+            pool.append(
+                _Warm(id=f"sim-{counter:05d}", ready_at=0, launched_at=start - timedelta(seconds=boot))
+            )
+
+    def leave_pool(w: _Warm, t: int) -> None:
+        nonlocal stopped_seconds
+        if w.prep_from is not None:
+            prep_from.append(w.prep_from)
+            prep_to.append(min(t, w.ready_at))
+        if t > w.ready_at:
+            stopped_seconds += t - max(w.ready_at, 0)
+
+    def retire(node: _SimNode, at: int) -> None:
+        finished.append(node)
+        if node.reuse:
+            pool.append(_Warm(id=node.id, ready_at=at, launched_at=node.launched_at))
+
     ready_col = np.zeros(ticks, dtype=np.int64)
     booting_col = np.zeros(ticks, dtype=np.int64)
     draining_col = np.zeros(ticks, dtype=np.int64)
@@ -289,7 +373,7 @@ def replay(
             else:
                 assert node.left is not None
                 if node.left <= t:
-                    finished.append(node)
+                    retire(node, node.left)
                     continue
                 draining.append(node)
                 drain_streams += int(np.count_nonzero(node.stream_ends > t))
@@ -339,10 +423,13 @@ def replay(
                     )
                 )
             else:
-                if node.view is None or node.view.lifecycle is not node.state:
+                seen = (
+                    Lifecycle.STARTING if node.warm_start and node.state is Lifecycle.BOOTING else node.state
+                )
+                if node.view is None or node.view.lifecycle is not seen:
                     node.view = Node(
                         id=node.id,
-                        lifecycle=node.state,
+                        lifecycle=seen,
                         instance_type=itype,
                         capacity_streams=cap_per_node,
                         model_version=version,
@@ -351,24 +438,70 @@ def replay(
                         image=image,
                     )
                 views.append(node.view)
+        for w in pool:
+            views.append(
+                Node(
+                    id=w.id,
+                    lifecycle=Lifecycle.STOPPED if w.ready_at <= t else Lifecycle.PREPARING,
+                    instance_type=itype,
+                    capacity_streams=cap_per_node,
+                    model_version=version,
+                    launched_at=w.launched_at,
+                    image=image,
+                )
+            )
         evaluation = decide(policy, samples, views, memory, now)
         memory = evaluation.memory
         decision = evaluation.decision
 
-        # 4. Act on the moves.
-        for _ in range(decision.launch):
+        # 4. Act on the moves: warm starts first, cold launches for the rest (and failed starts).
+        cold = decision.launch
+        if decision.discard:
+            gone = set(decision.discard)
+            for w in pool:
+                if w.id in gone:
+                    leave_pool(w, t)
+            pool = [w for w in pool if w.id not in gone]
+        if decision.start:
+            wanted = set(decision.start)
+            for w in [w for w in pool if w.id in wanted]:
+                if fleet.start_failure_rate and start_rng.random() < fleet.start_failure_rate:
+                    failed_starts += 1
+                    cold += 1
+                    continue
+                pool.remove(w)
+                leave_pool(w, t)
+                nodes.append(
+                    _SimNode(
+                        id=w.id,
+                        launched=t,
+                        ready_at=t + warm_s,
+                        state=Lifecycle.SERVING if warm_s == 0 else Lifecycle.BOOTING,
+                        launched_at=start + timedelta(seconds=t),
+                        warm_start=True,
+                    )
+                )
+                warm_starts += 1
+        for _ in range(cold):
             nodes.append(new_node(t, warm=False))
             launches += 1
         if decision.victims:
             victims = set(decision.victims)
+            reusing = warm_cfg is not None and warm_cfg.reuse_on_scale_in
+            pending = sum(1 for n in nodes if n.reuse and n.state is Lifecycle.DRAINING)
+            slots = max(0, decision.warm_target - len(pool) - pending) if reusing else 0
             for node in nodes:
                 if node.id not in victims:
                     continue
                 terminations += 1
+                if slots and (node.state is Lifecycle.SERVING or node.warm_start):
+                    node.reuse = True
+                    slots -= 1
+                    terminations -= 1  # stopped into the pool, not terminated
                 if node.state is Lifecycle.BOOTING:
                     node.left = t
                     node.state = Lifecycle.TERMINATED
-                    finished.append(node)
+                    retire(node, t)
                     continue
                 held = math.floor(share + 1e-9)
                 left = residuals.draw(held)
@@ -382,8 +515,19 @@ def replay(
             for node in nodes:
                 if node.state is Lifecycle.DRAINING and node.left is not None and node.left <= t:
                     node.state = Lifecycle.TERMINATED
-                    finished.append(node)
+                    retire(node, node.left)
             nodes = [n for n in nodes if n.state is not Lifecycle.TERMINATED]
+        for _ in range(decision.prepare):
+            counter += 1
+            pool.append(
+                _Warm(
+                    id=f"sim-{counter:05d}",
+                    ready_at=t + boot,
+                    launched_at=start + timedelta(seconds=t),
+                    prep_from=t,
+                )
+            )
+            prepared += 1
 
         n_ready = n_boot = n_drain = 0
         drain_now = 0
@@ -406,9 +550,11 @@ def replay(
     if progress is not None:
         progress(ticks, ticks)
 
+    for w in pool:
+        leave_pool(w, length)
     everyone = finished + nodes
-    alive_from = [max(n.launched, 0) for n in everyone]
-    alive_to = [n.left if n.left is not None else length for n in everyone]
+    alive_from = [max(n.launched, 0) for n in everyone] + prep_from
+    alive_to = [n.left if n.left is not None else length for n in everyone] + prep_to
     ready_from = [max(n.ready_at, 0) for n in everyone]
     ready_to = [
         n.drained if n.drained is not None else (n.left if n.left is not None else length) for n in everyone
@@ -445,4 +591,8 @@ def replay(
         terminations=terminations,
         cut_streams=cut,
         notes=tuple(notes),
+        stopped_seconds=stopped_seconds,
+        warm_starts=warm_starts,
+        failed_starts=failed_starts,
+        prepared=prepared,
     )

@@ -221,6 +221,19 @@ class FleetOverrides(StrictModel):
     gpu_memory_mib: int | None = Field(default=None, gt=0)
     model_memory_mib: int | None = Field(default=None, gt=0)
     stream_memory_mib: int | None = Field(default=None, gt=0)
+    warm_start_seconds: float | None = Field(
+        default=None, ge=0,
+        description="Start of a stopped warm-pool instance to serving (model on its disk). Default 30.",
+    )
+    stopped_price_per_hour: float | None = Field(
+        default=None, ge=0,
+        description="What a stopped warm instance bills per hour (its disk only). Default 0.02.",
+    )
+    start_failure_rate: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Share of warm starts that fail (no stock after an economical-mode stop); each falls "
+        "back to a cold launch in the same tick.",
+    )
 
 
 class PoolOverrides(StrictModel):
