@@ -1,4 +1,4 @@
-"""Stream-aware sizing: Erlang C arithmetic, the queueing check, and the promised level on simulated arrivals."""
+"""Stream-aware sizing: Erlang C, the queueing check, and the promised level on simulated arrivals."""
 
 from __future__ import annotations
 
@@ -60,7 +60,9 @@ def test_wait_probability_level_is_met_on_simulated_arrivals(load: float, probab
 
 
 @pytest.mark.parametrize(("load", "wait_s", "quantile"), [(20.0, 0.1, 0.95), (120.0, 0.05, 0.95)])
-def test_wait_quantile_level_is_met_on_simulated_arrivals(load: float, wait_s: float, quantile: float) -> None:
+def test_wait_quantile_level_is_met_on_simulated_arrivals(
+    load: float, wait_s: float, quantile: float
+) -> None:
     """The sized pool keeps the stated quantile of waiting under the bound (mean service 1 s)."""
     servers = servers_for_wait_quantile(load, quantile, wait_s, 1.0)
     assert wait_tail(servers, load, wait_s, 1.0) <= 1 - quantile
