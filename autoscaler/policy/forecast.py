@@ -20,9 +20,11 @@ and the dry-run (history from the replayed past only).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 _DAY_S = 86400
 _WEEK_S = 7 * _DAY_S
@@ -56,8 +58,8 @@ class Forecast:
 
 
 def seasonal_forecast(
-    times: Sequence[float],
-    values: Sequence[float],
+    times: ArrayLike,
+    values: ArrayLike,
     *,
     now: datetime,
     step: timedelta,
@@ -73,20 +75,24 @@ def seasonal_forecast(
     step_s = int(step.total_seconds())
     now_s = now.timestamp()
     oldest = now_s - history.total_seconds()
+    t = np.asarray(times, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if t.shape != v.shape:
+        raise ValueError("times and values differ in length")
+    window = (t >= oldest) & (t < now_s)
+    t, v = t[window], v[window]
+    usable = np.isfinite(v) & (v >= 0)
+    dropped = int(np.count_nonzero(~usable))
+    t, v = t[usable], v[usable]
     buckets: dict[int, float] = {}
-    dropped = 0
     first_seen: float | None = None
-    for t, v in zip(times, values, strict=True):
-        if not (oldest <= t < now_s):
-            continue
-        if v is None or not math.isfinite(v) or v < 0:
-            dropped += 1
-            continue
-        key = int(t // step_s)
-        if key not in buckets or v > buckets[key]:
-            buckets[key] = v
-        if first_seen is None or t < first_seen:
-            first_seen = t
+    if t.size:
+        order = np.argsort(t, kind="stable")
+        t, v = t[order], v[order]
+        keys = (t // step_s).astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        buckets = dict(zip(keys[starts].tolist(), np.maximum.reduceat(v, starts).tolist(), strict=True))
+        first_seen = float(t[0])
     start_key = int(now_s // step_s)
     start = datetime.fromtimestamp(start_key * step_s, tz=UTC)
     notes = (f"{dropped} samples dropped (NaN, infinite or negative)",) if dropped else ()
