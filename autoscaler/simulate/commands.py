@@ -58,6 +58,15 @@ def register(app: typer.Typer) -> None:
         policies: Annotated[
             list[Path] | None, typer.Argument(help="Policy files for --compare.", show_default=False)
         ] = None,
+        warm_sizes: Annotated[
+            str | None,
+            typer.Option(
+                "--warm-sizes",
+                help="Comma-separated warm pool sizes to replay the scenario's policy with (the "
+                "cost/waiting frontier and the recommended size), e.g. 0,1,2,4. Default: 0,1,2,4 "
+                "when the policy says warm_pool.size: auto, else none.",
+            ),
+        ] = None,
     ) -> None:
         """Replay a scenario's demand through the policy's decision engine against a simulated fleet.
 
@@ -69,6 +78,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=2)
         if compare and not policies:
             typer.echo("error: --compare needs one or more policy files", err=True)
+            raise typer.Exit(code=2)
+        try:
+            sizes = [int(v) for v in warm_sizes.split(",") if v.strip()] if warm_sizes else []
+        except ValueError:
+            typer.echo(f"error: --warm-sizes takes whole numbers (0,1,2), not {warm_sizes!r}", err=True)
+            raise typer.Exit(code=2) from None
+        if any(size < 0 for size in sizes):
+            typer.echo("error: --warm-sizes cannot be negative", err=True)
             raise typer.Exit(code=2)
         console = Console(stderr=True)
         show = sys.stderr.isatty()
@@ -96,7 +113,7 @@ def register(app: typer.Typer) -> None:
                         tasks[label] = bar.add_task(f"replaying {label}", total=total)
                     bar.update(tasks[label], completed=done)
 
-                result = dry_run(loaded, compare=policies or (), progress=progress)
+                result = dry_run(loaded, compare=policies or (), progress=progress, warm_sizes=sizes)
             written = write_outputs(result, out)
         except AutoscalerError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -106,6 +123,21 @@ def register(app: typer.Typer) -> None:
             typer.echo(
                 f"{run.label}: {s['node_hours']:,.1f} node-hours, cost {s['cost']:,.2f}, "
                 f"{s['cost_ratio']:.3f}x oracle, {s['violation_seconds']} s with demand above capacity"
+            )
+        for run in result.warm_frontier:
+            s = run.summary
+            typer.echo(
+                f"warm pool {s['warm_pool_size']}: cost {s['cost']:,.2f} (running {s['running_cost']:,.2f} + "
+                f"stopped {s['stopped_cost']:,.2f}), {s['node_hours']:,.1f} node-hours, "
+                f"{s['violation_seconds']} s above capacity, {s['unmet_stream_seconds']} unmet stream-s, "
+                f"{s['launches']} launches, {s['warm_starts']} warm starts"
+            )
+        if result.recommended_warm_size is not None:
+            typer.echo(f"recommended warm pool size: {result.recommended_warm_size}")
+        if result.oracle_warm is not None:
+            typer.echo(
+                f"oracle: cost {result.oracle['cost']:,.2f} cold, "
+                f"{result.oracle_warm['cost']:,.2f} with warm starts"
             )
         hpa = result.hpa_like.summary
         typer.echo(

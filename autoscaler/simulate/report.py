@@ -162,6 +162,11 @@ def _summary_table(result: DryRun) -> str:
         ("static peak", result.static_peak, "baseline"),
         ("oracle (knows the future)", result.oracle, "baseline"),
     ]
+    if result.oracle_warm is not None:
+        rows.append(("oracle with warm starts", result.oracle_warm, "baseline"))
+    rows += [(f"warm pool {run.summary['warm_pool_size']}"
+              + (" (recommended)" if run.summary["warm_pool_size"] == result.recommended_warm_size else ""),
+              run.summary, "policy") for run in result.warm_frontier]
     head = (
         "<tr><th>schedule</th><th>node-hours</th><th>cost</th><th>cost ÷ oracle</th><th>violation s</th>"
         "<th>unmet stream-s</th><th>peak nodes</th><th>launches</th><th>terminations</th></tr>"

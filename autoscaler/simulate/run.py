@@ -4,6 +4,12 @@
 through the decision engine, replays the HPA-like baseline the same way (tracking the scenario
 policy's own target, see ``hpa_like_baseline``), and computes the static peak and the oracle.
 ``summarize`` turns a replay into the figures of ``summary.json``.
+
+With ``warm_sizes`` (or a policy whose ``warm_pool.size`` is ``auto``) the scenario's policy is also
+replayed with a warm pool of each size on the same demand: the frontier of cost (running plus
+stopped) against waiting, and the recommended size (``recommend_warm_size``). The cold oracle stays
+the reference figure; the warm oracle (stopped instances may be started in ``warm_start_s``) is
+reported beside it as the lower bound for warm-pool fleets.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from numpy.typing import NDArray
 from autoscaler.errors import ScenarioError
 from autoscaler.policy.model import PoolPolicy, TargetTrackingCheck
 from autoscaler.simulate.demand import Demand, build_demand
-from autoscaler.simulate.fleet import FleetModel, Replay, fit_policy, replay, resolve_fleet
+from autoscaler.simulate.fleet import FleetModel, Replay, fit_policy, replay, resolve_fleet, with_warm_pool
 from autoscaler.simulate.oracle import Oracle, oracle
 from autoscaler.simulate.scenario import Scenario, load_policy_for_scenario
 from autoscaler.simulate.workload import ServiceLaw
@@ -52,6 +58,9 @@ class DryRun:
     required: NDArray[np.int64]
     min_nodes: int
     max_nodes: int
+    oracle_warm: dict[str, Any] | None = None
+    warm_frontier: tuple[Run, ...] = ()
+    recommended_warm_size: int | None = None
 
     def summary(self, run: Run) -> dict[str, Any]:
         """``summary.json`` for ``run``: its figures, the baselines, the demand and the notes."""
@@ -62,6 +71,13 @@ class DryRun:
             "hpa_like": self.hpa_like.summary,
             "oracle": self.oracle,
         }
+        if self.oracle_warm is not None:
+            out["baselines"]["oracle_warm"] = self.oracle_warm
+        if self.warm_frontier:
+            out["warm_pool_frontier"] = [
+                {"size": size_of(r), **{k: r.summary[k] for k in FRONTIER_FIELDS}} for r in self.warm_frontier
+            ]
+            out["recommended_warm_pool_size"] = self.recommended_warm_size
         out["demand"] = demand_summary(self.demand, self.fleet.streams_per_node)
         out["scenario"] = {
             "name": self.scenario.name,
@@ -70,6 +86,31 @@ class DryRun:
         }
         out["notes"] = list(self.demand.notes) + list(run.replay.notes)
         return out
+
+
+#: The figures of each warm pool size the frontier shows.
+FRONTIER_FIELDS = ("cost", "running_cost", "stopped_cost", "node_hours", "stopped_hours", "violation_seconds",
+                   "unmet_stream_seconds", "launches", "warm_starts", "failed_starts", "prepared")
+#: A warm pool size is recommended when its violation seconds are within this share of the best size's.
+RECOMMEND_TOLERANCE = 0.10
+
+
+def size_of(run: Run) -> int:
+    """The warm pool size a frontier run was replayed with."""
+    warm = run.replay.policy.warm_pool
+    return warm.size if warm is not None and isinstance(warm.size, int) else 0
+
+
+def recommend_warm_size(frontier: Sequence[Run]) -> int | None:
+    """The cheapest size whose violation seconds are within ``RECOMMEND_TOLERANCE`` of the fewest
+    (at least one second of slack), the smaller size on a tie: past it, more warm instances buy
+    almost no waiting and cost disk (and preparation) for nothing."""
+    if not frontier:
+        return None
+    best = min(r.summary["violation_seconds"] for r in frontier)
+    allowed = best * (1 + RECOMMEND_TOLERANCE) + 1
+    good = [r for r in frontier if r.summary["violation_seconds"] <= allowed]
+    return size_of(min(good, key=lambda r: (r.summary["cost"], size_of(r))))
 
 
 def demand_summary(demand: Demand, streams_per_node: int) -> dict[str, Any]:
@@ -100,8 +141,11 @@ def _figures(
     launches: int,
     terminations: int,
     oracle_seconds: int,
+    stopped_seconds: int = 0,
 ) -> dict[str, Any]:
-    cost = node_seconds / 3600.0 * fleet.price_per_hour
+    running_cost = node_seconds / 3600.0 * fleet.price_per_hour
+    stopped_cost = stopped_seconds / 3600.0 * fleet.stopped_price_per_hour
+    cost = running_cost + stopped_cost
     return {
         "duration_s": duration,
         "tick_s": tick_s,
@@ -113,6 +157,11 @@ def _figures(
         "node_seconds": node_seconds,
         "node_hours": round(node_seconds / 3600.0, 3),
         "cost": round(cost, 2),
+        "running_cost": round(running_cost, 2),
+        "stopped_cost": round(stopped_cost, 2),
+        "stopped_seconds": stopped_seconds,
+        "stopped_hours": round(stopped_seconds / 3600.0, 3),
+        "stopped_price_per_hour": fleet.stopped_price_per_hour,
         "violation_seconds": violation,
         "unmet_stream_seconds": unmet,
         "peak_nodes": peak,
@@ -139,7 +188,14 @@ def summarize(result: Replay, demand: Demand, oracle_seconds: int) -> dict[str, 
         launches=result.launches,
         terminations=result.terminations,
         oracle_seconds=oracle_seconds,
+        stopped_seconds=result.stopped_seconds,
     )
+    figures["warm_starts"] = result.warm_starts
+    figures["failed_starts"] = result.failed_starts
+    figures["prepared"] = result.prepared
+    warm = result.policy.warm_pool
+    figures["warm_pool_size"] = warm.size if warm is not None else None
+    figures["warm_start_s"] = result.fleet.warm_start_s
     figures["max_unmet_streams"] = int(result.unmet.max()) if len(result.unmet) else 0
     figures["drain_cut_streams"] = result.cut_streams
     return figures
@@ -150,10 +206,17 @@ def _tick_of(scenario: Scenario, policy: PoolPolicy) -> int:
     return max(1, round(tick.total_seconds()))
 
 
-def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress | None = None) -> DryRun:
+def dry_run(
+    scenario: Scenario,
+    compare: Sequence[Path] = (),
+    progress: Progress | None = None,
+    warm_sizes: Sequence[int] = (),
+) -> DryRun:
     """Replay the scenario's policy (or each policy of ``compare``) and the baselines on one demand.
 
-    Raises ``ScenarioError`` for an unusable scenario, trace, window or policy.
+    ``warm_sizes`` replays the scenario's policy with each warm pool size too (the frontier); a
+    policy with ``warm_pool.size: auto`` gets sizes 0, 1, 2, 4 unless given, and its own run uses
+    the recommended size. Raises ``ScenarioError`` for an unusable scenario, trace, window or policy.
     """
     fleet = resolve_fleet(scenario)
     pool = scenario.spec.pool
@@ -181,6 +244,11 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
         figures = summarize(result, demand, oracle_for(policy.scaling.min_nodes).node_seconds)
         return Run(label=label, source=source, replay=result, summary=figures)
 
+    auto = scenario.policy.warm_pool is not None and scenario.policy.warm_pool.size == "auto"
+    sizes = sorted(set(warm_sizes)) or ([0, 1, 2, 4] if auto else [])
+    frontier = tuple(run(f"warm-{size}", scenario.policy_path, with_warm_pool(base, size)) for size in sizes)
+    recommended = recommend_warm_size(frontier)
+
     if compare:
         policies = [(path, load_policy_for_scenario(path, f"--compare {path}")) for path in compare]
     else:
@@ -189,6 +257,8 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
     runs = []
     for (path, policy), label in zip(policies, labels, strict=True):
         fitted = fit_policy(policy, fleet, min_nodes=pool.min_nodes, max_nodes=pool.max_nodes)
+        if fitted.warm_pool is not None and fitted.warm_pool.size == "auto":
+            fitted = with_warm_pool(fitted, recommended or 0)
         runs.append(run(label, path, fitted))
 
     hpa_path = scenario.hpa_policy_path()
@@ -242,6 +312,26 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
         oracle_seconds=base_oracle.node_seconds,
     )
     oracle_figures["terminations"] = None  # the oracle's bill does not depend on them; not counted
+    warm_oracle = oracle(required, fleet.boot_s, warm_start_s=fleet.warm_start_s,
+                         stopped_ratio=fleet.stopped_price_per_hour / fleet.price_per_hour
+                         if fleet.price_per_hour else 0.0)
+    oracle_warm = _figures(
+        duration=demand.duration_s,
+        tick_s=1,
+        fleet=fleet,
+        min_nodes=min_nodes,
+        max_nodes=warm_oracle.peak_nodes,
+        node_seconds=warm_oracle.node_seconds,
+        violation=0,
+        unmet=0,
+        peak=warm_oracle.peak_nodes,
+        launches=warm_oracle.launches,
+        terminations=0,
+        oracle_seconds=base_oracle.node_seconds,
+        stopped_seconds=warm_oracle.stopped_seconds,
+    )
+    oracle_warm["terminations"] = None
+    oracle_warm["warm_starts"] = warm_oracle.warm_starts
     return DryRun(
         scenario=scenario,
         demand=demand,
@@ -253,6 +343,9 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
         required=required,
         min_nodes=min_nodes,
         max_nodes=max_nodes,
+        oracle_warm=oracle_warm,
+        warm_frontier=frontier,
+        recommended_warm_size=recommended,
     )
 
 

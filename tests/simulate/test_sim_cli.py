@@ -225,3 +225,37 @@ def test_invalid_policy_named_by_a_scenario_quotes_its_problems(tmp_path: Path) 
     with pytest.raises(ScenarioError, match="is not a valid policy") as caught:
         load_scenario(scenario)
     assert "min_nodes (5) is greater than max_nodes (2)" in str(caught.value)
+
+
+def test_warm_sizes_give_the_frontier_a_recommendation_and_the_warm_oracle(
+    cli_app: typer.Typer, write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--warm-sizes replays the policy with each warm pool size: summary.json holds the frontier (cost
+    running + stopped), the recommended size, and the warm oracle, a bound no dearer than the cold one."""
+    out = tmp_path / "out"
+    code, stdout, stderr = _invoke(cli_app, "dry-run", "--scenario", str(write_scenario()), "--out", str(out),
+                                   "--warm-sizes", "0,2")
+    assert code == 0, stderr
+    assert "warm pool 0:" in stdout and "warm pool 2:" in stdout and "recommended warm pool size:" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    frontier = {row["size"]: row for row in summary["warm_pool_frontier"]}
+    assert set(frontier) == {0, 2}
+    assert frontier[0]["stopped_cost"] == 0 and frontier[0]["warm_starts"] == 0
+    assert frontier[2]["cost"] == pytest.approx(frontier[2]["running_cost"] + frontier[2]["stopped_cost"], abs=0.02)
+    assert frontier[2]["violation_seconds"] <= frontier[0]["violation_seconds"]
+    assert summary["recommended_warm_pool_size"] in (0, 2)
+    baselines = summary["baselines"]
+    assert baselines["oracle_warm"]["cost"] <= baselines["oracle"]["cost"]
+    for row in frontier.values():
+        assert row["cost"] >= baselines["oracle_warm"]["cost"]
+    assert "warm pool 2" in (out / "report.html").read_text()
+
+
+def test_bad_warm_sizes_are_a_clear_error(
+    cli_app: typer.Typer, write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--warm-sizes with a word or a negative number exits 2 with a message, no traceback."""
+    for bad in ("two", "-1"):
+        code, _, stderr = _invoke(cli_app, "dry-run", "--scenario", str(write_scenario()), "--out",
+                                  str(tmp_path / "o"), "--warm-sizes", bad)
+        assert code == 2 and "--warm-sizes" in stderr and "Traceback" not in stderr

@@ -15,7 +15,7 @@ from autoscaler.policy.engine import decide
 from autoscaler.policy.load import load_policy
 from autoscaler.policy.model import PoolPolicy
 from autoscaler.simulate.demand import Demand
-from autoscaler.simulate.fleet import FleetModel, Replay, fit_policy, replay
+from autoscaler.simulate.fleet import FleetModel, Replay, fit_policy, replay, with_warm_pool
 from autoscaler.simulate.scenario import Workload
 from autoscaler.simulate.workload import ServiceLaw
 
@@ -170,3 +170,45 @@ def test_fit_policy_overrides_the_node_and_bounds(tmp_path: Path) -> None:
     assert [(t.name, t.streams, t.price_per_hour) for t in fitted.launch.instance_types] == [("sim", 10, 1.0)]
     assert (fitted.scaling.min_nodes, fitted.scaling.max_nodes) == (2, 9)
     assert max(s.min_nodes or 0 for s in fitted.scaling.schedules) <= 9
+
+
+# ------------------------------------------------------------------------------------------- warm pool
+WARM_FLEET = FleetModel(
+    instance_type="sim", streams_per_node=10, boot_s=180, price_per_hour=1.0, drain_timeout_s=None,
+    gpu_memory_mib=24576, model_memory_mib=3400, stream_memory_mib=1900,
+    warm_start_s=20, stopped_price_per_hour=0.02,
+)
+
+
+def _warm(size: int) -> PoolPolicy:
+    return with_warm_pool(_policy(), size)
+
+
+def test_a_step_up_served_by_warm_starts_waits_only_the_warm_start() -> None:
+    """With two warm instances, a jump needing two more nodes waits ~20 s (warm start), not 180 s."""
+    streams = [10] * 1200 + [30] * 1800
+    cold = _run(_policy(), streams, WARM_FLEET)
+    warm = _run(_warm(2), streams, WARM_FLEET)
+    assert 180 <= cold.violation_seconds <= 180 + 15
+    assert 20 <= warm.violation_seconds <= 20 + 15
+    assert warm.warm_starts >= 2 and warm.failed_starts == 0
+    assert warm.stopped_seconds > 0
+
+
+def test_failed_warm_starts_fall_back_to_cold_launches() -> None:
+    """With every start failing, each becomes a cold launch in the same tick: the wait is the cold boot."""
+    streams = [10] * 1200 + [30] * 1800
+    failing = FleetModel(**{**WARM_FLEET.__dict__, "start_failure_rate": 1.0})
+    result = _run(_warm(2), streams, failing)
+    assert result.warm_starts == 0 and result.failed_starts >= 2
+    assert result.launches >= 2
+    assert 180 <= result.violation_seconds <= 180 + 15
+
+
+def test_warm_pool_is_prepared_and_billed_stopped() -> None:
+    """The pool opens full (prepared before the window): flat demand bills the serving nodes plus the
+    warm pool's stopped hours, and nothing is prepared during the window."""
+    result = _run(_warm(3), [12] * 3600, WARM_FLEET)  # 2 nodes at the target of 6: no move
+    assert result.prepared == 0
+    assert result.stopped_seconds == 3 * 3600
+    assert result.node_seconds == int(result.alive.sum())

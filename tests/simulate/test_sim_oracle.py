@@ -88,3 +88,21 @@ def test_constant_floor_costs_exactly_its_node_seconds() -> None:
 def test_oracle_matches_exhaustive_search(required: list[int], boot: int) -> None:
     """On small inputs, the level decomposition equals the cheapest schedule found by exhaustive search."""
     assert oracle(np.array(required, dtype=np.int64), boot).node_seconds == brute_force(required, boot)
+
+
+def test_warm_oracle_stops_through_long_gaps_and_stays_below_the_cold_one() -> None:
+    """One node needed, then a 1000 s gap, then needed again: cold pays min(gap, boot) = 180 s of
+    running, warm pays 30 s of start plus 970 s stopped; the warm bill is never above the cold one."""
+    required = np.array([1] * 100 + [0] * 1000 + [1] * 100, dtype=np.int64)
+    cold = oracle(required, 180)
+    warm = oracle(required, 180, warm_start_s=30, stopped_ratio=0.02)
+    assert cold.node_seconds == 200 + 180 and cold.launches == 1
+    assert warm.node_seconds == 200 + 30 and warm.stopped_seconds == 970 and warm.warm_starts == 1
+    assert warm.launches == 0
+    assert warm.cost(1.0, 0.02) < cold.cost(1.0, 0.02)
+
+
+def test_warm_oracle_keeps_a_node_running_through_a_short_gap() -> None:
+    """A gap shorter than the warm start is cheapest run through, exactly as without a warm pool."""
+    required = np.array([1] * 50 + [0] * 20 + [1] * 50, dtype=np.int64)
+    assert oracle(required, 180, warm_start_s=30, stopped_ratio=0.02) == oracle(required, 180)
