@@ -174,14 +174,28 @@ class _Printer:
         self.ticks = 0
         self.tick_errors: list[str] = []
         self.nodes_over_time: list[tuple[float, int, int, int]] = []
+        # When each node was launched cold or started warm, and how long it took to join nginx.
+        self._asked: dict[str, tuple[str, float]] = {}
+        self.to_serving: dict[str, list[float]] = {"cold": [], "warm": []}
+        self.warm_starts = 0
+        self.stopped_into_pool = 0
 
     def __call__(self, outcome: TickOutcome) -> None:
         self.ticks += 1
         states = list(outcome.nodes.values())
         serving, booting, draining = (states.count(s) for s in ("serving", "booting", "draining"))
+        starting, stopped, preparing = (states.count(s) for s in ("starting", "stopped", "preparing"))
+        booting += starting
         self.peak_nodes = max(self.peak_nodes, serving + booting)
+        now = time.monotonic()  # not self.started(): the demo's clock restarts when the load starts
+        for instance_id in outcome.launched:
+            self._asked[instance_id] = ("cold", now)
+        for instance_id in outcome.started:
+            self._asked[instance_id] = ("warm", now)
+        self.warm_starts += len(outcome.started)
+        self.stopped_into_pool += sum(1 for why in outcome.stopped.values() if not why.startswith("prepared"))
         self.nodes_over_time.append((round(self.started(), 1), serving, booting, draining))
-        if outcome.launched:
+        if outcome.launched or outcome.started:
             self.scale_out_events += 1
         if outcome.drained:
             self.scale_in_events += 1
@@ -190,14 +204,29 @@ class _Printer:
         decision = outcome.decision
         line = (
             f"[{self.started():6.1f}s] streams in flight {self.stats.in_flight:3d} | nodes serving {serving} "
-            f"booting {booting} draining {draining} | "
+            f"booting {booting} draining {draining} warm {stopped}"
+            f"{f' (+{preparing} preparing)' if preparing else ''} | "
             f"{decision.direction.value + ' → ' + str(decision.desired) if decision else 'no decision'}"
         )
         events = []
+        if outcome.started:
+            events.append(f"warm start {', '.join(outcome.started)}")
         if outcome.launched:
             events.append(f"launch {', '.join(outcome.launched)}")
+        if outcome.prepared:
+            events.append(f"prepare {', '.join(outcome.prepared)}")
+        if outcome.stopped:
+            events.append(f"stopped into the warm pool {', '.join(outcome.stopped)}")
         if outcome.joined:
-            events.append(f"joined nginx {', '.join(outcome.joined)}")
+            joined = []
+            for instance_id in outcome.joined:
+                kind, asked = self._asked.pop(instance_id, ("", now))
+                if kind:
+                    self.to_serving[kind].append(now - asked)
+                    joined.append(f"{instance_id} ({kind}, {now - asked:.1f} s)")
+                else:
+                    joined.append(instance_id)
+            events.append(f"joined nginx {', '.join(joined)}")
         if outcome.drained:
             events.append(f"draining {', '.join(outcome.drained)}")
         if outcome.terminated:
@@ -293,13 +322,28 @@ def run_demo(
         "latency_p95_s": round(latencies[int(len(latencies) * 0.95)], 2) if latencies else None,
         "tick_errors": len(printer.tick_errors),
         "load_source": source,
+        "warm_starts": printer.warm_starts,
+        "stopped_into_warm_pool": printer.stopped_into_pool,
+        "cold_launch_to_serving_s": _median(printer.to_serving["cold"]),
+        "warm_start_to_serving_s": _median(printer.to_serving["warm"]),
     }
     say(
         f"demo: done. peak {summary['peak_nodes']} nodes, {summary['scale_out_events']} scale-outs, "
         f"{summary['scale_in_events']} scale-ins, {summary['requests']} requests, "
         f"{summary['failed_requests']} failed, p95 latency {summary['latency_p95_s']} s"
     )
+    if printer.warm_starts:
+        say(
+            f"demo: {printer.warm_starts} warm starts served in {summary['warm_start_to_serving_s']} s "
+            f"(median) against {summary['cold_launch_to_serving_s']} s for a cold launch"
+        )
     return summary
+
+
+def _median(values: list[float]) -> float | None:
+    """The median, rounded to 0.1 s, or None for no values."""
+    ordered = sorted(values)
+    return round(ordered[len(ordered) // 2], 1) if ordered else None
 
 
 def _serving(nginx: EmbeddedNginx) -> bool:
