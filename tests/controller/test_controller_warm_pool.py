@@ -241,3 +241,19 @@ def test_unrecorded_stopped_instance_is_adopted_into_the_warm_pool(rig: Rig) -> 
     assert outcome.decision is not None and outcome.decision.warm == 1
     assert outcome.started == ["fake-orphan"] and outcome.launched == []  # the floor of 1, served warm
     assert lifecycle(rig, "fake-orphan") == Lifecycle.STARTING
+
+
+def test_warm_pool_is_exported_as_metrics(rig: Rig) -> None:
+    """Nodes per lifecycle include preparing, stopped and starting; warm starts are counted by result
+    and the warm pool's target is a gauge."""
+    ready_pool(rig)
+    registry = rig.controller.telemetry.registry
+    assert registry.get_sample_value("autoscaler_nodes", {"pool": "unit", "lifecycle": "stopped"}) == 2
+    assert registry.get_sample_value("autoscaler_warm_pool_target", {"pool": "unit"}) == 2
+    rig.provider.start_stock = 1
+    rig.metrics.set(STREAMS_QUERY, 21.0)
+    rig.controller.tick()
+    assert registry.get_sample_value("autoscaler_nodes", {"pool": "unit", "lifecycle": "starting"}) == 1
+    for result in ("started", "no-capacity"):
+        labels = {"pool": "unit", "result": result}
+        assert registry.get_sample_value("autoscaler_warm_starts_total", labels) == 1
