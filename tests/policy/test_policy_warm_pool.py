@@ -108,3 +108,14 @@ def test_without_a_warm_pool_leftover_warm_instances_are_discarded() -> None:
     d = run(pol, samples(streams=14.0), nodes(serving=2, streams=14.0) + warm(2)).decision
     assert d.start == () and d.launch == 2
     assert set(d.discard) == {"w0", "w1"}
+
+
+def test_explain_renders_the_warm_pool_moves() -> None:
+    """`autoscaler explain` shows the warm pool's size, the starts, preparation and its reasons."""
+    from autoscaler.policy.explain import render_reasons
+
+    ev = run(warm_policy(), samples(streams=14.0), nodes(serving=4, streams=14.0) + warm(3))
+    text = render_reasons(ev.decision)
+    assert "warm pool 3 of 2" in text.splitlines()[0]
+    assert "start warm w0, w1, w2" in text and "prepare 2" in text
+    assert "warm pool:" in text and "[warm] start:" in text
