@@ -304,19 +304,23 @@ class Controller:
     def _hold_launches_after_boot_failures(
         self, policy: PoolPolicy, decision: Decision, now: datetime, outcome: TickOutcome
     ) -> Decision:
-        """Back off launching when new nodes keep failing to boot (a broken image, a bad zone)."""
+        """Back off launching (and preparing warm instances) when new nodes keep failing to boot (a
+        broken image, a bad zone). Starts of warm instances, which booted fine before, go ahead."""
         failures, last = self.boot_failures(policy.pool)
         failures += sum(r.startswith(BOOT_TIMEOUT_REASON) for r in outcome.terminated.values())
         if any(r.startswith(BOOT_TIMEOUT_REASON) for r in outcome.terminated.values()):
             last = now
         self.telemetry.boot_failures_in_a_row(policy.pool, failures)
-        if decision.launch == 0 or failures < BOOT_FAILURES_BEFORE_BACKOFF or last is None:
+        if decision.launch + decision.prepare == 0 or failures < BOOT_FAILURES_BEFORE_BACKOFF or last is None:
             return decision
         backoff = min(policy.scaling.tick * 2 ** (failures - 1), MAX_BOOT_BACKOFF)
         if now >= last + backoff:
             return decision
+        held = f"launch of {decision.launch}" + (
+            f" and preparation of {decision.prepare}" if decision.prepare else ""
+        )
         message = (
-            f"launch of {decision.launch} held back: {failures} nodes in a row failed to boot, "
+            f"{held} held back: {failures} nodes in a row failed to boot, "
             f"the last at {last.isoformat(timespec='seconds')}; next try after "
             f"{(last + backoff).isoformat(timespec='seconds')}"
         )
@@ -330,16 +334,22 @@ class Controller:
                 "fallback",
                 "boot-backoff",
                 message,
-                {"failures": failures, "backoff_s": backoff.total_seconds(), "held": decision.launch},
+                {
+                    "failures": failures,
+                    "backoff_s": backoff.total_seconds(),
+                    "held": decision.launch,
+                    "held_prepare": decision.prepare,
+                },
             ),
             Reason(
                 "final",
                 policy.pool,
-                f"hold at {decision.current}: {message}",
-                {**decision.reasons[-1].detail, "launch": 0},
+                (f"start {len(decision.start)} warm; " if decision.start else f"hold at {decision.current}: ")
+                + message,
+                {**decision.reasons[-1].detail, "launch": 0, "prepare": 0},
             ),
         )
-        return replace(decision, launch=0, reasons=reasons)
+        return replace(decision, launch=0, prepare=0, reasons=reasons)
 
     def evaluate(self, policy: PoolPolicy, observation: Observation, now: datetime) -> Evaluation:
         """The engine's decision on an observation, with the memory the store kept."""

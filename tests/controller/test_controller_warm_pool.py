@@ -257,3 +257,19 @@ def test_warm_pool_is_exported_as_metrics(rig: Rig) -> None:
     for result in ("started", "no-capacity"):
         labels = {"pool": "unit", "result": result}
         assert registry.get_sample_value("autoscaler_warm_starts_total", labels) == 1
+
+
+def test_preparation_backs_off_after_repeated_boot_failures(rig: Rig) -> None:
+    """Warm instances that never become healthy count as boot failures: after two in a row the next
+    preparations are held back like launches, so a broken image is not prepared (and billed) every tick."""
+    rig.metrics.set(STREAMS_QUERY, 0.0)
+    first = rig.controller.tick()  # the floor's node and two preparations; none ever becomes healthy
+    assert len(first.prepared) == 2
+    rig.running()
+    rig.clock.advance(61)
+    second = rig.controller.tick()  # three boot timeouts at once: everything held back
+    assert len(second.terminated) == 3
+    assert second.launched == [] and second.prepared == []
+    assert second.decision is not None and second.decision.prepare == 0
+    backoff = next(r for r in second.decision.reasons if r.name == "boot-backoff")
+    assert "preparation of 2" in backoff.message
