@@ -29,9 +29,10 @@ streams still finishing on draining nodes.
 stopped. ``decision.start`` starts them: each serves ``warm_start_s`` later, except that a share
 ``start_failure_rate`` of starts fails (no stock after an economical-mode stop) and is replaced by a
 cold launch in the same tick. ``decision.prepare`` launches instances that boot cold (billed as
-running) and are then stopped (billed ``stopped_price_per_hour``); ``decision.discard`` terminates
-warm ones. A scale-in victim is returned to the pool when its drain ends, if the policy reuses
-nodes and the pool was below ``decision.warm_target`` when it was chosen.
+running) and are then stopped (billed ``stopped_price_per_hour``); with ``state: running`` they stay
+up, billed as running, and serve as soon as they are started. ``decision.discard`` terminates warm
+ones. A scale-in victim is returned to the pool when its drain ends, if the policy reuses nodes and
+the pool was below ``decision.warm_target`` when it was chosen.
 """
 
 from __future__ import annotations
@@ -363,7 +364,9 @@ def replay(
         nodes.append(new_node(0, warm=True))
 
     warm_cfg = policy.warm_pool
-    warm_s = fleet.warm_start_s
+    # ``state: running`` keeps warm instances up: they bill as running and serve as soon as started.
+    keep_running = warm_cfg is not None and warm_cfg.state == "running"
+    warm_s = 0 if keep_running else fleet.warm_start_s
     pool: list[_Warm] = []
     # Preparation is billed as running; stopped spells at the stopped price.
     prep_from: list[int] = []
@@ -384,7 +387,11 @@ def replay(
             prep_from.append(w.prep_from)
             prep_to.append(min(t, w.ready_at))
         if t > w.ready_at:
-            stopped_seconds += t - max(w.ready_at, 0)
+            if keep_running:
+                prep_from.append(max(w.ready_at, 0))
+                prep_to.append(t)
+            else:
+                stopped_seconds += t - max(w.ready_at, 0)
 
     def retire(node: _SimNode, at: int) -> None:
         finished.append(node)

@@ -212,3 +212,16 @@ def test_warm_pool_is_prepared_and_billed_stopped() -> None:
     assert result.prepared == 0
     assert result.stopped_seconds == 3 * 3600
     assert result.node_seconds == int(result.alive.sum())
+
+
+def test_a_running_warm_pool_serves_at_once_and_bills_as_running() -> None:
+    """state: running: a started warm instance serves within the tick and the pool bills as running."""
+    streams = [10] * 1200 + [30] * 1800
+    data = _warm(2).model_dump()
+    data["warm_pool"]["state"] = "running"
+    result = _run(PoolPolicy.model_validate(data), streams, WARM_FLEET)
+    assert result.violation_seconds <= 15
+    assert result.stopped_seconds == 0
+    assert result.node_seconds > int(result.ready.sum()) * 0  # running warm time is in the node-seconds
+    stopped = _run(_warm(2), streams, WARM_FLEET)
+    assert result.node_seconds > stopped.node_seconds
