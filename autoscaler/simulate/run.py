@@ -259,7 +259,9 @@ def dry_run(
         fitted = fit_policy(policy, fleet, min_nodes=pool.min_nodes, max_nodes=pool.max_nodes)
         if fitted.warm_pool is not None and fitted.warm_pool.size == "auto":
             fitted = with_warm_pool(fitted, recommended or 0)
-        runs.append(run(label, path, fitted))
+        # The same policy was already replayed for the frontier (same demand and seed): reuse it.
+        same = next((r for r in frontier if r.replay.policy == fitted), None)
+        runs.append(replace(same, label=label, source=path) if same is not None else run(label, path, fitted))
 
     hpa_path = scenario.hpa_policy_path()
     if not hpa_path.exists():

@@ -260,3 +260,16 @@ def test_bad_warm_sizes_are_a_clear_error(
         code, _, stderr = _invoke(cli_app, "dry-run", "--scenario", str(write_scenario()), "--out",
                                   str(tmp_path / "o"), "--warm-sizes", bad)
         assert code == 2 and "--warm-sizes" in stderr and "Traceback" not in stderr
+
+
+def test_the_policy_run_reuses_its_frontier_replay(write_scenario: Callable[..., Path]) -> None:
+    """When the policy's own warm pool size is on the frontier, its run is that replay (not a second one)."""
+    from autoscaler.simulate.run import dry_run
+
+    scenario = load_scenario(write_scenario())
+    size = scenario.policy.warm_pool.size if scenario.policy.warm_pool else 0
+    assert isinstance(size, int)
+    result = dry_run(scenario, warm_sizes=[0, size])
+    (policy_run,) = result.runs
+    assert any(policy_run.replay is r.replay for r in result.warm_frontier)
+    assert policy_run.label == "asr-aws"
