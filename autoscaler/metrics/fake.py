@@ -108,9 +108,13 @@ class FakeMetricsSource:
             self._answers[promql] = _Answer(raises=exc)
 
     def set_range(self, promql: str, points: Iterable[tuple[float, float]]) -> None:
-        """Answer ``query_range(promql, ...)`` with these ``(unix seconds, value)`` points."""
+        """Answer ``query_range(promql, ...)`` with these ``(unix seconds, value)`` points (replacing
+        an earlier ``set_raises`` of ``promql``)."""
         with self._lock:
             self._ranges[promql] = sorted((float(t), float(v)) for t, v in points)
+            answer = self._answers.get(promql)
+            if answer is not None and answer.raises is not None:
+                del self._answers[promql]
 
     @property
     def queries(self) -> list[str]:
