@@ -233,7 +233,8 @@ class Controller:
         evaluation = self.evaluate(policy, observation, now)
         decision = self._hold_launches_after_boot_failures(policy, evaluation.decision, now, outcome)
         outcome.decision = decision
-        self.telemetry.forecast(policy, observation.forecast.forecast if observation.forecast else None, decision)
+        forecast = observation.forecast.forecast if observation.forecast is not None else None
+        self.telemetry.forecast(policy, forecast, decision)
         # ---- record (before acting, so the launch's client token comes from the recorded decision)
         tick_id = store.record_tick(
             policy.pool,

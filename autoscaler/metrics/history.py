@@ -137,7 +137,9 @@ def live_forecast(source: HistorySource | None, policy: PoolPolicy, now: datetim
                                  min_history=config.min_history)
     gaps = _gaps(history.times, step_s, now)
     note = (f"history: {history.times.size} points of {step_s}s peaks from {history.queries} range "
-            f"{'query' if history.queries == 1 else 'queries'}" + (f", {gaps} steps without data" if gaps else ""))
+            f"{'query' if history.queries == 1 else 'queries'}")
+    if gaps:
+        note += f", {gaps} steps without data"
     return replace(forecast, notes=(*forecast.notes, note)), history.queries
 
 

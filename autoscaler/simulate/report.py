@@ -199,8 +199,9 @@ def _charts(result: DryRun) -> str:
             # No floor yet (under min_history, a gap) plots as 0: the forecast asked for nothing.
             floor = np.maximum(run.replay.forecast_floor, 0) * result.fleet.streams_per_node
             acted = "acting" if forecast.mode == "forecast_and_scale" else "forecast_only, not applied"
-            capacity.append(Series(f"forecast floor × C: {run.label} ({acted})", _COLORS[index % len(_COLORS)],
-                                   floor, step_s=run.replay.tick_s, reduce="max", dashed=True))
+            color = _COLORS[index % len(_COLORS)]
+            capacity.append(Series(f"forecast floor × C: {run.label} ({acted})", color, floor,
+                                   step_s=run.replay.tick_s, reduce="max", dashed=True))
     capacity.append(
         Series(
             f"max_nodes × C = {result.max_nodes * result.fleet.streams_per_node}",

@@ -65,7 +65,7 @@ def forecast_reason(rig: Rig) -> str:
 
 
 def test_history_is_read_once_per_refresh_not_per_tick() -> None:
-    """41 ticks a minute apart with a 30-minute refresh: two range queries, each ending at or before its tick."""
+    """41 ticks a minute apart, a 30-minute refresh: two range queries, each ending before its tick."""
     rig = rig_at()
     for _ in range(41):
         outcome = rig.controller.tick()
@@ -109,7 +109,7 @@ def test_forecast_and_scale_raises_ahead_by_the_lead() -> None:
 
 
 def test_forecast_only_records_but_does_not_change_the_count() -> None:
-    """forecast_only at 08:50: the floor of 8 is in the trail, the record and the metrics; 2 nodes are launched."""
+    """forecast_only at 08:50: the floor of 8 is in the trail, the record and the metrics; 2 are launched."""
     rig = rig_at("forecast_only")
     rig.clock.advance(5 * 60)
     outcome = rig.controller.tick()
@@ -121,7 +121,8 @@ def test_forecast_only_records_but_does_not_change_the_count() -> None:
     registry = rig.controller.telemetry.registry
     assert registry.get_sample_value("autoscaler_forecast_floor_nodes", {"pool": "unit"}) == 8
     assert registry.get_sample_value("autoscaler_forecast_demand", {"pool": "unit"}) == 80
-    assert registry.get_sample_value("autoscaler_forecast_history_seconds", {"pool": "unit"}) == record["history_s"]
+    history = registry.get_sample_value("autoscaler_forecast_history_seconds", {"pool": "unit"})
+    assert history == record["history_s"]
     mode = {m: registry.get_sample_value("autoscaler_forecast_mode", {"pool": "unit", "mode": m})
             for m in ("forecast_only", "forecast_and_scale")}
     assert mode == {"forecast_only": 1, "forecast_and_scale": 0}
@@ -203,7 +204,8 @@ def test_explain_shows_the_forecast() -> None:
     rig.clock.advance(5 * 60)
     _policy, observation, decision = rig.controller.explain()
     text = render_reasons(decision)
-    assert "look-ahead and forecast:\n  [forecast] demand: forecast: 80.0 within 600s needs 8 nodes; raises 2 to 8" in text
+    assert ("look-ahead and forecast:\n"
+            "  [forecast] demand: forecast: 80.0 within 600s needs 8 nodes; raises 2 to 8") in text
     assert observation.forecast is not None
     lines = observation.forecast.describe()
     assert lines[0].startswith("forecast (forecast_and_scale): made at 2026-11-24T08:50:00+00:00 from 72.")

@@ -72,7 +72,7 @@ def range_requests(server: EmbeddedPrometheus) -> int:
 
 def rig_on(server: EmbeddedPrometheus, at: datetime, mode: str = "forecast_and_scale",
            query: str | None = None) -> Rig:
-    """The rig's pool sized by a per-pool demand check on the real Prometheus, with a forecast (lead 15 min)."""
+    """The rig's pool sized by a per-pool demand check on the real Prometheus, a forecast with lead 15 min."""
     forecast = f"{{mode: {mode}, check: demand, lead: 15m, refresh: 30m"
     forecast += f", query: '{query}'}}" if query else "}"
     text = POLICY.replace(
@@ -142,7 +142,9 @@ def test_forecast_only_records_but_does_not_change_the_count(
     assert registry.get_sample_value("autoscaler_forecast_floor_nodes", {"pool": "unit"}) == 8
 
 
-def test_under_a_day_of_history_says_so_and_does_not_act(prometheus: tuple[EmbeddedPrometheus, datetime]) -> None:
+def test_under_a_day_of_history_says_so_and_does_not_act(
+    prometheus: tuple[EmbeddedPrometheus, datetime],
+) -> None:
     """8.8 hours of history: the reason says how much, and the count is the check's alone."""
     server, morning = prometheus
     rig = rig_on(server, morning, query=SHORT)
@@ -176,7 +178,8 @@ def test_unreachable_prometheus_is_a_reason_not_a_crash(tmp_path: Path) -> None:
     from autoscaler.embedded._process import free_port
     from autoscaler.policy.model import PrometheusConfig
 
-    source = PrometheusSource(PrometheusConfig(url=f"http://127.0.0.1:{free_port()}", timeout=timedelta(seconds=1)))
+    config = PrometheusConfig(url=f"http://127.0.0.1:{free_port()}", timeout=timedelta(seconds=1))
+    source = PrometheusSource(config)
     text = POLICY.replace(
         "    - {name: streams, type: target_tracking, query: streams_per_node, target: 7}\n",
         f"    - {{name: demand, type: target_tracking, per: pool, query: '{DEMAND}', target: 10}}\n"

@@ -1,4 +1,4 @@
-"""The seasonal forecast (pure): what it learns from history, and what the engine's forecast floor does with it."""
+"""The seasonal forecast (pure): what it learns from history, and what the engine's forecast floor does."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ def weekly_shape(t: float) -> float:
     return 40.0 if when.weekday() >= 5 else 100.0
 
 
-def history(days: float, end: datetime = SATURDAY, every: int = 60) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+Array = np.ndarray[Any, Any]
+
+
+def history(days: float, end: datetime = SATURDAY, every: int = 60) -> tuple[Array, Array]:
     """One sample a minute of ``weekly_shape`` over the ``days`` before ``end``."""
     times = np.arange(end.timestamp() - days * 86400, end.timestamp(), every, dtype=np.float64)
     return times, np.array([weekly_shape(t) for t in times])
@@ -101,7 +104,8 @@ def test_gaps_are_unknown_buckets_not_zero() -> None:
     times, values = history(3)
     hours = np.array([datetime.fromtimestamp(t, UTC).hour for t in times])
     keep = hours != 2
-    forecast = seasonal_forecast(times[keep], values[keep], now=SATURDAY, step=STEP, horizon=timedelta(hours=6))
+    forecast = seasonal_forecast(times[keep], values[keep], now=SATURDAY, step=STEP,
+                                 horizon=timedelta(hours=6))
     assert forecast.usable
     assert at(forecast, SATURDAY + timedelta(hours=1, minutes=55)) == 10.0
     gap = [at(forecast, SATURDAY + timedelta(hours=2, minutes=m)) for m in range(0, 60, 5)]

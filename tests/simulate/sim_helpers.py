@@ -1,13 +1,10 @@
-"""Constants and helpers the dry-run tests share: fixture traces, the base scenario, promtool backfill
-(``backfill`` lives in ``autoscaler.testing.embedded_fixtures``; re-exported here).
-"""
+"""Constants and helpers the dry-run tests share: fixture traces and the base scenario (promtool's
+backfill is ``autoscaler.testing.embedded_fixtures.backfill``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from autoscaler.testing.embedded_fixtures import backfill as backfill
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]

@@ -1,8 +1,9 @@
-"""The forecast in a dry-run: learned from the replayed past only, and shown in summary.json and the report."""
+"""The forecast in a dry-run: learned from the replayed past only, shown in summary.json and the report."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from sim_helpers import POLICIES, TWITTER
 from typer.testing import CliRunner
 
 import autoscaler.simulate.fleet as fleet_module
-from autoscaler.policy.forecast import Forecast
+from autoscaler.policy.forecast import Forecast, seasonal_forecast
 from autoscaler.policy.load import load_policy
 from autoscaler.policy.model import PoolPolicy
 from autoscaler.simulate.demand import Demand
@@ -23,7 +24,8 @@ from autoscaler.simulate.fleet import FleetModel, Replay, fit_policy, replay
 from autoscaler.simulate.scenario import Workload
 from autoscaler.simulate.workload import ServiceLaw
 
-FLEET = FleetModel(instance_type="sim", streams_per_node=10, boot_s=300, price_per_hour=1.0, drain_timeout_s=None,
+FLEET = FleetModel(instance_type="sim", streams_per_node=10, boot_s=300, price_per_hour=1.0,
+                   drain_timeout_s=None,
                    gpu_memory_mib=24576, model_memory_mib=3400, stream_memory_mib=1900)
 LAW = ServiceLaw(Workload.model_validate({"audio_seconds": {"distribution": "fixed", "mean": 30}}))
 START = datetime(2025, 1, 6, tzinfo=UTC)
@@ -33,6 +35,8 @@ TICK = 60
 SPLIT = DAY + DAY // 2
 DEMAND_CHECK = {"name": "demand", "type": "target_tracking", "per": "pool", "signal": "concurrent_streams",
                 "query": "sum(asr_concurrent_streams)", "target": 7}
+#: The replay's forecaster, unwrapped (the spies below wrap this, never each other).
+_FORECAST = fleet_module._Forecaster.forecast
 FORECAST = {"mode": "forecast_and_scale", "check": "demand", "lead": "10m", "refresh": "30m"}
 
 
@@ -52,44 +56,72 @@ def forecast_policy(**forecast: Any) -> PoolPolicy:
     return PoolPolicy.model_validate(data)
 
 
+@dataclass
+class Seen:
+    """What a replay's forecaster did: each tick's forecast, and each fit's history (the tick's now,
+    times, values)."""
+
+    forecasts: list[tuple[datetime, Forecast | None]] = field(default_factory=list)
+    fits: list[tuple[datetime, np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(default_factory=list)
+    tick: datetime | None = None
+
+
 def spy_replay(
     monkeypatch: pytest.MonkeyPatch, streams: np.ndarray[Any, Any], policy: PoolPolicy
-) -> tuple[Replay, list[tuple[datetime, Forecast | None]]]:
-    """Replay ``streams`` and record every forecast the replay's forecaster handed the engine."""
-    seen: list[tuple[datetime, Forecast | None]] = []
-    original = fleet_module._Forecaster.forecast
+) -> tuple[Replay, Seen]:
+    """Replay ``streams`` recording every forecast handed to the engine and every history it was fitted on."""
+    seen = Seen()
 
-    def spy(self: Any, now: datetime, samples: Any) -> Forecast | None:
-        result = original(self, now, samples)
-        seen.append((now, result))
+    def forecast(self: Any, now: datetime, samples: Any) -> Forecast | None:
+        seen.tick = now
+        result = _FORECAST(self, now, samples)
+        seen.forecasts.append((now, result))
         return result
 
-    monkeypatch.setattr(fleet_module._Forecaster, "forecast", spy)
+    def fit(times: Any, values: Any, **kwargs: Any) -> Forecast:
+        assert seen.tick is not None
+        seen.fits.append((seen.tick, np.array(times, dtype=np.float64), np.array(values, dtype=np.float64)))
+        return seasonal_forecast(times, values, **kwargs)
+
+    monkeypatch.setattr(fleet_module._Forecaster, "forecast", forecast)
+    monkeypatch.setattr(fleet_module, "seasonal_forecast", fit)
     demand = Demand(streams=streams, scale=1.0, replay_at=START, arrivals=None, description="test")
     return replay("test", policy, demand, FLEET, LAW, tick_s=TICK, seed=3), seen
 
 
 def test_forecast_never_reads_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two demands identical before SPLIT and different after give identical forecasts up to SPLIT
-    (including the refresh made at SPLIT itself) and identical decisions before it."""
+    """Two demands identical before SPLIT and different after: the forecaster is fitted only on samples
+    before each refresh instant, on identical histories up to SPLIT (the refresh at SPLIT included), and
+    gives identical forecasts and decisions before it."""
     same = daily(3 * DAY)
     other = same.copy()
     other[SPLIT:] += 60  # a wholly different future
     policy = forecast_policy()
-    first, forecasts_a = spy_replay(monkeypatch, same, policy)
-    second, forecasts_b = spy_replay(monkeypatch, other, policy)
+    first, seen_a = spy_replay(monkeypatch, same, policy)
+    second, seen_b = spy_replay(monkeypatch, other, policy)
     split_tick = SPLIT // TICK
-    assert len(forecasts_a) == len(forecasts_b) == 3 * DAY // TICK
-    assert forecasts_a[split_tick][0] == START + timedelta(seconds=SPLIT)
+    split = START + timedelta(seconds=SPLIT)
+    # Every fit read only samples taken before its own instant.
+    for now, times, _ in seen_a.fits + seen_b.fits:
+        assert times.size == 0 or times.max() < now.timestamp(), now
+    fits_to_split = [i for i, (now, _, _) in enumerate(seen_a.fits) if now <= split]
+    assert seen_a.fits[fits_to_split[-1]][0] == split  # a refresh falls exactly on SPLIT
+    for i in fits_to_split:
+        (now_a, times_a, values_a), (now_b, times_b, values_b) = seen_a.fits[i], seen_b.fits[i]
+        assert now_a == now_b, now_a
+        assert np.array_equal(times_a, times_b) and np.array_equal(values_a, values_b), now_a
+    assert len(seen_a.forecasts) == len(seen_b.forecasts) == 3 * DAY // TICK
+    assert seen_a.forecasts[split_tick][0] == split
     # Not vacuous: by SPLIT the forecast is usable and its floor acts on the decisions.
-    assert forecasts_a[split_tick][1] is not None and forecasts_a[split_tick][1].usable
+    at_split = seen_a.forecasts[split_tick][1]
+    assert at_split is not None and at_split.usable
     assert first.forecast_raised > 0
-    assert forecasts_a[: split_tick + 1] == forecasts_b[: split_tick + 1]
+    assert seen_a.forecasts[: split_tick + 1] == seen_b.forecasts[: split_tick + 1]
     for column in ("desired", "ready", "booting", "draining", "forecast_floor"):
         a, b = getattr(first, column)[:split_tick], getattr(second, column)[:split_tick]
         assert np.array_equal(a, b), column
     # ...and the test can tell: once the different past is a day old, the forecasts differ.
-    assert forecasts_a[-1][1] != forecasts_b[-1][1]
+    assert seen_a.forecasts[-1][1] != seen_b.forecasts[-1][1]
     assert not np.array_equal(first.forecast_floor, second.forecast_floor)
 
 
@@ -137,7 +169,8 @@ def test_report_and_summary_show_the_forecast(mode: str, tmp_path: Path, cli_app
     policy["scaling"]["forecast"] = FORECAST | {"mode": mode}
     scenario = {
         "policy": str(tmp_path / "forecast.yaml"),
-        "demand": {"format": "twitter", "path": str(TWITTER), "start": "1h", "duration": "35h", "peak_nodes": 12},
+        "demand": {"format": "twitter", "path": str(TWITTER), "start": "1h", "duration": "35h",
+                   "peak_nodes": 12},
         "workload": {"audio_seconds": {"distribution": "fixed", "mean": 60}},
         "fleet": {"streams_per_node": 10, "boot_seconds": 180, "price_per_hour": 1.0},
         "pool": {"min_nodes": 2, "max_nodes": 20},
