@@ -4,13 +4,14 @@
 forecast in force and refreshes it at most every ``scaling.forecast.refresh`` (and at once when the
 forecast section or its query changes, or the clock went back behind the forecast):
 
-1. **One range query per refresh.** The history is ``max_over_time((<query>)[<step>:])`` (a
-   subquery at the server's evaluation interval) evaluated once per ``step`` over the finished
-   steps of the last ``history`` (``HistorySource.query_range``, i.e. prometheus-api-client's
-   ``custom_query_range`` with the source's fail-fast timeout and no retries). Each evaluation is
-   1 ms before a step's end, so its point is the peak of that whole step and nothing of the next
-   one, and is filed under the step's start: a bucket's peak, as in the dry-run, where
-   ``seasonal_forecast`` keeps the largest tick sample of a bucket. ``<query>`` is
+1. **One range query per refresh.** The history is ``max_over_time((<query>)[<step>:])``
+   (``avg_over_time`` with ``aggregate: mean``; a subquery at the server's evaluation interval)
+   evaluated once per ``step`` over the finished steps of the last ``history``
+   (``HistorySource.query_range``, i.e. prometheus-api-client's ``custom_query_range`` with the
+   source's fail-fast timeout and no retries). Each evaluation is
+   1 ms before a step's end, so its point is the peak (mean) of that whole step and nothing of the
+   next one, and is filed under the step's start: a bucket's value, as in the dry-run, where
+   ``seasonal_forecast`` keeps the largest (mean) tick sample of a bucket. ``<query>`` is
    ``forecast.query`` or the check's own query. Prometheus answers at most 11,000 points per query;
    only a longer window (a 1-minute step over more than 7.6 days) is split into consecutive
    queries.
@@ -60,9 +61,10 @@ def forecast_query(policy: PoolPolicy) -> str | None:
     return next(c.query for c in policy.scaling.checks if c.name == config.check)
 
 
-def history_promql(query: str, step: timedelta) -> str:
-    """``query``'s peak over each ``step`` (a subquery), the value each history point carries."""
-    return f"max_over_time(({query.strip()})[{int(step.total_seconds())}s:])"
+def history_promql(query: str, step: timedelta, aggregate: str = "max") -> str:
+    """``query``'s peak (or mean) over each ``step`` (a subquery): the value each history point carries."""
+    function = "avg_over_time" if aggregate == "mean" else "max_over_time"
+    return f"{function}(({query.strip()})[{int(step.total_seconds())}s:])"
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def read_history(source: HistorySource, query: str, config: ForecastConfig, now:
     # Steps (by their start): the first whole one inside the window to the last one finished by now.
     first = math.ceil((now_s - config.history.total_seconds()) / step_s) * step_s
     last = math.floor(now_s / step_s) * step_s - step_s
-    promql = history_promql(query, config.step)
+    promql = history_promql(query, config.step, config.aggregate)
     points: list[tuple[float, float]] = []
     queries = 0
     start = first
@@ -134,9 +136,10 @@ def live_forecast(source: HistorySource | None, policy: PoolPolicy, now: datetim
         return failed(f"no history: {query!r} has no data in the last {days:g} days"), history.queries
     forecast = seasonal_forecast(history.times, history.values, now=now, step=config.step,
                                  horizon=config.horizon, history=config.history,
-                                 min_history=config.min_history)
+                                 min_history=config.min_history, aggregate=config.aggregate)
     gaps = _gaps(history.times, step_s, now)
-    note = (f"history: {history.times.size} points of {step_s}s peaks from {history.queries} range "
+    kind = "means" if config.aggregate == "mean" else "peaks"
+    note = (f"history: {history.times.size} points of {step_s}s {kind} from {history.queries} range "
             f"{'query' if history.queries == 1 else 'queries'}")
     if gaps:
         note += f", {gaps} steps without data"

@@ -57,7 +57,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPro
         yield server
 
 
-def test_explain_shows_the_forecast_step_and_its_history(prometheus: EmbeddedPrometheus, tmp_path: Path) -> None:
+def test_explain_shows_the_forecast_step_and_its_history(
+    prometheus: EmbeddedPrometheus, tmp_path: Path
+) -> None:
     """The trail has a look-ahead and forecast section with the floor (not applied: forecast_only), and
     the forecast's origin: when it was made, how much history, which query, the next refresh."""
     policy = tmp_path / "forecast.yaml"

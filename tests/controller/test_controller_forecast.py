@@ -211,3 +211,14 @@ def test_explain_shows_the_forecast() -> None:
     assert lines[0].startswith("forecast (forecast_and_scale): made at 2026-11-24T08:50:00+00:00 from 72.")
     assert lines[0].endswith(f"of the history of {DEMAND}; next refresh at 2026-11-24T09:20:00+00:00")
     assert "note: history: 864 points of 300s peaks from 1 range query" in "\n".join(lines)
+
+
+def test_a_mean_aggregate_reads_each_steps_mean() -> None:
+    """``aggregate: mean`` asks Prometheus for each step's mean (avg_over_time) instead of its peak."""
+    rig = make_rig(policy_text=forecast_policy().replace("refresh: 30m}", "refresh: 30m, aggregate: mean}"))
+    rig.clock.at = MORNING
+    rig.metrics.set(DEMAND, 20.0)
+    rig.controller.tick()
+    calls = [c.promql for c in rig.metrics.calls if c.method == "query_range"]
+    assert calls == [f"avg_over_time(({DEMAND})[300s:])"]
+    assert f"max_over_time(({DEMAND})[300s:])" == HISTORY
