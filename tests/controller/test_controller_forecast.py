@@ -165,8 +165,8 @@ def test_unreachable_history_is_a_reason_and_is_retried_at_the_next_refresh() ->
 
 
 def test_nan_and_gaps_in_history_are_dropped_not_read_as_zero() -> None:
-    """NaN and negative points are dropped (a note says how many); a daily hole is reported as steps
-    without data, and a floor still comes from the other days."""
+    """NaN points are left out by the source and negative ones by the forecaster (a note says how many);
+    both and a daily hole are counted as steps without data, and the floor still comes from the rest."""
     history = points(3)
     holed = [(t, v) for t, v in history if datetime.fromtimestamp(t, UTC).hour != 3]
     dirty = [(t, math.nan if i % 17 == 0 else (-1.0 if i % 19 == 0 else v)) for i, (t, v) in enumerate(holed)]
@@ -176,9 +176,14 @@ def test_nan_and_gaps_in_history_are_dropped_not_read_as_zero() -> None:
     outcome = rig.controller.tick()
     assert outcome.ok and outcome.decision is not None and outcome.decision.desired == 8
     record = rig.store.recent_ticks("unit", limit=1)[0]["inputs"]["forecast"]
-    bad = sum(1 for _, v in dirty if math.isnan(v) or v < 0)
-    assert f"{bad} samples dropped (NaN, infinite or negative)" in record["notes"]
-    assert any("steps without data" in n for n in record["notes"])
+    negative = sum(1 for _, v in dirty if v < 0)
+    nan = sum(1 for _, v in dirty if math.isnan(v))
+    hole = len(history) - len(holed)
+    assert record["notes"] == [
+        f"{negative} samples dropped (NaN, infinite or negative)",
+        f"history: {len(dirty) - nan} points of 300s peaks from 1 range query, "
+        f"{hole + nan} steps without data",
+    ]
 
 
 def test_the_forecast_never_scales_in_by_itself() -> None:
