@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING
 
@@ -103,9 +104,14 @@ class ControllerMetrics:
     def forecast(self, policy: PoolPolicy, forecast: Forecast | None, decision: Decision) -> None:
         """The forecast in force and what the decision's forecast step made of it."""
         config = policy.scaling.forecast
-        if config is None:
-            return
         pool = policy.pool
+        if config is None:  # none, or removed by a policy reload: no stale forecast series
+            for gauge, labels in ((self.forecast_demand, ()), (self.forecast_floor, ()),
+                                  (self.forecast_history, ()),
+                                  *((self.forecast_mode, (m,)) for m in FORECAST_MODES)):
+                with contextlib.suppress(KeyError):  # never set for this pool
+                    gauge.remove(pool, *labels)
+            return
         for mode in FORECAST_MODES:
             self.forecast_mode.labels(pool, mode).set(1 if mode == config.mode else 0)
         self.forecast_history.labels(pool).set(forecast.history_s if forecast is not None else 0)

@@ -227,3 +227,19 @@ def test_a_mean_aggregate_reads_each_steps_mean() -> None:
     calls = [c.promql for c in rig.metrics.calls if c.method == "query_range"]
     assert calls == [f"avg_over_time(({DEMAND})[300s:])"]
     assert f"max_over_time(({DEMAND})[300s:])" == HISTORY
+
+
+def test_forecast_series_go_when_the_section_is_removed() -> None:
+    """A reload without the forecast section drops the pool's forecast gauges instead of freezing them."""
+    rig = rig_at()
+    rig.controller.tick()
+    registry = rig.controller.telemetry.registry
+    assert registry.get_sample_value("autoscaler_forecast_floor_nodes", {"pool": "unit"}) == 2
+    plain = make_rig().policy
+    rig.controller._policy = lambda: plain
+    rig.metrics.set("streams_per_node", 1.0)
+    rig.clock.advance(60)
+    rig.controller.tick()
+    assert registry.get_sample_value("autoscaler_forecast_floor_nodes", {"pool": "unit"}) is None
+    mode = {"pool": "unit", "mode": "forecast_only"}
+    assert registry.get_sample_value("autoscaler_forecast_mode", mode) is None
