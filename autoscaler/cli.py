@@ -1,4 +1,4 @@
-"""``autoscaler``: run | once | explain | history | demo | dry-run | policy validate/schema."""
+"""``autoscaler``: run | once | explain | history | status | store | demo | dry-run | policy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from prometheus_client import start_http_server
@@ -30,14 +30,32 @@ StoreOption = Annotated[
     typer.Option(
         "--store",
         envvar="AUTOSCALER_STORE",
-        help="Database URL (default: sqlite:///.autoscaler/autoscaler.db; postgresql+psycopg://... "
-        "when several controllers share state).",
+        help="Database URL (default: a SQLite file in $STATE_DIRECTORY, $XDG_STATE_HOME/autoscaler or "
+        "~/.local/state/autoscaler; postgresql+psycopg://... when several controllers share state).",
     ),
 ]
 JsonLogs = Annotated[bool, typer.Option("--log-json", help="Log one JSON object per line.")]
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _version(value: bool) -> None:
+    if value:
+        from autoscaler.terminal import version
+
+        typer.echo(f"autoscaler {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """An autoscaler for GPU inference fleets. Start with `autoscaler demo`."""
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -151,26 +169,92 @@ def explain(
         typer.echo(render_reasons(decision))
 
 
-@app.command()
-def history(
-    policy: PolicyOption,
-    store: StoreOption = None,
-    limit: Annotated[int, typer.Option(help="How many ticks.")] = 20,
-) -> None:
-    """Print the pool's most recent recorded ticks, newest first."""
-    from autoscaler.policy.load import load_policy
+def _read_store(store: str | None) -> Any:
+    """The store opened read-only: a missing or unreadable store is a clear error, never created."""
     from autoscaler.store import open_store
 
     try:
-        pool = load_policy(policy).pool
-        ticks = open_store(store).recent_ticks(pool, limit)
-    except PolicyError as exc:
-        _fail("; ".join(exc.problems) or str(exc))
+        return open_store(store, readonly=True)
     except AutoscalerError as exc:
         _fail(str(exc))
-    for tick in ticks:
-        error = f"  error: {tick['error']}" if tick.get("error") else ""
-        typer.echo(f"{tick['at']}  #{tick['id']}  {tick['decision'].get('summary', '')}{error}")
+
+
+def _pools(policy: Path | None, pool: str | None, reader: Any) -> list[str]:
+    """The pools a read command is about: ``--pool``, the ``--policy`` file's, or every recorded one."""
+    from autoscaler.policy.load import load_policy
+
+    if pool:
+        return [pool]
+    if policy is not None:
+        try:
+            return [load_policy(policy).pool]
+        except PolicyError as exc:
+            _fail("; ".join(exc.problems) or str(exc))
+    return list(reader.pools())
+
+
+@app.command()
+def history(
+    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="The pool's policy file.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="The pool's name (instead of --policy).")] = None,
+    store: StoreOption = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only ticks this recent: 90s, 30m, 2h, 1d.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many ticks.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ticks as JSON.")] = False,
+) -> None:
+    """Print a pool's recorded ticks, newest first (reads the store; never creates one)."""
+    from datetime import UTC, datetime
+
+    from autoscaler.policy.model import parse_duration
+    from autoscaler.terminal import history_rows, history_table, print_table
+
+    if policy is None and pool is None:
+        _fail("say which pool: --pool NAME or --policy FILE")
+    cutoff = None
+    if since is not None:
+        try:
+            cutoff = datetime.now(UTC) - parse_duration(since)
+        except ValueError as exc:
+            _fail(f"--since: {exc}")
+    reader = _read_store(store)
+    try:
+        (name,) = _pools(policy, pool, reader)
+        rows = history_rows(reader.recent_ticks(name, limit, since=cutoff))
+    except AutoscalerError as exc:
+        _fail(str(exc))
+    finally:
+        reader.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        print_table(*history_table(rows))
+
+
+@app.command()
+def status(
+    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="Only this policy's pool.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="Only this pool.")] = None,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Pools, their nodes by state, the last decision and its reason, paused, leader (reads the store)."""
+    from autoscaler.terminal import print_table, status_rows, status_table
+
+    reader = _read_store(store)
+    try:
+        rows = status_rows(reader, _pools(policy, pool, reader))
+    except AutoscalerError as exc:
+        _fail(str(exc))
+    finally:
+        reader.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    elif not rows:
+        typer.echo("no pool has recorded anything in this store yet", err=True)
+    else:
+        print_table(*status_table(rows))
 
 
 @app.command()

@@ -198,7 +198,10 @@ class Controller:
             log.exception("tick_crashed", pool=policy.pool)
             outcome.errors.append(f"unexpected {type(exc).__name__}: {exc}")
         self.telemetry.tick_done(policy.pool, outcome, time.monotonic() - started)
-        log.info(
+        # A tick with errors (a balancer that rejected its reload, a failed launch) is an error in
+        # the logs, so log-based alerting and `journalctl -p err` see it.
+        emit = log.error if outcome.errors else log.info
+        emit(
             "tick",
             pool=policy.pool,
             summary=outcome.decision.summary() if outcome.decision else None,

@@ -162,6 +162,13 @@ class Store(Protocol):
         """Latest lifecycle of each instance of ``pool`` and when it was entered."""
         ...
 
-    def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest ticks of ``pool``, newest first, as JSON-ready dicts."""
+    def recent_ticks(
+        self, pool: str, limit: int | None = 20, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest ticks of ``pool``, newest first, as JSON-ready dicts; ``limit=None`` for all,
+        ``since`` for only those recorded at or after it."""
+        ...
+
+    def pools(self) -> list[str]:
+        """Every pool with a recorded tick or instance, sorted."""
         ...

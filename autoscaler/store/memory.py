@@ -101,6 +101,17 @@ class MemoryStore:
             if e["pool"] == pool and e["instance_id"] == instance_id
         ]
 
-    def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Newest ticks first."""
-        return [copy.deepcopy(t) for t in reversed(self.ticks) if t["pool"] == pool][:limit]
+    def recent_ticks(
+        self, pool: str, limit: int | None = 20, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest ticks first; only those at or after ``since`` when given."""
+        ticks = [
+            copy.deepcopy(t)
+            for t in reversed(self.ticks)
+            if t["pool"] == pool and (since is None or datetime.fromisoformat(t["at"]) >= since)
+        ]
+        return ticks if limit is None else ticks[:limit]
+
+    def pools(self) -> list[str]:
+        """Every pool with a recorded tick or instance, sorted."""
+        return sorted({t["pool"] for t in self.ticks} | {e["pool"] for e in self.events})
