@@ -284,8 +284,8 @@ def demo(
 
 
 def _register_extensions() -> None:
-    """Command groups that live beside their code: `policy` and `dry-run`."""
-    for module in ("autoscaler.policy.commands", "autoscaler.simulate.commands"):
+    """Command groups that live beside their code: `policy`, `dry-run` and `store`."""
+    for module in ("autoscaler.policy.commands", "autoscaler.simulate.commands", "autoscaler.store.commands"):
         try:
             importlib.import_module(module).register(app)
         except ModuleNotFoundError as exc:

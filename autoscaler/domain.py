@@ -213,3 +213,11 @@ class Decision:
             f"{self.direction.value} {self.current}→{self.desired} "
             f"(ready {self.ready}, booting {self.booting}, draining {self.draining}) {final}"
         ).strip()
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Rows one ``Store.prune`` deleted."""
+
+    ticks: int
+    instance_events: int

@@ -11,7 +11,16 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from autoscaler.domain import Backend, Instance, LaunchResult, LaunchSpec, Lifecycle, Sample, TerminateOutcome
+from autoscaler.domain import (
+    Backend,
+    Instance,
+    LaunchResult,
+    LaunchSpec,
+    Lifecycle,
+    PruneResult,
+    Sample,
+    TerminateOutcome,
+)
 
 
 @runtime_checkable
@@ -171,4 +180,9 @@ class Store(Protocol):
 
     def pools(self) -> list[str]:
         """Every pool with a recorded tick or instance, sorted."""
+        ...
+
+    def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
+        """Delete ticks recorded before ``before`` (of ``pool`` or all pools) and the records of
+        instances terminated before it; keep the engine memory and live instances' records."""
         ...

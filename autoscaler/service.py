@@ -49,6 +49,7 @@ class TickService:
     def _job(self) -> None:
         outcome = self.runtime.controller.tick()
         self.ticks += 1
+        self.runtime.after_tick(outcome)
         if self._on_tick is not None:
             self._on_tick(outcome)
         wanted = self._fixed_interval or self.runtime.watcher.current().scaling.tick.total_seconds()

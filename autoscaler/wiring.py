@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.clock import SystemClock
-from autoscaler.controller import Adapters, Controller
+from autoscaler.controller import Adapters, Controller, TickOutcome
 from autoscaler.domain import Instance
 from autoscaler.metrics.file_sd import write_targets
 from autoscaler.metrics.prometheus import PrometheusSource
@@ -28,6 +28,7 @@ from autoscaler.policy.model import (
 from autoscaler.probes import HttpNodeProbe
 from autoscaler.protocols import Balancer, Clock, Provider, Store
 from autoscaler.store import open_store
+from autoscaler.store.retention import Retention
 from autoscaler.telemetry import ControllerMetrics
 
 
@@ -77,6 +78,13 @@ class Runtime:
     watcher: PolicyWatcher
     store: Store
     closers: list[Any] = field(default_factory=list)
+    retention: Retention | None = None
+
+    def after_tick(self, outcome: TickOutcome) -> None:
+        """Housekeeping between ticks of ``autoscaler run``: prune records past the policy's retention."""
+        if self.retention is None:
+            self.retention = Retention(self.store)
+        self.retention.after_tick(outcome.pool, self.watcher.current().store.retention, outcome.at)
 
     def close(self) -> None:
         """Close HTTP clients and database pools."""

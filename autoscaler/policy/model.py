@@ -512,6 +512,24 @@ class Scaling(StrictModel):
         return value
 
 
+# ------------------------------------------------------------------------------------------------ store
+class StoreConfig(StrictModel):
+    """How long the controller keeps this pool's records in the store."""
+
+    retention: Duration | None = Field(
+        default=timedelta(days=30),
+        description="Ticks older than this (and instances terminated before it) are pruned about once "
+        "an hour by `autoscaler run`; null keeps everything. 30 days of 15 s ticks is ~173,000 rows.",
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _at_least_an_hour(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(hours=1):
+            raise ValueError("retention shorter than 1h would prune the ticks the engine looks back on")
+        return value
+
+
 # ------------------------------------------------------------------------------------------------- pool
 class PoolPolicy(StrictModel):
     """One pool: where its nodes come from, how traffic reaches them, and when to scale."""
@@ -525,6 +543,7 @@ class PoolPolicy(StrictModel):
     health: HealthConfig = Field(default_factory=HealthConfig)
     drain: DrainConfig = Field(default_factory=DrainConfig)
     scaling: Scaling
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
     def instance_type(self, name: str) -> InstanceTypeSpec | None:
         """The launch spec entry of ``name``, or None for a type the policy no longer lists."""

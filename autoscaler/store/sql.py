@@ -2,7 +2,8 @@
 
 Three tables: ``tick`` (every tick's inputs, decision, reasons and error), ``instance_event`` (each
 lifecycle transition of each instance) and ``engine_memory`` (the engine's memory per pool, written
-in the same transaction as the tick it follows).
+in the same transaction as the tick it follows). The schema is Alembic's (``store/migrations``):
+opening a store for writing brings it to the newest revision; ``prune`` bounds its size.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Text, event, inspect
+from sqlalchemy import Column, Engine, Index, Text, delete, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from autoscaler.domain import Lifecycle
+from autoscaler.domain import Lifecycle, PruneResult
 from autoscaler.errors import StoreError
 
 #: The file name of the default SQLite store inside its state directory.
@@ -64,9 +65,10 @@ class TickRow(SQLModel, table=True):
     """One controller tick of one pool."""
 
     __tablename__ = "tick"
+    __table_args__ = (Index("ix_tick_pool_at", "pool", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    pool: str = Field(index=True)
+    pool: str
     at: datetime = Field(index=True)
     direction: str = ""
     desired: int | None = None
@@ -84,9 +86,10 @@ class InstanceEventRow(SQLModel, table=True):
     """One lifecycle transition of one instance."""
 
     __tablename__ = "instance_event"
+    __table_args__ = (Index("ix_instance_event_pool_at", "pool", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    pool: str = Field(index=True)
+    pool: str
     instance_id: str = Field(index=True)
     state: str
     at: datetime
@@ -142,7 +145,9 @@ class SqlStore:
             if readonly:
                 self._require_tables()
             else:
-                SQLModel.metadata.create_all(self.engine)
+                from autoscaler.store.migrate import upgrade
+
+                upgrade(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self.safe_url}: {_first_line(exc)}") from exc
 
@@ -308,6 +313,37 @@ class SqlStore:
                 }
                 for r in rows
             ]
+
+    def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
+        """Delete ticks recorded before ``before`` (of ``pool``, or of every pool), and the lifecycle
+        records of instances that were terminated before it. The engine memory and everything about
+        live instances stay; returns how many rows went."""
+        cutoff = _utc(before)
+        ticks = delete(TickRow).where(col(TickRow.at) < cutoff)
+        if pool is not None:
+            ticks = ticks.where(col(TickRow.pool) == pool)
+        with self._session("prune") as session:
+            removed_ticks = session.execute(ticks).rowcount or 0  # type: ignore[attr-defined]
+            events = select(InstanceEventRow).order_by(col(InstanceEventRow.id))
+            if pool is not None:
+                events = events.where(InstanceEventRow.pool == pool)
+            latest: dict[tuple[str, str], InstanceEventRow] = {}
+            for row in session.exec(events):
+                latest[(row.pool, row.instance_id)] = row
+            gone = [
+                key
+                for key, row in latest.items()
+                if row.state == Lifecycle.TERMINATED.value and _utc(row.at) < cutoff
+            ]
+            removed_events = 0
+            for row_pool, instance in gone:
+                result = session.execute(
+                    delete(InstanceEventRow).where(
+                        col(InstanceEventRow.pool) == row_pool, col(InstanceEventRow.instance_id) == instance
+                    )
+                )
+                removed_events += result.rowcount or 0  # type: ignore[attr-defined]
+        return PruneResult(ticks=removed_ticks, instance_events=removed_events)
 
     def pools(self) -> list[str]:
         """Every pool with a recorded tick or instance, sorted."""
