@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from prometheus_client import start_http_server
 
 from autoscaler.controller import TickOutcome, decision_record
 from autoscaler.errors import AutoscalerError, PolicyError
 from autoscaler.logs import configure_logging
 from autoscaler.policy.explain import render_reasons
-from autoscaler.telemetry import ControllerMetrics
+from autoscaler.telemetry import UNHEALTHY_AFTER_TICKS, ControllerMetrics, Health, MetricsServer
 
 app = typer.Typer(
     help="An autoscaler for GPU inference fleets. Start with `autoscaler demo`.",
@@ -97,22 +96,36 @@ def run(
     store: StoreOption = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve the controller's metrics here.")] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
+    unhealthy_after: Annotated[
+        int,
+        typer.Option(min=1, help="/healthz fails (503) after this many tick periods with no good tick."),
+    ] = UNHEALTHY_AFTER_TICKS,
     log_json: JsonLogs = False,
 ) -> None:
-    """Run the controller: one tick every `scaling.tick`, until SIGTERM or SIGINT."""
+    """Run the controller: one tick every `scaling.tick`, until SIGTERM or SIGINT.
+
+    With --metrics-port: /metrics for Prometheus and /healthz for a supervisor on that port.
+    """
     from autoscaler.service import TickService
 
     configure_logging(json_lines=log_json)
-    telemetry = ControllerMetrics()
+    telemetry = ControllerMetrics(health=Health(unhealthy_after=unhealthy_after))
     runtime = _runtime(policy, store, telemetry)
+    server = None
     if metrics_port is not None:
-        start_http_server(metrics_port, addr=metrics_host, registry=telemetry.registry)
+        try:
+            server = MetricsServer(telemetry, metrics_host, metrics_port).start()
+        except OSError as exc:
+            runtime.close()
+            _fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}")
     service = TickService(runtime, blocking=True)
     service.install_signal_handlers()
     try:
         service.start()
     finally:
         runtime.close()
+        if server is not None:
+            server.close()
     typer.echo(f"stopped after {service.ticks} ticks", err=True)
 
 

@@ -187,6 +187,7 @@ class Controller:
         outcome = TickOutcome(pool=policy.pool, at=now)
         reload_error = self._policy_error()
         self.telemetry.policy_valid(policy.pool, reload_error is None)
+        self.telemetry.bounds(policy.pool, policy.scaling.min_nodes, policy.scaling.max_nodes)
         if reload_error:
             outcome.notes.append(f"policy file is invalid, keeping the last valid policy: {reload_error}")
             log.warning("policy_invalid_kept_last_valid", pool=policy.pool, error=reload_error)
