@@ -250,18 +250,23 @@ class ControllerMetrics:
 
     def bounds(self, pool: str, min_nodes: int, max_nodes: int) -> None:
         """The policy's bounds, so alerts can tell a fleet held at its maximum."""
+        self._ensure_pool(pool)
         self.min_nodes.labels(pool).set(min_nodes)
         self.max_nodes.labels(pool).set(max_nodes)
 
-    def _first_sight(self, pool: str) -> None:
-        # Series exist from the first tick at 0, so the first error is an increase alerts can see.
+    def _ensure_pool(self, pool: str) -> None:
+        # Series exist from the start of the first tick at 0, so the first error is an increase
+        # alerts can see (a counter born at 1 shows no increase).
+        if pool in self._seen:
+            return
+        self._seen.add(pool)
         for result in ("ok", "error"):
             self.ticks.labels(pool, result)
         self.balancer_errors.labels(pool)
         self.boot_failures.labels(pool)
         self.launches.labels(pool)
         self.last_success.labels(pool).set(self.started)
-        if not self.paused.labels(pool)._value.get():
+        if pool not in self._modes:
             self.mode(pool)  # 0 until something says the pool is paused or in shadow mode
 
     def mode(self, pool: str, *, paused: bool = False, shadow: bool = False) -> None:
@@ -272,9 +277,7 @@ class ControllerMetrics:
 
     def tick_done(self, pool: str, outcome: TickOutcome, seconds: float) -> None:
         """Everything a finished tick tells."""
-        if pool not in self._seen:
-            self._seen.add(pool)
-            self._first_sight(pool)
+        self._ensure_pool(pool)
         self.ticks.labels(pool, "ok" if outcome.ok else "error").inc()
         self.health.tick(pool, outcome.ok)
         if outcome.ok:
