@@ -127,6 +127,8 @@ class TickOutcome:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     nodes: dict[str, str] = field(default_factory=dict)
+    #: What the pool's live nodes cost per hour at the policy's prices (None before they are known).
+    cost_per_hour: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -244,6 +246,11 @@ class Controller:
             self._act(policy, decision, states, now, tick_id, outcome)
         finally:
             outcome.nodes = {i: s.lifecycle.value for i, s in states.items()}
+            outcome.cost_per_hour = sum(
+                spec.price_per_hour
+                for spec in (policy.instance_type(s.instance.instance_type) for s in states.values())
+                if spec is not None
+            )
             try:
                 store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
             except StoreError as exc:

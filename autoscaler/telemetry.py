@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from autoscaler.controller import TickOutcome
 
 
+#: Reason kinds named by node or pool, left out of the reasons metric to keep its cardinality low.
+_UNLABELLED_REASONS = frozenset({"victim", "final"})
+
 #: ``/healthz`` fails after this many tick periods without a successful tick (``--unhealthy-after``).
 UNHEALTHY_AFTER_TICKS = 3
 
@@ -156,6 +159,18 @@ class ControllerMetrics:
             ["pool"],
             registry=r,
         )
+        self.cost = Gauge(
+            "autoscaler_cost_per_hour",
+            "What the pool's live nodes cost per hour at the policy's price_per_hour (its currency).",
+            ["pool"],
+            registry=r,
+        )
+        self.decision_reasons = Counter(
+            "autoscaler_decision_reasons",
+            "Reasons in the trails of decisions that moved the pool (checks, schedules, bounds, windows).",
+            ["pool", "direction", "kind", "name"],
+            registry=r,
+        )
         self.min_nodes = Gauge("autoscaler_min_nodes", "The policy's min_nodes.", ["pool"], registry=r)
         self.max_nodes = Gauge("autoscaler_max_nodes", "The policy's max_nodes.", ["pool"], registry=r)
         self.paused = Gauge(
@@ -283,9 +298,17 @@ class ControllerMetrics:
         if outcome.ok:
             self.last_success.labels(pool).set(outcome.at.timestamp())
         self.tick_seconds.labels(pool).observe(seconds)
+        if outcome.cost_per_hour is not None:
+            self.cost.labels(pool).set(outcome.cost_per_hour)
         if outcome.decision is not None:
-            self.desired.labels(pool).set(outcome.decision.desired)
-            self.decisions.labels(pool, outcome.decision.direction.value).inc()
+            decision = outcome.decision
+            self.desired.labels(pool).set(decision.desired)
+            self.decisions.labels(pool, decision.direction.value).inc()
+            direction = decision.direction.value
+            if direction != "hold":
+                for reason in decision.reasons:
+                    if reason.kind not in _UNLABELLED_REASONS:
+                        self.decision_reasons.labels(pool, direction, reason.kind, reason.name).inc()
         counts = {"booting": 0, "serving": 0, "draining": 0}
         for lifecycle in outcome.nodes.values():
             counts[lifecycle] = counts.get(lifecycle, 0) + 1
