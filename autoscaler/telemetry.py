@@ -171,6 +171,12 @@ class ControllerMetrics:
             ["pool", "direction", "kind", "name"],
             registry=r,
         )
+        self.notifications = Counter(
+            "autoscaler_notifications",
+            "Webhook notifications by event and result (sent, failed after retries, dropped: queue full).",
+            ["pool", "event", "result"],
+            registry=r,
+        )
         self.min_nodes = Gauge("autoscaler_min_nodes", "The policy's min_nodes.", ["pool"], registry=r)
         self.max_nodes = Gauge("autoscaler_max_nodes", "The policy's max_nodes.", ["pool"], registry=r)
         self.paused = Gauge(
@@ -262,6 +268,10 @@ class ControllerMetrics:
     def balancer_error(self, pool: str) -> None:
         """The balancer rejected a change."""
         self.balancer_errors.labels(pool).inc()
+
+    def notification(self, pool: str, event: str, result: str) -> None:
+        """A webhook notification was sent, failed or dropped."""
+        self.notifications.labels(pool, event, result).inc()
 
     def bounds(self, pool: str, min_nodes: int, max_nodes: int) -> None:
         """The policy's bounds, so alerts can tell a fleet held at its maximum."""

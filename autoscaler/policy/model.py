@@ -530,6 +530,47 @@ class StoreConfig(StrictModel):
         return value
 
 
+# ---------------------------------------------------------------------------------------- notifications
+NotificationEvent = Literal["scale_out", "scale_in", "failure", "recovered", "fallback"]
+ALL_NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
+    "scale_out", "scale_in", "failure", "recovered", "fallback"
+)
+
+
+class WebhookConfig(StrictModel):
+    """A webhook that receives a JSON POST when the pool scales or something goes wrong.
+
+    Sent from a background queue: a slow or hanging receiver never delays a tick.
+    """
+
+    url: str | None = Field(default=None, pattern=r"^https?://", description="Where to POST.")
+    url_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Read the URL from this environment variable instead (chat webhooks hold a secret).",
+    )
+    events: list[NotificationEvent] = Field(
+        default_factory=lambda: list(ALL_NOTIFICATION_EVENTS),
+        min_length=1,
+        description="Which events to send. failure/fallback are sent when they start, recovered when "
+        "a tick succeeds again.",
+    )
+    timeout: Duration = Field(default=timedelta(seconds=5), description="Per attempt.")
+    retries: int = Field(default=3, ge=0, le=10, description="Further attempts after a failed one.")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of 'url' or 'url_env'")
+        return self
+
+
+class NotificationsConfig(StrictModel):
+    """Where the controller tells people what it did."""
+
+    webhook: WebhookConfig | None = None
+
+
 # ------------------------------------------------------------------------------------------------- pool
 class PoolPolicy(StrictModel):
     """One pool: where its nodes come from, how traffic reaches them, and when to scale."""
@@ -544,6 +585,7 @@ class PoolPolicy(StrictModel):
     drain: DrainConfig = Field(default_factory=DrainConfig)
     scaling: Scaling
     store: StoreConfig = Field(default_factory=StoreConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     def instance_type(self, name: str) -> InstanceTypeSpec | None:
         """The launch spec entry of ``name``, or None for a type the policy no longer lists."""
