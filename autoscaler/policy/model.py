@@ -549,6 +549,11 @@ class Behavior(StrictModel):
     min_node_lifetime: Duration = Field(
         default=timedelta(0), description="Billing granularity: keep nodes this long."
     )
+    max_node_lifetime: Duration | None = Field(
+        default=None,
+        description="Replace nodes older than this (Karpenter's expireAfter), launching first and "
+        "draining within launch.rollout's disruption budget; protected nodes are left alone.",
+    )
 
 
 class MissingData(StrictModel):
@@ -706,6 +711,11 @@ class PoolPolicy(StrictModel):
     health: HealthConfig = Field(default_factory=HealthConfig)
     drain: DrainConfig = Field(default_factory=DrainConfig)
     scaling: Scaling
+    paused: bool = Field(
+        default=False,
+        description="Observe, decide and record every tick, act on nothing: nodes stay as they are "
+        "(KEDA's paused). `autoscaler pause --pool` does the same without editing the file.",
+    )
     store: StoreConfig = Field(default_factory=StoreConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
