@@ -1,4 +1,4 @@
-"""``autoscaler``: run | once | explain | history | status | store | demo | dry-run | policy."""
+"""``autoscaler``: run | once | explain | history | status | pause | resume | store | demo | dry-run."""
 
 from __future__ import annotations
 
@@ -257,7 +257,14 @@ def status(
 
     reader = _read_store(store)
     try:
-        rows = status_rows(reader, _pools(policy, pool, reader))
+        pools = _pools(policy, pool, reader)
+        paused = {p: bool((reader.pause_state(p) or {}).get("paused")) for p in pools}
+        if policy is not None:
+            from autoscaler.policy.load import load_policy
+
+            in_file = load_policy(policy)
+            paused[in_file.pool] = paused.get(in_file.pool, False) or in_file.paused
+        rows = status_rows(reader, pools, paused)
     except AutoscalerError as exc:
         _fail(str(exc))
     finally:
@@ -268,6 +275,55 @@ def status(
         typer.echo("no pool has recorded anything in this store yet", err=True)
     else:
         print_table(*status_table(rows))
+
+
+def _set_pause(
+    paused: bool, policy: Path | None, pool: str | None, store: str | None, reason: str | None
+) -> None:
+    from datetime import UTC, datetime
+
+    from autoscaler.store import open_store
+
+    _read_store(store).close()  # the store must exist: a mistyped --store creates nothing
+    if policy is None and pool is None:
+        _fail("say which pool: --pool NAME or --policy FILE")
+    try:
+        writer = open_store(store)
+    except AutoscalerError as exc:
+        _fail(str(exc))
+    try:
+        (name,) = _pools(policy, pool, writer)
+        writer.set_paused(name, paused, datetime.now(UTC), reason)
+    except AutoscalerError as exc:
+        _fail(str(exc))
+    finally:
+        writer.close()
+    if paused:
+        typer.echo(f"pool {name} paused: ticks observe and record, act on nothing until `autoscaler resume`")
+    else:
+        typer.echo(f"pool {name} resumed")
+
+
+@app.command()
+def pause(
+    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="The pool's policy file.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="The pool's name (instead of --policy).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (shown in each tick's notes).")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Pause a pool: the controller keeps observing and recording, and launches, drains and terminates
+    nothing, until `autoscaler resume` (a running controller sees it on its next tick)."""
+    _set_pause(True, policy, pool, store, reason)
+
+
+@app.command()
+def resume(
+    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="The pool's policy file.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="The pool's name (instead of --policy).")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Resume a pool paused with `autoscaler pause` (a `paused: true` policy stays paused)."""
+    _set_pause(False, policy, pool, store, None)
 
 
 @app.command()

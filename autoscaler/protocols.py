@@ -182,6 +182,14 @@ class Store(Protocol):
         """Every pool with a recorded tick or instance, sorted."""
         ...
 
+    def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
+        """Pause (or resume) ``pool`` from the command line: observed and recorded, not acted on."""
+        ...
+
+    def pause_state(self, pool: str) -> dict[str, Any] | None:
+        """``{"paused": bool, "reason": str | None, "at": iso time}`` as last set, or None if never."""
+        ...
+
     def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
         """Delete ticks recorded before ``before`` (of ``pool`` or all pools) and the records of
         instances terminated before it; keep the engine memory and live instances' records."""

@@ -20,6 +20,7 @@ class MemoryStore:
         self.memory: dict[str, dict[str, Any]] = {}
         self.next_error: Exception | None = None
         self._last_id = 0
+        self.pauses: dict[str, dict[str, Any]] = {}
 
     def _maybe_fail(self) -> None:
         if self.next_error is not None:
@@ -130,6 +131,16 @@ class MemoryStore:
         events = [e for e in self.events if (e["pool"], e["instance_id"]) not in gone]
         removed_events, self.events = len(self.events) - len(events), events
         return PruneResult(ticks=removed_ticks, instance_events=removed_events)
+
+    def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
+        """Pause (or resume) ``pool``."""
+        self._maybe_fail()
+        self.pauses[pool] = {"paused": paused, "reason": reason, "at": at.isoformat()}
+
+    def pause_state(self, pool: str) -> dict[str, Any] | None:
+        """The pause as last set for ``pool``, or None."""
+        state = self.pauses.get(pool)
+        return dict(state) if state is not None else None
 
     def pools(self) -> list[str]:
         """Every pool with a recorded tick or instance, sorted."""

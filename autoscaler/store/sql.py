@@ -106,6 +106,17 @@ class EngineMemoryRow(SQLModel, table=True):
     updated_at: datetime
 
 
+class PoolPauseRow(SQLModel, table=True):
+    """Whether a pool is paused from the command line, since when and why."""
+
+    __tablename__ = "pool_pause"
+
+    pool: str = Field(primary_key=True)
+    paused: bool
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    at: datetime
+
+
 def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
@@ -344,6 +355,23 @@ class SqlStore:
                 )
                 removed_events += result.rowcount or 0  # type: ignore[attr-defined]
         return PruneResult(ticks=removed_ticks, instance_events=removed_events)
+
+    def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
+        """Pause (or resume) ``pool`` from the command line."""
+        with self._session("set_paused") as session:
+            row = session.get(PoolPauseRow, pool)
+            if row is None:
+                session.add(PoolPauseRow(pool=pool, paused=paused, reason=reason, at=_utc(at)))
+            else:
+                row.paused, row.reason, row.at = paused, reason, _utc(at)
+
+    def pause_state(self, pool: str) -> dict[str, Any] | None:
+        """``{"paused", "reason", "at"}`` as last set for ``pool``, or None if never."""
+        with self._session("pause_state") as session:
+            row = session.get(PoolPauseRow, pool)
+            if row is None:
+                return None
+            return {"paused": row.paused, "reason": row.reason, "at": _utc(row.at).isoformat()}
 
     def pools(self) -> list[str]:
         """Every pool with a recorded tick or instance, sorted."""

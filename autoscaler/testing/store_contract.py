@@ -68,6 +68,18 @@ class StoreContract:
         store.record_tick("asr", T0 + timedelta(seconds=15), {}, {"desired": 1}, {})
         assert store.pools() == ["asr", "ocr", "tts"]
 
+    def test_pause_and_resume_a_pool(self, store: Store) -> None:
+        """set_paused keeps the latest pause per pool with its reason and time; other pools unaffected."""
+        assert store.pause_state("asr") is None
+        store.set_paused("asr", True, T0, "peak-season freeze")
+        state = store.pause_state("asr")
+        assert state is not None and state["paused"] is True and state["reason"] == "peak-season freeze"
+        assert datetime.fromisoformat(state["at"]) == T0
+        store.set_paused("asr", False, T0 + timedelta(hours=1))
+        assert store.pause_state("asr") == {"paused": False, "reason": None,
+                                            "at": (T0 + timedelta(hours=1)).isoformat()}
+        assert store.pause_state("ocr") is None
+
     def test_outcome_attached_to_tick(self, store: Store) -> None:
         """update_tick attaches the executor's outcome and error to the recorded tick."""
         tick_id = store.record_tick("p", T0, {}, {"desired": 1}, {})

@@ -97,7 +97,7 @@ def test_first_release_store_is_upgraded_on_open_keeping_its_records(empty_datab
     assert "ix_tick_pool_at" not in _indexes(empty_database, "tick")
     store = SqlStore(empty_database)
     try:
-        assert current_revision(store.engine) == head_revision() == "0002"
+        assert current_revision(store.engine) == head_revision() == "0003"
         assert [t["decision"]["summary"] for t in store.recent_ticks("asr")] == ["out 2→3"]
         assert store.lifecycles("asr") == {"i-1": (Lifecycle.SERVING, T0)}
         assert store.load_memory("asr") == {"n": 1}
@@ -115,11 +115,11 @@ def test_store_upgrade_command_from_the_baseline_revision(empty_database: str) -
     runner = CliRunner()
     first = runner.invoke(app, ["store", "upgrade", "--store", empty_database])
     assert first.exit_code == 0, first.output
-    assert "from revision 0001 to 0002" in first.stdout
+    assert "from revision 0001 to 0003" in first.stdout
     again = runner.invoke(app, ["store", "upgrade", "--store", empty_database])
-    assert again.exit_code == 0 and "already at revision 0002" in again.stdout
+    assert again.exit_code == 0 and "already at revision 0003" in again.stdout
     revision = runner.invoke(app, ["store", "revision", "--store", empty_database])
-    assert "store: 0002; this release: 0002" in revision.stdout
+    assert "store: 0003; this release: 0003" in revision.stdout
 
 
 def test_migrations_at_head_match_the_models(empty_database: str) -> None:
