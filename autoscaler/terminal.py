@@ -107,7 +107,7 @@ def status_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
                 row["pool"],
                 nodes,
                 _short_time(row["last_tick"]),
-                row["decision"] or "-",
+                (row["decision"] or "-").split(" (", maxsplit=1)[0],  # "out 2→3"; the reason follows
                 reason,
                 "yes" if row["paused"] else "no",
                 row["leader"],
