@@ -25,17 +25,21 @@ draft, changes the count it is responsible for and appends its own ``Reason``:
    period as HPA does.
 9. ``bound`` — open scheduled floors (``boot_lead`` ahead) and ceilings, then ``min_nodes`` /
    ``max_nodes``; bounds are absolute and override cooldowns and rate limits.
-10. ``plan_moves`` — launches (capped by ``max_launching``), victims in victim order, and the rolling
-    replacement of outdated nodes under the disruption budget.
-11. ``warm_pool`` — launches become starts of up-to-date warm (stopped) instances first, cold
+10. ``protect`` — names nodes tagged ``autoscaler:do-not-disrupt`` (never drained, replaced or
+    expired) and nodes past ``max_node_lifetime`` (replaced like outdated ones).
+11. ``plan_moves`` — launches (capped by ``max_launching``), victims in victim order, and the rolling
+    replacement of outdated or expired nodes under the disruption budget.
+12. ``warm_pool`` — launches become starts of up-to-date warm (stopped) instances first, cold
     launches only for the rest; outdated warm instances are discarded, never started; the pool is
     kept at its size by preparing instances (cold launches that are stopped once healthy) and by
     discarding any beyond it.
+13. ``pause`` — a paused pool records the planned moves in the trail and drops them.
 
 ``Decision.desired`` is the target after step 9 (always within ``[min_nodes, max_nodes]``);
-``launch`` and ``victims`` are the moves taken now toward it and can fall short of it (step 10).
+``launch`` and ``victims`` are the moves taken now toward it and can fall short of it (step 11),
+and are none while the pool is paused (step 13).
 Booting (and launching, and starting) nodes count toward the current count; draining nodes do not,
-nor do warm-pool nodes (preparing or stopped): they are an input of step 11 only.
+nor do warm-pool nodes (preparing or stopped): they are an input of step 12 only.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from statistics import median
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoscaler.domain import Decision, Lifecycle, Node, Reason, Sample
+from autoscaler.domain import DO_NOT_DISRUPT_TAG, Decision, Lifecycle, Node, Reason, Sample
 from autoscaler.policy.checks import (
     EPSILON,
     ZERO,
@@ -180,7 +184,7 @@ class Draft:
         draining = len(draining_nodes)
         # Replacements of outdated nodes (a rollout) run on top of the pool's size: they do not count
         # toward it, or the surge would become permanent capacity through the "hold" vote.
-        outdated = [n for n in serving if _outdated(n, policy)]
+        outdated = [n for n in serving if _outdated(n, policy, now)]
         replacing = min(memory.replacing, len(outdated), len(serving) + len(booting) - len(outdated))
         current = len(serving) + len(booting) - replacing
         return cls(policy=policy, samples=samples, memory=memory, now=now, forecast=forecast,
@@ -506,7 +510,14 @@ def bound(d: Draft) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- 10
-def _outdated(node: Node, policy: PoolPolicy) -> str | None:
+def _outdated(node: Node, policy: PoolPolicy, now: datetime) -> str | None:
+    """Why ``node`` is to be replaced (outdated or past ``max_node_lifetime``), or None; never a
+    protected node."""
+    if node.protected:
+        return None
+    max_life = policy.scaling.behavior.max_node_lifetime
+    if max_life is not None and now - node.launched_at >= max_life:
+        return f"expired: up {seconds(now - node.launched_at):g}s, max_node_lifetime {seconds(max_life):g}s"
     if node.model_version != policy.launch.model_version:
         return f"outdated model version {node.model_version} (policy: {policy.launch.model_version})"
     image = policy.launch.image.id
@@ -521,18 +532,23 @@ def choose_victims(
 ) -> tuple[str, ...]:
     """Pick up to ``need`` nodes to drain, in victim order, under min lifetime and last-node rules.
 
-    Order: outdated model version or image first, then fewest active streams (a booting node has
-    none; an unknown count sorts last), then youngest; never the last serving node.
+    Order: outdated model version or image (or expired) first, then fewest active streams (a booting
+    node has none; an unknown count sorts last), then youngest; never the last serving node, never a
+    node tagged ``autoscaler:do-not-disrupt``.
     """
     min_life = policy.scaling.behavior.min_node_lifetime
     candidates: list[tuple[tuple[int, float, float, str], Node, bool, str | None]] = []
     too_young = 0
+    protected = 0
     for nodes, is_serving in ((serving, True), (booting, False)):
         for node in nodes:
+            if node.protected:
+                protected += 1
+                continue
             if min_life > ZERO and now - node.launched_at < min_life:
                 too_young += 1
                 continue
-            outdated = _outdated(node, policy)
+            outdated = _outdated(node, policy, now)
             if not is_serving:
                 streams = 0.0  # a booting node serves nobody yet
             elif node.active_streams is None:
@@ -572,10 +588,13 @@ def choose_victims(
             parts.append(f"{too_young} younger than the minimum lifetime of {seconds(min_life):g}s")
         if kept_last:
             parts.append("the last serving node is never drained")
+        if protected:
+            parts.append(f"{protected} protected by {DO_NOT_DISRUPT_TAG}")
         reasons.append(Reason("victim", "shortfall",
                               f"only {len(chosen)} of {need} nodes can be drained now: " + "; ".join(parts),
                               {"needed": need, "chosen": len(chosen), "too_young": too_young,
-                               "kept_last_serving": kept_last}))
+                               "kept_last_serving": kept_last}
+                              | ({"protected": protected} if protected else {})))
     return tuple(chosen)
 
 
@@ -593,7 +612,7 @@ def _rollout(d: Draft) -> None:
     victims = (choose_victims(policy, d.serving, (), need=drainable, now=d.now, reasons=d.reasons)
                if drainable else ())
     d.note("rollout", "replace-outdated",
-           f"{len(d.outdated)} serving nodes run an outdated model version or image: "
+           f"{len(d.outdated)} serving nodes run an outdated model version or image, or expired: "
            f"launch {extra} replacement(s), "
            f"drain {len(victims)} (at most {budget} draining at once, {d.draining} draining now, "
            f"{d.replacing} replacement(s) on the way)",
@@ -637,8 +656,8 @@ def warm_pool(d: Draft) -> None:
         return
     # Oldest first: the instance that has waited longest is started (or kept) first.
     ordered = sorted(d.warm, key=lambda n: (n.launched_at, n.id))
-    outdated = [(n, why) for n in ordered if (why := _outdated(n, d.policy))]
-    usable = [n for n in ordered if not _outdated(n, d.policy)]
+    outdated = [(n, why) for n in ordered if (why := _outdated(n, d.policy, d.now))]
+    usable = [n for n in ordered if not _outdated(n, d.policy, d.now)]
     discard = [n.id for n, _ in outdated]
     for node, why in outdated:
         d.note("warm", node.id, f"discard warm {node.id}: {why}; never started, replaced",
@@ -660,7 +679,7 @@ def warm_pool(d: Draft) -> None:
     victims = set(d.victims)
     leaving = d.draining_nodes + [n for n in d.serving + d.booting if n.id in victims
                                   and n.lifecycle in (Lifecycle.SERVING, Lifecycle.STARTING)]
-    reusable = [n for n in leaving if not _outdated(n, d.policy)] if config.reuse_on_scale_in else []
+    reusable = [n for n in leaving if not _outdated(n, d.policy, d.now)] if config.reuse_on_scale_in else []
     have = len(left) + len(d.preparing)
     if have > target:
         # Beyond the size (it shrank, or max_prepared squeezes it): the newest stopped ones go first.
@@ -688,16 +707,55 @@ def warm_pool(d: Draft) -> None:
     d.warm_target = target
 
 
+def protect(d: Draft) -> None:
+    """Name the nodes that voluntary disruption leaves alone, and those past ``max_node_lifetime``.
+
+    The rules themselves are in ``_outdated`` and ``choose_victims`` (both skip protected nodes, and
+    expired nodes are replaced like outdated ones, under the rollout's disruption budget); this step
+    puts them in the reason trail.
+    """
+    protected = [n.id for n in (*d.serving, *d.booting) if n.protected]
+    if protected:
+        d.note("protection", DO_NOT_DISRUPT_TAG,
+               f"{len(protected)} node(s) tagged {DO_NOT_DISRUPT_TAG}: never drained, replaced or expired",
+               nodes=protected)
+    max_life = d.policy.scaling.behavior.max_node_lifetime
+    if max_life is not None:
+        expired = [n.id for n in d.outdated if (_outdated(n, d.policy, d.now) or "").startswith("expired")]
+        if expired:
+            d.note("expiry", "max_node_lifetime",
+                   f"{len(expired)} node(s) up longer than {seconds(max_life):g}s: replaced under the "
+                   "disruption budget", nodes=expired)
+
+
+def pause(d: Draft) -> None:
+    """A paused pool (``paused: true``, or ``autoscaler pause``) acts on nothing: the moves the steps
+    above planned are recorded in the trail, then dropped."""
+    if not d.policy.paused:
+        return
+    d.note("pause", d.policy.pool,
+           f"paused: would launch {d.launch} and drain {len(d.victims)} (target {d.target}); "
+           "acting on nothing",
+           would_launch=d.launch, would_drain=list(d.victims), would_target=d.target,
+           would_start=list(d.starts), would_prepare=d.prepare, would_discard=list(d.discard))
+    d.launch, d.victims = 0, ()
+    d.starts, d.prepare, d.discard = (), 0, ()
+    d.scaling_launch, d.scaling_victims = 0, ()
+    d.next_replacing = d.replacing
+
+
 #: The pipeline, in order. A new mechanism is one new step here.
 STEPS: tuple[Step, ...] = (
     vote, combine, missing_data_fallback, look_ahead, forecast_floor,
-    stabilize, cooldown, rate_limit, bound, plan_moves, warm_pool,
+    stabilize, cooldown, rate_limit, bound, protect, plan_moves, warm_pool, pause,
 )
 
 
 def _finish(d: Draft) -> Evaluation:
     """The final reason, the decision and the memory for the next tick."""
-    if d.scaling_launch == 0 and not d.scaling_victims and (d.launch or d.starts or d.victims):
+    if d.policy.paused:
+        final = f"paused at {d.current}" + (f" (would want {d.target})" if d.target != d.current else "")
+    elif d.scaling_launch == 0 and not d.scaling_victims and (d.launch or d.starts or d.victims):
         final = (f"hold at {d.current}, replacing outdated nodes: launch {d.launch}, "
                  + (f"start {len(d.starts)} warm, " if d.starts else "") + f"drain {len(d.victims)}")
     elif d.launch or d.starts:

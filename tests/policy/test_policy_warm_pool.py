@@ -26,9 +26,22 @@ def warm(count: int, *, lifecycle: Lifecycle = Lifecycle.STOPPED, version: str =
 
 
 def test_warm_pool_is_a_step_after_plan_moves() -> None:
-    """The warm pool is the pipeline's last step: it turns the planned launches into starts."""
-    assert STEPS[-1] is warm_pool
-    assert STEPS[-2].__name__ == "plan_moves"
+    """The warm pool step follows plan_moves (it turns the planned launches into starts) and comes
+    before pause (a paused pool drops the warm moves too)."""
+    names = [s.__name__ for s in STEPS]
+    assert STEPS[names.index("plan_moves") + 1] is warm_pool
+    assert names.index("pause") == names.index("warm_pool") + 1
+
+
+def test_a_paused_pool_starts_prepares_and_discards_nothing() -> None:
+    """paused: the warm moves are recorded in the trail and dropped, like launches."""
+    data = warm_policy().model_dump()
+    data["paused"] = True
+    ev = run(PoolPolicy.model_validate(data), samples(streams=14.0),
+             nodes(serving=4, streams=14.0) + warm(3) + warm(1, version="v1", prefix="old"))
+    d = ev.decision
+    assert d.start == () and d.prepare == 0 and d.discard == () and d.launch == 0
+    assert reason(ev, "pause").detail["would_start"] == ["w0", "w1", "w2"]
 
 
 def test_scale_out_starts_warm_instances_first_then_launches_cold() -> None:
