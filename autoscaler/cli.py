@@ -1,4 +1,4 @@
-"""``autoscaler``: run | once | explain | history | demo | dry-run | policy validate/schema."""
+"""``autoscaler``: run | once | explain | history | demo | dry-run | policy validate/schema | node-agent."""
 
 from __future__ import annotations
 
@@ -200,8 +200,8 @@ def demo(
 
 
 def _register_extensions() -> None:
-    """Command groups that live beside their code: `policy` and `dry-run`."""
-    for module in ("autoscaler.policy.commands", "autoscaler.simulate.commands"):
+    """Command groups that live beside their code: `policy`, `dry-run` and `node-agent`."""
+    for module in ("autoscaler.policy.commands", "autoscaler.simulate.commands", "autoscaler.node.commands"):
         try:
             importlib.import_module(module).register(app)
         except ModuleNotFoundError as exc:

@@ -1,15 +1,21 @@
-"""Command line of the simulated ASR node: parse flags, serve until SIGTERM/SIGINT, exit cleanly."""
+"""Command line of a simulated GPU node: the simulated ASR server behind the real node agent.
+
+One process per node (the local provider tracks nodes by pid): the simulated server listens on an
+internal loopback port picked at start, the production node agent (``autoscaler.node.agent``) on
+``--host:--port`` in front of it, as ``autoscaler node-agent`` does on a real node. SIGTERM/SIGINT
+cut in-flight transcriptions short and exit cleanly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 
-from autoscaler.node.server import AsrNode, NodeConfig, make_server
+from autoscaler.node.agent import NodeAgent, run_forever
+from autoscaler.node.server import AsrNode, NodeConfig, agent_config_for, make_server
 
 logger = logging.getLogger("autoscaler.node")
 
@@ -23,6 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", required=True)
     parser.add_argument("--model-version", required=True)
     parser.add_argument("--streams", type=int, default=10, help="concurrent transcriptions (C)")
+    parser.add_argument("--max-queue", type=int, default=100, help="transcriptions that may wait (then 429)")
     parser.add_argument("--load-delay", type=float, default=5.0, help="seconds until the model is loaded")
     parser.add_argument("--gpu-memory-mib", type=int, default=24576)
     parser.add_argument("--model-memory-mib", type=int, default=3400)
@@ -39,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = NodeConfig(
             instance_id=args.instance_id, pool=args.pool, model_version=args.model_version,
-            streams=args.streams, load_delay_s=args.load_delay, gpu_memory_mib=args.gpu_memory_mib,
+            streams=args.streams, max_queue=args.max_queue, load_delay_s=args.load_delay,
+            gpu_memory_mib=args.gpu_memory_mib,
             model_memory_mib=args.model_memory_mib, stream_memory_mib=args.stream_memory_mib,
             real_time_factor=args.real_time_factor, never_ready=args.never_ready,
         )
@@ -47,31 +55,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     node = AsrNode(config)
-    try:
-        server = make_server(node, args.host, args.port)
-    except OSError as exc:
-        logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
-        return 1
-
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    # serve_forever runs in a thread because shutdown() must be called from another thread than it.
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http")
+    server = make_server(node, "127.0.0.1", 0)  # the internal port: only the agent talks to it
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="asr-server")
     serving.start()
-    host, port = server.server_address[:2]
-    logger.info("node %s (pool %s, model %s) listening on %s:%s", config.instance_id, config.pool,
-                config.model_version, host, port)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
+    agent = NodeAgent(agent_config_for(config, f"http://127.0.0.1:{server.server_address[1]}",
+                                       args.host, args.port))
+    logger.info("node %s (pool %s, model %s): ASR server on 127.0.0.1:%s, agent on %s:%s",
+                config.instance_id, config.pool, config.model_version, server.server_address[1],
+                args.host, args.port)
+
+    async def stop_server() -> None:
         logger.info("stopping node %s", config.instance_id)
+        node.close()  # in-flight transcriptions end at once with 503, which the agent passes on
+
+    try:
+        return run_forever(agent, before_drain=stop_server, drain=False)
+    finally:
         node.close()
         server.shutdown()
         server.server_close()
         serving.join(timeout=5)
-    return 0
 
 
 if __name__ == "__main__":
