@@ -420,10 +420,13 @@ class NodeAgent:
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         method, path = request.method, request.path
         cfg = self.config
-        if any(r.matches(method, path) for r in cfg.routes):
-            return await self._transcribe(request, f"{method} {path}", queue_join=False)
-        if any(r.matches(method, path) for r in cfg.queue_join_routes):
-            return await self._transcribe(request, f"{method} {path}", queue_join=True)
+        # The route label is the configured pattern, never the raw path: bounded cardinality.
+        for route in cfg.routes:
+            if route.matches(method, path):
+                return await self._transcribe(request, str(route), queue_join=False)
+        for route in cfg.queue_join_routes:
+            if route.matches(method, path):
+                return await self._transcribe(request, str(route), queue_join=True)
         if any(r.matches(method, path) for r in cfg.queue_data_routes):
             return await self._queue_data(request)
         body = request.content if request.body_exists else None

@@ -17,6 +17,8 @@ import io
 import json
 import logging
 import math
+import select
+import socket
 import threading
 import time
 import uuid
@@ -42,6 +44,10 @@ MAX_BODY_BYTES = 64 << 20
 #: Longest audio the simulation accepts (a day), so a typo cannot park a stream forever.
 MAX_AUDIO_SECONDS = 86_400.0
 PREDICT_PATHS = frozenset({"/api/predict", "/api/predict/", "/run/predict", "/run/predict/"})
+#: How often a running transcription checks whether its client is still there.
+CANCEL_CHECK_S = 0.05
+#: Status logged for a transcription whose client left (nginx's convention; never sent).
+CLIENT_GONE = 499
 #: How often the agent in front of a simulated server asks it whether the model is loaded.
 PROBE_INTERVAL_S = 0.2
 
@@ -233,13 +239,19 @@ class AsrNode:
         """The Prometheus text exposition of the simulated server (GPU memory, model)."""
         return generate_latest(self.registry)
 
-    def predict(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Run one transcription; return the HTTP status and the JSON payload."""
-        status, payload = self._predict(body)
+    def predict(
+        self, body: bytes, client_gone: Callable[[], bool] = lambda: False
+    ) -> tuple[int, dict[str, Any]]:
+        """Run one transcription; return the HTTP status and the JSON payload.
+
+        ``client_gone`` is asked as the work runs: a server that notices its caller left stops the
+        stream and frees its GPU memory (499), as inference servers that abort on disconnect do.
+        """
+        status, payload = self._predict(body, client_gone)
         self._requests.labels(self.config.instance_id, self.config.pool, str(status)).inc()
         return status, payload
 
-    def _predict(self, body: bytes) -> tuple[int, dict[str, Any]]:
+    def _predict(self, body: bytes, client_gone: Callable[[], bool]) -> tuple[int, dict[str, Any]]:
         if not self.loaded:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "model is not loaded yet"}
         try:
@@ -256,9 +268,13 @@ class AsrNode:
             self._busy += 1
         start = time.monotonic()
         try:
-            # Event.wait doubles as an interruptible sleep: shutdown ends in-flight work at once.
-            if self._stopping.wait(request.audio_seconds * self.config.real_time_factor):
-                return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "node is shutting down"}
+            deadline = start + request.audio_seconds * self.config.real_time_factor
+            while (left := deadline - time.monotonic()) > 0:
+                # Event.wait doubles as an interruptible sleep: shutdown ends in-flight work at once.
+                if self._stopping.wait(min(left, CANCEL_CHECK_S)):
+                    return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "node is shutting down"}
+                if client_gone():
+                    return CLIENT_GONE, {"error": "client went away"}
         finally:
             with self._lock:
                 self._busy -= 1
@@ -325,8 +341,17 @@ class NodeRequestHandler(BaseHTTPRequestHandler):
             too_large = {"error": f"body over {MAX_BODY_BYTES} bytes"}
             self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_large)
             return
-        status, payload = self.node.predict(self.rfile.read(length))
-        self._send_json(status, payload)
+        status, payload = self.node.predict(self.rfile.read(length), self._client_gone)
+        if status != CLIENT_GONE:
+            self._send_json(status, payload)
+
+    def _client_gone(self) -> bool:
+        """True once the caller closed its connection (readable with nothing to read: EOF)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
