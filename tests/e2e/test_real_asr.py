@@ -243,17 +243,16 @@ def test_the_autoscaler_scales_a_pool_of_real_nodes(pool: Pool, wavs: dict[str, 
         deadline = time.monotonic() + 240
         while len(pool.serving()) < 2:
             assert time.monotonic() < deadline, f"no second node: {pool.seen[-1].decision}"
-            outcome = pool.tick()
-            urls = pool.node_urls()
-            print(f"tick: nodes {outcome.nodes} " + " ".join(
-                f"{i}: active={_metric_or_none(u, 'asr_active_streams')} "
-                f"queued={_metric_or_none(u, 'asr_queued_streams')}" for i, u in urls.items()))
+            _report(pool, pool.tick())
             time.sleep(1.0)
         [second] = [i for i in pool.serving() if i not in pool.seen[0].nodes]
         second_url = pool.node_urls()[second]
         wait_until(lambda: read_metric(second_url, "asr_requests_total",
                                        route="POST /gradio_api/api/predict/", code="200") > 0,
                    timeout_s=60, message="the new node serving transcriptions through nginx")
+        for _ in range(3):  # the load spread over both nodes
+            time.sleep(1.0)
+            _report(pool, pool.tick())
     finally:
         stop.set()
         for thread in loaders:
@@ -266,11 +265,19 @@ def test_the_autoscaler_scales_a_pool_of_real_nodes(pool: Pool, wavs: dict[str, 
     deadline = time.monotonic() + 120
     while len(pool.node_urls()) > 1:
         assert time.monotonic() < deadline, f"did not scale in: {pool.seen[-1].decision}"
-        pool.tick()
+        _report(pool, pool.tick())
         time.sleep(1.0)
     terminated = {i: why for o in pool.seen for i, why in o.terminated.items()}
     assert len(terminated) == 1 and all(w.startswith("drained") for w in terminated.values()), terminated
     print(f"scaled 1 → 2 → 1 over {len(pool.seen)} ticks; transcriptions served: {served}")
+
+
+def _report(pool: Pool, outcome: TickOutcome) -> None:
+    """Print one tick: its decision, and each node's state and stream gauges (seen with -s)."""
+    gauges = " ".join(
+        f"{i}={outcome.nodes.get(i, '?')}(active {_metric_or_none(u, 'asr_active_streams')}, "
+        f"queued {_metric_or_none(u, 'asr_queued_streams')})" for i, u in pool.node_urls().items())
+    print(f"tick {outcome.decision.summary() if outcome.decision else '-'} | {gauges}")
 
 
 def _metric_or_none(url: str, name: str) -> float | None:
