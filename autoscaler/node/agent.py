@@ -34,6 +34,7 @@ import math
 import signal
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -70,6 +72,8 @@ DEFAULT_QUEUE_JOIN = ("POST /gradio_api/queue/join", "POST /queue/join")
 DEFAULT_QUEUE_DATA = ("GET /gradio_api/queue/data", "GET /queue/data")
 #: Answers up to this size are read whole before they are sent on (the rest are streamed).
 SMALL_BODY_BYTES = 1 << 16
+#: Gradio results remembered for a join whose answer is still on its way.
+EARLY_RESULTS_KEPT = 1024
 #: Paths the agent answers itself; never forwarded.
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
@@ -311,6 +315,9 @@ class NodeAgent:
         self._probe_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._jobs: dict[str, _QueueJob] = {}  # Gradio queue jobs holding a stream, by event id
+        # Results seen on an event stream before their join's answer came back (a job that ended at
+        # once), by event id: the join then finishes its job on the spot. Bounded, oldest dropped.
+        self._early: OrderedDict[str, int] = OrderedDict()
         self._streams_open: dict[str, int] = {}  # open queue/data streams, by session hash
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -497,14 +504,20 @@ class NodeAgent:
         except (ValueError, KeyError, TypeError, AttributeError):
             return False
         self._jobs[event_id] = _QueueJob(route=route, session=session, started=started)
-        # A client that never opens the session's event stream must not keep the stream forever.
-        asyncio.get_running_loop().call_later(self.config.queue_timeout_s, self._expire_job, event_id)
+        if event_id in self._early:
+            self._finish_job(event_id, self._early.pop(event_id))
+            return True
+        loop, cfg = asyncio.get_running_loop(), self.config
+        # A client that never opens the session's event stream must not keep the stream forever,
+        # nor a job whose result never comes.
+        loop.call_later(cfg.queue_timeout_s, self._expire_job, event_id, False)
+        loop.call_later(cfg.queue_timeout_s + cfg.stream_timeout_s, self._expire_job, event_id, True)
         return True
 
-    def _expire_job(self, event_id: str) -> None:
+    def _expire_job(self, event_id: str, always: bool) -> None:
         job = self._jobs.get(event_id)
-        if job is not None and not self._streams_open.get(job.session):
-            self._finish_job(event_id, CLIENT_CLOSED)
+        if job is not None and (always or not self._streams_open.get(job.session)):
+            self._finish_job(event_id, 504 if always else CLIENT_CLOSED)
 
     def _finish_job(self, event_id: str, code: int) -> None:
         job = self._jobs.pop(event_id, None)
@@ -525,7 +538,13 @@ class NodeAgent:
         def on_message(message: dict[str, Any]) -> None:
             if message.get("msg") == "process_completed":
                 event_id = str(message.get("event_id"))
-                self._finish_job(event_id, 200 if message.get("success") else 500)
+                code = 200 if message.get("success") else 500
+                if event_id in self._jobs:
+                    self._finish_job(event_id, code)
+                else:
+                    self._early[event_id] = code
+                    while len(self._early) > EARLY_RESULTS_KEPT:
+                        self._early.popitem(last=False)
 
         code = CLIENT_CLOSED
         try:
@@ -572,7 +591,7 @@ class NodeAgent:
         (``response.body``); anything else is streamed chunk by chunk as the server sends it.
         """
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
         headers["X-Forwarded-For"] = _forwarded_for(request)
         headers.setdefault("X-Forwarded-Proto", request.scheme)
         headers["X-Forwarded-Host"] = request.host
@@ -625,7 +644,8 @@ def _upstream_failure(exc: BaseException, upstream: str, timeout_s: float | None
     if isinstance(exc, TimeoutError):
         return "timeout", 504, f"the ASR server at {upstream} did not answer within {timeout_s or 0:g} s"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect", 502, f"the ASR server at {upstream} is not answering (connection refused)"
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return "connect", 502, f"the ASR server at {upstream} is not answering ({reason})"
     return "disconnect", 502, f"the ASR server at {upstream} went away mid-request ({type(exc).__name__})"
 
 

@@ -92,7 +92,8 @@ class StrictModel(BaseModel):
 
 # --------------------------------------------------------------------------------------------- provider
 class LocalProviderConfig(StrictModel):
-    """Instances are processes on 127.0.0.1 running the simulated ASR node (``autoscaler.node``)."""
+    """Instances are processes on 127.0.0.1 running a node (``autoscaler.node``): the node agent in
+    front of the simulated ASR server, or of the real one ``server_command`` names."""
 
     kind: Literal["local"] = "local"
     state_dir: str = Field(

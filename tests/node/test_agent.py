@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import signal
 import socket
@@ -411,3 +412,132 @@ def test_a_300_second_stream_is_not_cut_short(start_node: StartNode) -> None:
     response = _predict(node.url, [305.0], timeout=400)
     assert response.status_code == 200
     assert read_metric(node.url, "asr_request_duration_seconds_bucket", le="600.0") == 1
+
+
+# ------------------------------------------------------------------------------------------ Gradio's queue
+JOIN = "POST /gradio_api/queue/join"
+
+class _FakeGradioQueue:
+    """Gradio's queue protocol in miniature: ``queue/join`` answers an event id at once; the session's
+    ``queue/data`` stream sends ``process_completed`` for each of its jobs once the test releases it."""
+
+    def __init__(self) -> None:
+        from aiohttp import web
+
+        self.pending: dict[str, list[str]] = {}  # session → event ids
+        self.release = threading.Event()
+        app = web.Application()
+        app.router.add_post("/gradio_api/queue/join", self._join)
+        app.router.add_get("/gradio_api/queue/data", self._data)
+        app.router.add_get("/", self._ok)
+        self._app = app
+        self._loop = asyncio.new_event_loop()
+        self.port = _free_port()
+        started = threading.Event()
+
+        async def serve() -> None:
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            started.set()
+
+        self._thread = threading.Thread(target=lambda: (self._loop.run_until_complete(serve()),
+                                                        self._loop.run_forever()), daemon=True)
+        self._thread.start()
+        assert started.wait(10)
+
+    async def _ok(self, _request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(text="ok")
+
+    async def _join(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.json()
+        event_id = f"ev{sum(len(v) for v in self.pending.values())}-{body['session_hash']}"
+        self.pending.setdefault(body["session_hash"], []).append(event_id)
+        return web.json_response({"event_id": event_id})
+
+    async def _data(self, request: Any) -> Any:
+        from aiohttp import web
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        session = request.query["session_hash"]
+        await response.write(b'data: {"msg": "heartbeat"}\n\n')
+        while not self.release.is_set():
+            await asyncio.sleep(0.02)
+        for event_id in self.pending.pop(session, []):
+            message = json.dumps({"msg": "process_completed", "event_id": event_id, "success": True,
+                                  "output": {"data": ["hello world"]}})
+            # Split mid-line: the agent must reassemble messages across chunks.
+            line = f"data: {message}\n\n".encode()
+            await response.write(line[:10])
+            await response.write(line[10:])
+        await response.write(b'data: {"msg": "close_stream"}\n\n')
+        return response
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+def test_gradio_queue_jobs_hold_a_stream_until_their_result_is_delivered(
+    start_agent: Callable[..., BackgroundAgent],
+) -> None:
+    """A queue/join takes a stream and keeps it until process_completed for its event passes through
+    the session's queue/data stream; a join beyond C waits in the agent's queue meanwhile."""
+    gradio = _FakeGradioQueue()
+    try:
+        agent = start_agent(upstream=gradio.url, max_streams=2)
+        join = f"{agent.url}/gradio_api/queue/join"
+        with httpx.Client(timeout=20) as client, ThreadPoolExecutor(max_workers=2) as pool:
+            for _ in range(2):
+                assert client.post(join, json={"data": [], "session_hash": "s1"}).status_code == 200
+            assert read_metric(agent.url, "asr_active_streams") == 2
+            assert read_metric(agent.url, "asr_queued_streams") == 0
+            third = pool.submit(client.post, join, json={"data": [], "session_hash": "s2"})
+            wait_until(lambda: read_metric(agent.url, "asr_queued_streams") == 1, timeout_s=5,
+                       message="third join queued behind two held streams")
+            stream = pool.submit(client.get, f"{agent.url}/gradio_api/queue/data",
+                                 params={"session_hash": "s1"})
+            time.sleep(0.3)
+            assert read_metric(agent.url, "asr_active_streams") == 2  # results not delivered yet
+            gradio.release.set()
+            assert stream.result().text.count("process_completed") == 2
+            assert third.result().status_code == 200
+            wait_until(lambda: read_metric(agent.url, "asr_queued_streams") == 0
+                       and read_metric(agent.url, "asr_active_streams") == 1, timeout_s=5,
+                       message="s1's streams released, s2's job holding one")
+            assert "process_completed" in client.get(f"{agent.url}/gradio_api/queue/data",
+                                                     params={"session_hash": "s2"}).text
+        wait_until(lambda: _settled(agent.url), timeout_s=5, message="all released")
+        assert read_metric(agent.url, "asr_requests_total", route=JOIN, code="200") == 3
+        assert read_metric(agent.url, "asr_request_duration_seconds_count") == 3
+    finally:
+        gradio.stop()
+
+
+def test_a_gradio_client_that_leaves_its_event_stream_frees_its_jobs(
+    start_agent: Callable[..., BackgroundAgent],
+) -> None:
+    """A session whose queue/data stream closes before its results came frees its streams (499)."""
+    gradio = _FakeGradioQueue()
+    try:
+        agent = start_agent(upstream=gradio.url, max_streams=2)
+        with httpx.Client(timeout=20) as client:
+            assert client.post(f"{agent.url}/gradio_api/queue/join",
+                               json={"data": [], "session_hash": "gone"}).status_code == 200
+            assert read_metric(agent.url, "asr_active_streams") == 1
+            with pytest.raises(httpx.ReadTimeout):
+                client.get(f"{agent.url}/gradio_api/queue/data", params={"session_hash": "gone"}, timeout=0.5)
+        wait_until(lambda: _settled(agent.url), timeout_s=5, message="stream freed")
+        assert read_metric(agent.url, "asr_requests_total", route=JOIN, code="499") == 1
+    finally:
+        gradio.release.set()
+        gradio.stop()
