@@ -278,3 +278,20 @@ def test_cli_node_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
             process.wait(timeout=5)
         log.close()
     assert "stopping node cli-node" in (tmp_path / "node.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "message"),
+    [("{oops", 2, "--server-command"), ('["x", 3]', 2, "list of strings"),
+     ('["/no/such/asr-server", "--port", "{port}"]', 1, "cannot start the ASR server")],
+)
+def test_cli_node_refuses_a_bad_server_command(command: str, status: int, message: str) -> None:
+    """A --server-command that is not a JSON list of words, or cannot start, is a clear error."""
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler.node", "--port", "0", "--instance-id", "bad", "--pool", POOL,
+         "--model-version", MODEL_VERSION, "--server-command", command],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == status, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
