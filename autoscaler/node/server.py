@@ -49,7 +49,7 @@ CANCEL_CHECK_S = 0.05
 #: Status logged for a transcription whose client left (nginx's convention; never sent).
 CLIENT_GONE = 499
 #: How often the agent in front of a simulated server asks it whether the model is loaded.
-PROBE_INTERVAL_S = 0.2
+PROBE_INTERVAL_S = 0.5
 
 __all__ = ["DURATION_BUCKETS"]  # re-exported: tests bucket latencies the way the agent does
 

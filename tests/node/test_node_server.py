@@ -191,8 +191,8 @@ def test_gpu_memory_follows_active_streams(start_node: StartNode) -> None:
     wait_until(lambda: node.node.loaded, timeout_s=3, message="model loaded")
     assert metric(node, "DCGM_FI_DEV_FB_USED") == 3400
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(predict, node.url, [1.0]) for _ in range(3)]
-        wait_until(lambda: node.node.active_streams == 3, timeout_s=3, message="3 active streams")
+        futures = [pool.submit(predict, node.url, [3.0]) for _ in range(3)]
+        wait_until(lambda: node.node.active_streams == 3, timeout_s=10, message="3 active streams")
         assert metric(node, "asr_active_streams") == 3
         assert metric(node, "DCGM_FI_DEV_FB_USED", pool=POOL, instance_id=INSTANCE_ID) == 3400 + 3 * 1900
         assert metric(node, "DCGM_FI_DEV_FB_FREE") == 24576 - 3400 - 3 * 1900
@@ -204,8 +204,8 @@ def test_gpu_memory_used_is_capped_at_the_card_size(start_node: StartNode) -> No
     """More streams than the card holds report a full card, never more than its size."""
     node = start_node(gpu_memory_mib=8000, model_memory_mib=3400, stream_memory_mib=1900, streams=4)
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(predict, node.url, [0.6]) for _ in range(3)]
-        wait_until(lambda: node.node.active_streams == 3, timeout_s=3, message="3 active streams")
+        futures = [pool.submit(predict, node.url, [3.0]) for _ in range(3)]
+        wait_until(lambda: node.node.active_streams == 3, timeout_s=10, message="3 active streams")
         assert metric(node, "DCGM_FI_DEV_FB_USED") == 8000
         assert metric(node, "DCGM_FI_DEV_FB_FREE") == 0
         assert all(f.result().status_code == 200 for f in futures)
