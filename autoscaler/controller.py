@@ -37,9 +37,10 @@ from autoscaler.domain import (
     TerminateOutcome,
 )
 from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
+from autoscaler.metrics.history import ForecastCache, ForecastState
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
 from autoscaler.policy.model import PoolPolicy
-from autoscaler.protocols import Balancer, Clock, MetricsSource, NodeProbe, Provider, Store
+from autoscaler.protocols import Balancer, Clock, HistorySource, MetricsSource, NodeProbe, Provider, Store
 from autoscaler.telemetry import ControllerMetrics
 
 log = structlog.get_logger("autoscaler.controller")
@@ -63,6 +64,8 @@ class Adapters:
     probe: NodeProbe
     clock: Clock
     write_targets: Callable[[list[Instance]], None] | None = None
+    #: Where the forecast's demand history comes from (one range query per refresh); None: no forecast.
+    history: HistorySource | None = None
 
 
 @dataclass
@@ -92,10 +95,12 @@ class Observation:
     samples: dict[str, Sample] = field(default_factory=dict)
     transitions: list[tuple[str, Lifecycle, dict[str, Any]]] = field(default_factory=list)
     replace: list[tuple[Instance, str]] = field(default_factory=list)
+    forecast: ForecastState | None = None
 
     def inputs(self) -> dict[str, Any]:
         """JSON-ready record of the inputs the engine decided on."""
         return {
+            **({"forecast": self.forecast.record()} if self.forecast is not None else {}),
             "samples": {name: _sample_record(s) for name, s in self.samples.items()},
             "nodes": {
                 s.instance.id: {
@@ -177,6 +182,8 @@ class Controller:
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
         self.telemetry = telemetry or ControllerMetrics()
+        #: The pool's seasonal forecast, re-read from history at most every ``forecast.refresh``.
+        self.forecasts = ForecastCache(adapters.history)
 
     # ------------------------------------------------------------------------------------- tick
     def tick(self) -> TickOutcome:
@@ -226,6 +233,8 @@ class Controller:
         evaluation = self.evaluate(policy, observation, now)
         decision = self._hold_launches_after_boot_failures(policy, evaluation.decision, now, outcome)
         outcome.decision = decision
+        forecast = observation.forecast.forecast if observation.forecast is not None else None
+        self.telemetry.forecast(policy, forecast, decision)
         # ---- record (before acting, so the launch's client token comes from the recorded decision)
         tick_id = store.record_tick(
             policy.pool,
@@ -303,7 +312,8 @@ class Controller:
         saved = self.adapters.store.load_memory(policy.pool)
         memory = EngineMemory.model_validate(saved) if saved else EngineMemory()
         nodes = [self._as_engine_node(policy, s) for s in observation.states.values()]
-        return decide(policy, observation.samples, nodes, memory, now)
+        forecast = observation.forecast.forecast if observation.forecast is not None else None
+        return decide(policy, observation.samples, nodes, memory, now, forecast)
 
     def explain(self) -> tuple[PoolPolicy, Observation, Decision]:
         """Observe and decide as a tick would, changing nothing anywhere (``autoscaler explain``)."""
@@ -314,7 +324,8 @@ class Controller:
 
     # ---------------------------------------------------------------------------------- observe
     def observe(self, policy: PoolPolicy, now: datetime) -> Observation:
-        """Read the provider, the store, the nodes and the metrics; change nothing.
+        """Read the provider, the store, the nodes, the metrics and (when due) the forecast's history;
+        change nothing.
 
         Each live instance gets a lifecycle from the store's record, its cloud state and its own
         health check; what should change (a record, a node to replace) is returned, not done.
@@ -381,6 +392,7 @@ class Controller:
         observation.samples = {
             check.name: self.adapters.metrics.query(check.query, now=now) for check in policy.scaling.checks
         }
+        observation.forecast = self.forecasts.current(policy, now)
         return observation
 
     def _as_engine_node(self, policy: PoolPolicy, state: NodeState) -> Node:
