@@ -731,6 +731,19 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     if problems:
         raise SweepError(f"{source}: {len(problems)} problem(s)", problems)
 
+    size = grid_size(spec)
+    if size > MAX_VARIANTS:
+        problems.append(
+            _problem(
+                source,
+                at(("parameters",)),
+                "parameters",
+                f"the grid has {size:,} variants, more than {MAX_VARIANTS:,}; use fewer values "
+                "or search: random with samples",
+            )
+        )
+        raise SweepError(f"{source}: too many variants", problems)
+
     lines = {name: at(("parameters", name))[0] for name in spec.parameters}
     paths = {name: p.parsed for name, p in spec.parameters.items()}
     # Each value of each parameter, alone on each base: names the parameter whose path or value is bad.
@@ -759,19 +772,6 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
                     break
     if problems:
         raise SweepError(f"{source}: {len(problems)} problem(s)", problems)
-
-    size = grid_size(spec)
-    if size > MAX_VARIANTS:
-        problems.append(
-            _problem(
-                source,
-                at(("parameters",)),
-                "parameters",
-                f"the grid has {size:,} variants, more than {MAX_VARIANTS:,}; use fewer values "
-                "or search: random with samples",
-            )
-        )
-        raise SweepError(f"{source}: too many variants", problems)
 
     variants: list[Variant] = []
     assignments = _assignments(spec)

@@ -46,6 +46,8 @@ from autoscaler.simulate.sweep_report import RUN_FIELDS
 CACHE_SIZE = 2
 #: Without a terminal, one progress line at the first finished run and then at most this often.
 PLAIN_PROGRESS_EVERY_S = 10.0
+#: The printed frontier table shows at most this many rows (frontier.json and the report have all).
+TABLE_ROWS = 40
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,9 @@ def run_sweep(
         for problem in exc.problems or [str(exc)]:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before any run; nothing written", file=sys.stderr)
+        return 130
     work = tasks(sweep)
     workers = max(1, min(jobs or default_jobs(), len(work)))
     scenarios = len({s.source for s, _ in sweep.runs})
@@ -199,6 +204,8 @@ def run_sweep(
     )
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
+    # Ctrl-C stops the sweep even when the shell started it with SIGINT ignored (``cmd &``).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     failure: ScenarioError | None = None
     show = sys.stderr.isatty()
     plain = PlainProgress(len(work))
@@ -245,9 +252,12 @@ def run_sweep(
         signal.signal(signal.SIGINT, previous)
     head, rows = table_rows(sweep, points, front)
     table = Table(*head, title=f"Pareto frontier ({sweep.spec.aggregate}), cheapest first")
-    for row in rows:
+    shown = rows if len(rows) <= TABLE_ROWS else [*rows[: TABLE_ROWS - 2], *rows[-2:]]
+    for row in shown:
         table.add_row(*row)
     Console(width=200).print(table)
+    if len(shown) < len(rows):
+        echo(f"({len(rows) - len(shown)} more frontier points in {out / 'frontier.json'})")
     echo(
         f"wrote {out / 'results.json'}, {out / 'frontier.json'}, {out / 'report.html'} "
         f"and {len([p for p in written if p.parent.name == 'frontier'])} files in {out / 'frontier'}"
