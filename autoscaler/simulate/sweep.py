@@ -200,7 +200,12 @@ def set_value(data: MutableMapping[str, Any], path: PolicyPath, value: Any) -> N
                 node[step.name] = copy.deepcopy(value)
                 return
             if node.get(step.name) is None:
-                node[step.name] = [] if isinstance(path[depth + 1], Item) else {}
+                following = path[depth + 1]
+                if isinstance(following, Item):
+                    raise PathError(
+                        f"{format_path(path[: depth + 1])} is not set: no list to pick {following} from"
+                    )
+                node[step.name] = {}
             node = node[step.name]
         else:
             if not isinstance(node, MutableSequence):
