@@ -343,10 +343,22 @@ def table_rows(
 _W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 460, 320, 62, 14, 14, 44
 
 
-def _axis_max(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    top = max(finite, default=1.0)
-    return top * 1.05 if top > 0 else 1.0
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round tick values covering [low, high]: steps of 1, 2, 2.5 or 5 × a power of ten."""
+    if not high > low:
+        high = low + 1.0
+    raw = (high - low) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(f * power for f in (1, 2, 2.5, 5, 10) if raw <= f * power)
+    start = math.floor(low / step) * step
+    ticks = [start]
+    while ticks[-1] < high - 1e-12:
+        ticks.append(ticks[-1] + step)
+    return [float(f"{t:.10g}") for t in ticks]
+
+
+#: Frontier and base points are labelled when there are at most this many (else only on hover).
+_LABELLED = 12
 
 
 def scatter(
@@ -364,37 +376,34 @@ def scatter(
     """
     xs = [p[0] for p in points] + ([reference[0]] if reference else [])
     ys = [p[1] for p in points] + ([reference[1]] if reference else [])
-    finite_x = [v for v in xs if math.isfinite(v)]
-    x0 = min(finite_x, default=0.0)
-    x1 = _axis_max(xs)
-    x0 = max(0.0, x0 - (x1 - x0) * 0.08) if x1 > x0 else 0.0
-    y0 = 0.0
-    y1 = _axis_max(ys)
+    finite_x = [v for v in xs if math.isfinite(v)] or [0.0, 1.0]
+    finite_y = [v for v in ys if math.isfinite(v)] or [0.0, 1.0]
+    x_ticks = _nice_ticks(min(finite_x), max(finite_x))
+    y_ticks = _nice_ticks(0.0, max(finite_y))
+    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
     def px(v: float) -> float:
         v = min(v, x1) if math.isfinite(v) else x1
-        return _LEFT + plot_w * ((v - x0) / (x1 - x0) if x1 > x0 else 0.5)
+        return _LEFT + plot_w * ((v - x0) / (x1 - x0))
 
     def py(v: float) -> float:
         v = min(v, y1) if math.isfinite(v) else y1
-        return _TOP + plot_h * (1 - ((v - y0) / (y1 - y0) if y1 > y0 else 0.5))
+        return _TOP + plot_h * (1 - (v - y0) / (y1 - y0))
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" role="img" '
         f'aria-label="{escape(title)}" class="chart scatter">',
         f"<title>{escape(title)}</title>",
     ]
-    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
-        gy = _TOP + plot_h * (1 - fraction)
-        gx = _LEFT + plot_w * fraction
+    for tick in y_ticks:
+        gy = py(tick)
         parts.append(f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" class="grid"/>')
-        parts.append(
-            f'<text x="{_LEFT - 6}" y="{gy + 4:.1f}" text-anchor="end">{y0 + (y1 - y0) * fraction:.3g}</text>'
-        )
+        parts.append(f'<text x="{_LEFT - 6}" y="{gy + 4:.1f}" text-anchor="end">{tick:,.6g}</text>')
+    for tick in x_ticks:
+        gx = px(tick)
         parts.append(f'<line x1="{gx:.1f}" x2="{gx:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}" class="grid"/>')
-        x_tick = x0 + (x1 - x0) * fraction
-        parts.append(f'<text x="{gx:.1f}" y="{_TOP + plot_h + 16}" text-anchor="middle">{x_tick:.4g}</text>')
+        parts.append(f'<text x="{gx:.1f}" y="{_TOP + plot_h + 16}" text-anchor="middle">{tick:,.6g}</text>')
     parts.append(
         f'<text x="{_LEFT + plot_w / 2:.0f}" y="{_H - 8}" text-anchor="middle">{escape(x_label)}</text>'
     )
@@ -414,6 +423,7 @@ def scatter(
         )
         parts.append(f'<text x="{rx + 4:.1f}" y="{_TOP + 12}">HPA-like</text>')
     style = {"other": ("#9ca3af", 3), "base": ("#1f77b4", 5), "front": ("#d62728", 5)}
+    labelled = sum(1 for p in points if p[3] != "other") <= _LABELLED
     for kind in ("other", "base", "front"):
         for x, y, label, k in points:
             if k != kind:
@@ -423,7 +433,7 @@ def scatter(
                 f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="{radius}" fill="{color}" fill-opacity="0.85">'
                 f"<title>{escape(label)}: {x:.4g}, {y:.4g}</title></circle>"
             )
-            if kind != "other":
+            if kind != "other" and labelled:
                 parts.append(f'<text x="{px(x) + 7:.1f}" y="{py(y) - 5:.1f}">{escape(label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)

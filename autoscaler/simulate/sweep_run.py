@@ -193,6 +193,11 @@ def run_sweep(
     except KeyboardInterrupt:
         print("interrupted before any run; nothing written", file=sys.stderr)
         return 130
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # before hours of replays, not after
+    except OSError as exc:
+        print(f"error: {out}: cannot create the output folder: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     work = tasks(sweep)
     workers = max(1, min(jobs or default_jobs(), len(work)))
     scenarios = len({s.source for s, _ in sweep.runs})
