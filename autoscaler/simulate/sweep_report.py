@@ -256,6 +256,8 @@ def write_sweep_outputs(
         written.append(out / "frontier.json")
         folder = out / "frontier"
         folder.mkdir(exist_ok=True)
+        for stale in folder.glob("*.yaml"):  # an earlier sweep's frontier into the same folder
+            stale.unlink()
         for point in front:
             for path, patch in _patches(sweep, point.variant).items():
                 stem = point.variant.label if len(sweep.bases) == 1 else f"{point.variant.label}.{path.stem}"

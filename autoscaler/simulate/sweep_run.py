@@ -35,7 +35,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autoscaler.errors import ScenarioError, SweepError
+from autoscaler.errors import AutoscalerError, ScenarioError, SweepError
 from autoscaler.policy.model import PoolPolicy
 from autoscaler.simulate.run import DryRun, dry_run
 from autoscaler.simulate.scenario import Scenario
@@ -181,9 +181,7 @@ def run_sweep(
     problem printed as ``file:line:column: where: message``) or a run that failed.
     """
     from autoscaler.simulate.sweep import load_sweep
-    from autoscaler.simulate.sweep_report import table_rows, write_sweep_outputs
 
-    err = Console(stderr=True)
     try:
         sweep = load_sweep(sweep_file)
     except SweepError as exc:
@@ -207,11 +205,21 @@ def run_sweep(
         file=sys.stderr,
         flush=True,
     )
+    # Ctrl-C stops the sweep even when the shell started it with SIGINT ignored (``cmd &``).
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _run(sweep, work, workers, out, echo)
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _run(sweep: Sweep, work: Sequence[Task], workers: int, out: Path, echo: Callable[[str], None]) -> int:
+    from autoscaler.simulate.sweep_report import table_rows, write_sweep_outputs
+
+    err = Console(stderr=True)
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
-    # Ctrl-C stops the sweep even when the shell started it with SIGINT ignored (``cmd &``).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    failure: ScenarioError | None = None
+    failure: AutoscalerError | None = None
     show = sys.stderr.isatty()
     plain = PlainProgress(len(work))
     with Progress(
@@ -236,7 +244,7 @@ def run_sweep(
 
         try:
             interrupted = execute(work, workers, on_result)
-        except ScenarioError as exc:
+        except AutoscalerError as exc:  # a trace that fails to read in a worker, say
             interrupted, failure = False, exc
     # A second Ctrl-C while the results are written would leave them half written.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
