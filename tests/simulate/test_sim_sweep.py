@@ -383,3 +383,57 @@ def test_pareto_front_keeps_ties_and_handles_infinity() -> None:
     """Equal points are all kept; an infinite ratio loses to any finite one on that axis."""
     values = np.array([[1, 1, 1], [1, 1, 1], [2, 0, np.inf], [2, 0, 5], [3, 3, 3]], dtype=np.float64)
     assert pareto_front(values).tolist() == [True, True, False, True, False]
+
+
+def test_keys_of_new_check_types_and_sections_are_swept_without_code_changes(
+    tmp_path: Path, scenario: Path
+) -> None:
+    """A queueing check's service level and the forecast section are addressed like any other key."""
+    _, data = load_policy_data(AWS)
+    data["scaling"]["checks"].append(
+        {
+            "name": "streams",
+            "type": "queueing",
+            "signal": "concurrent_streams",
+            "query": "sum(asr_active_streams)",
+            "service_level": {"wait_probability": 0.05},
+        }
+    )
+    data["scaling"]["forecast"] = {"check": "streams"}
+    policy = tmp_path / "queueing.yaml"
+    policy.write_text(dump_yaml(data), encoding="utf-8")
+    path = _sweep(
+        tmp_path,
+        f"""policy: {policy.name}
+scenarios: [{scenario.name}]
+include_base: false
+parameters:
+  wait-p:
+    path: scaling.checks[streams].service_level.wait_probability
+    values: [0.01, 0.1]
+  forecast-mode:
+    path: scaling.forecast.mode
+    values: [forecast_only, forecast_and_scale]
+""",
+    )
+    sweep = load_sweep(path)
+    base = next(iter(sweep.bases.values()))
+    assert len(sweep.variants) == 4
+    assert sweep.patch(sweep.variants[-1], base) == {
+        "scaling": {
+            "checks": [{"name": "streams", "service_level": {"wait_probability": 0.1}}],
+            "forecast": {"mode": "forecast_and_scale"},
+        }
+    }
+    bad = _sweep(
+        tmp_path,
+        f"""policy: {policy.name}
+scenarios: [{scenario.name}]
+parameters:
+  wait-p:
+    path: scaling.checks[streams].service_level.wait_probability
+    values: [1.5]
+""",
+    )
+    (problem,) = _problems(bad)
+    assert problem.startswith(f"{bad}:6:5: parameters.wait-p: ") and "wait_probability" in problem
