@@ -108,6 +108,9 @@ def run_record(raw: Mapping[str, Any]) -> dict[str, Any]:
     row["hpa_like"] = {k: hpa[k] for k in RUN_FIELDS} | {"targets": hpa.get("targets", {})}
     row["vs_hpa_like"] = {k: ratio(float(figures[k]), float(hpa[k])) for k in OBJECTIVES}
     row["oracle"] = raw["oracle"]
+    # Wall seconds of the run in its worker, and whether it built the demand and the baseline first.
+    row["run_s"] = raw["seconds"]
+    row["built_demand"] = raw["built_demand"]
     return row
 
 
