@@ -4,8 +4,9 @@
 each ``step`` of the next ``horizon``:
 
 1. History is cut into ``step``-long buckets aligned to UTC midnight; a bucket keeps the *largest*
-   sample in it, because capacity has to cover the peak of a bucket, not its mean. NaN, infinite and
-   negative samples are dropped; buckets with no sample are gaps, never zero.
+   sample in it (``aggregate="max"``: capacity has to cover the peak of a bucket) or their mean
+   (``"mean"``: an estimate of the offered load, for a sizing rule that adds its own headroom). NaN,
+   infinite and negative samples are dropped; buckets with no sample are gaps, never zero.
 2. **Time of day.** For a future bucket, the median of the same bucket on each earlier day (up to
    14): one odd day (an outage, a holiday) does not move a median.
 3. **Day of week.** With a week or more of history, the same bucket 7 (and 14) days earlier is
@@ -66,6 +67,7 @@ def seasonal_forecast(
     horizon: timedelta,
     history: timedelta = timedelta(days=14),
     min_history: timedelta = timedelta(days=1),
+    aggregate: str = "max",
 ) -> Forecast:
     """Forecast demand for ``[now, now + horizon)`` from samples at epoch seconds ``times`` before ``now``.
 
@@ -91,7 +93,12 @@ def seasonal_forecast(
         t, v = t[order], v[order]
         keys = (t // step_s).astype(np.int64)
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        buckets = dict(zip(keys[starts].tolist(), np.maximum.reduceat(v, starts).tolist(), strict=True))
+        if aggregate == "mean":
+            sizes = np.diff(np.r_[starts, len(v)])
+            levels = np.add.reduceat(v, starts) / sizes
+        else:
+            levels = np.maximum.reduceat(v, starts)
+        buckets = dict(zip(keys[starts].tolist(), levels.tolist(), strict=True))
         first_seen = float(t[0])
     start_key = int(now_s // step_s)
     start = datetime.fromtimestamp(start_key * step_s, tz=UTC)

@@ -417,6 +417,9 @@ class ForecastConfig(StrictModel):
     history: Duration = Field(default=timedelta(days=14), description="At most 14 days of history are read.")
     min_history: Duration = Field(default=timedelta(days=1), description="Less history than this: no action.")
     step: Duration = Field(default=timedelta(minutes=5), description="Resolution of history and forecast.")
+    aggregate: Literal["max", "mean"] = Field(
+        default="max", description="What a step of history keeps: its peak, or its mean (offered load)."
+    )
     refresh: Duration = Field(default=timedelta(minutes=30), description="How often history is re-read.")
     horizon: Duration = Field(default=timedelta(hours=6), description="How far ahead it forecasts.")
     lead: Duration | None = Field(

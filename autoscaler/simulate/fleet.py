@@ -221,7 +221,7 @@ class _Forecaster:
             n = self.count
             self.current = seasonal_forecast(self.times[:n], self.values[:n], now=now, step=config.step,
                                              horizon=config.horizon, history=config.history,
-                                             min_history=config.min_history)
+                                             min_history=config.min_history, aggregate=config.aggregate)
             self.next_refresh = now + config.refresh
         sample = samples.get(config.check)
         if sample is not None and sample.value is not None and math.isfinite(sample.value):
