@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from autoscaler.domain import (
+    DO_NOT_DISRUPT_TAG,
     Backend,
     CloudState,
     Decision,
@@ -37,9 +38,10 @@ from autoscaler.domain import (
     TerminateOutcome,
 )
 from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
+from autoscaler.metrics.history import ForecastCache, ForecastState
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
 from autoscaler.policy.model import PoolPolicy
-from autoscaler.protocols import Balancer, Clock, MetricsSource, NodeProbe, Provider, Store
+from autoscaler.protocols import Balancer, Clock, HistorySource, MetricsSource, NodeProbe, Provider, Store
 from autoscaler.telemetry import ControllerMetrics
 
 log = structlog.get_logger("autoscaler.controller")
@@ -63,6 +65,8 @@ class Adapters:
     probe: NodeProbe
     clock: Clock
     write_targets: Callable[[list[Instance]], None] | None = None
+    #: Where the forecast's demand history comes from (one range query per refresh); None: no forecast.
+    history: HistorySource | None = None
 
 
 @dataclass
@@ -92,10 +96,12 @@ class Observation:
     samples: dict[str, Sample] = field(default_factory=dict)
     transitions: list[tuple[str, Lifecycle, dict[str, Any]]] = field(default_factory=list)
     replace: list[tuple[Instance, str]] = field(default_factory=list)
+    forecast: ForecastState | None = None
 
     def inputs(self) -> dict[str, Any]:
         """JSON-ready record of the inputs the engine decided on."""
         return {
+            **({"forecast": self.forecast.record()} if self.forecast is not None else {}),
             "samples": {name: _sample_record(s) for name, s in self.samples.items()},
             "nodes": {
                 s.instance.id: {
@@ -127,6 +133,8 @@ class TickOutcome:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     nodes: dict[str, str] = field(default_factory=dict)
+    #: What the pool's live nodes cost per hour at the policy's prices (None before they are known).
+    cost_per_hour: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -177,6 +185,8 @@ class Controller:
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
         self.telemetry = telemetry or ControllerMetrics()
+        #: The pool's seasonal forecast, re-read from history at most every ``forecast.refresh``.
+        self.forecasts = ForecastCache(adapters.history)
 
     # ------------------------------------------------------------------------------------- tick
     def tick(self) -> TickOutcome:
@@ -185,8 +195,10 @@ class Controller:
         policy = self._policy()
         now = self.adapters.clock.now()
         outcome = TickOutcome(pool=policy.pool, at=now)
+        policy = self._with_pause(policy, outcome.notes)
         reload_error = self._policy_error()
         self.telemetry.policy_valid(policy.pool, reload_error is None)
+        self.telemetry.bounds(policy.pool, policy.scaling.min_nodes, policy.scaling.max_nodes)
         if reload_error:
             outcome.notes.append(f"policy file is invalid, keeping the last valid policy: {reload_error}")
             log.warning("policy_invalid_kept_last_valid", pool=policy.pool, error=reload_error)
@@ -198,7 +210,10 @@ class Controller:
             log.exception("tick_crashed", pool=policy.pool)
             outcome.errors.append(f"unexpected {type(exc).__name__}: {exc}")
         self.telemetry.tick_done(policy.pool, outcome, time.monotonic() - started)
-        log.info(
+        # A tick with errors (a balancer that rejected its reload, a failed launch) is an error in
+        # the logs, so log-based alerting and `journalctl -p err` see it.
+        emit = log.error if outcome.errors else log.info
+        emit(
             "tick",
             pool=policy.pool,
             summary=outcome.decision.summary() if outcome.decision else None,
@@ -217,7 +232,11 @@ class Controller:
         # Housekeeping the observation found: lifecycle changes, nodes that failed to boot.
         for instance_id, lifecycle, detail in observation.transitions:
             store.record_lifecycle(policy.pool, instance_id, lifecycle, now, detail)
-        for instance, reason in observation.replace:
+        if policy.paused:  # nodes stay as they are: one that would be replaced counts as booting
+            for instance, reason in observation.replace:
+                states[instance.id] = NodeState(instance, Lifecycle.BOOTING, now)
+                outcome.notes.append(f"paused: {instance.id} not replaced ({reason})")
+        for instance, reason in [] if policy.paused else observation.replace:
             self._terminate(policy, instance, now, outcome, reason)
             if reason.startswith(BOOT_TIMEOUT_REASON):
                 self.telemetry.boot_failure(policy.pool)
@@ -226,6 +245,8 @@ class Controller:
         evaluation = self.evaluate(policy, observation, now)
         decision = self._hold_launches_after_boot_failures(policy, evaluation.decision, now, outcome)
         outcome.decision = decision
+        forecast = observation.forecast.forecast if observation.forecast is not None else None
+        self.telemetry.forecast(policy, forecast, decision)
         # ---- record (before acting, so the launch's client token comes from the recorded decision)
         tick_id = store.record_tick(
             policy.pool,
@@ -235,11 +256,17 @@ class Controller:
             evaluation.memory.model_dump(mode="json"),
         )
         outcome.tick_id = tick_id
-        # ---- act
+        # ---- act (a paused pool is observed and recorded; nothing is acted on, nodes stay as they are)
         try:
-            self._act(policy, decision, states, now, tick_id, outcome)
+            if not policy.paused:
+                self._act(policy, decision, states, now, tick_id, outcome)
         finally:
             outcome.nodes = {i: s.lifecycle.value for i, s in states.items()}
+            outcome.cost_per_hour = sum(
+                spec.price_per_hour
+                for spec in (policy.instance_type(s.instance.instance_type) for s in states.values())
+                if spec is not None
+            )
             try:
                 store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
             except StoreError as exc:
@@ -303,18 +330,39 @@ class Controller:
         saved = self.adapters.store.load_memory(policy.pool)
         memory = EngineMemory.model_validate(saved) if saved else EngineMemory()
         nodes = [self._as_engine_node(policy, s) for s in observation.states.values()]
-        return decide(policy, observation.samples, nodes, memory, now)
+        forecast = observation.forecast.forecast if observation.forecast is not None else None
+        return decide(policy, observation.samples, nodes, memory, now, forecast)
+
+    def _with_pause(self, policy: PoolPolicy, notes: list[str]) -> PoolPolicy:
+        """``policy``, paused when the file says so or ``autoscaler pause`` does."""
+        paused_by = "policy file" if policy.paused else None
+        if paused_by is None:
+            try:
+                state = self.adapters.store.pause_state(policy.pool)
+            except StoreError as exc:
+                # Unknown pause state: the tick's own store calls will fail and act on nothing anyway.
+                log.warning("pause_state_unreadable", pool=policy.pool, error=str(exc))
+                state = None
+            if state is not None and state["paused"]:
+                why = f": {state['reason']}" if state["reason"] else ""
+                paused_by = f"autoscaler pause at {state['at']}{why}"
+                policy = policy.model_copy(update={"paused": True})
+        self.telemetry.mode(policy.pool, paused=policy.paused)
+        if paused_by is not None:
+            notes.append(f"paused ({paused_by}): observed and recorded, nothing acted on")
+        return policy
 
     def explain(self) -> tuple[PoolPolicy, Observation, Decision]:
         """Observe and decide as a tick would, changing nothing anywhere (``autoscaler explain``)."""
-        policy = self._policy()
+        policy = self._with_pause(self._policy(), [])
         now = self.adapters.clock.now()
         observation = self.observe(policy, now)
         return policy, observation, self.evaluate(policy, observation, now).decision
 
     # ---------------------------------------------------------------------------------- observe
     def observe(self, policy: PoolPolicy, now: datetime) -> Observation:
-        """Read the provider, the store, the nodes and the metrics; change nothing.
+        """Read the provider, the store, the nodes, the metrics and (when due) the forecast's history;
+        change nothing.
 
         Each live instance gets a lifecycle from the store's record, its cloud state and its own
         health check; what should change (a record, a node to replace) is returned, not done.
@@ -381,6 +429,7 @@ class Controller:
         observation.samples = {
             check.name: self.adapters.metrics.query(check.query, now=now) for check in policy.scaling.checks
         }
+        observation.forecast = self.forecasts.current(policy, now)
         return observation
 
     def _as_engine_node(self, policy: PoolPolicy, state: NodeState) -> Node:
@@ -394,6 +443,7 @@ class Controller:
             launched_at=instance.launched_at,
             active_streams=state.active_streams,
             image=instance.image,
+            protected=instance.tags.get(DO_NOT_DISRUPT_TAG, "").strip().lower() in {"true", "1", "yes"},
         )
 
     # -------------------------------------------------------------------------------------- act

@@ -1,4 +1,4 @@
-"""The four adapter families the controller depends on, each a small Protocol with its contract.
+"""The adapter families the controller depends on, each a small Protocol with its contract.
 
 Every family has a recording fake beside its real implementations (``metrics/fake.py``,
 ``providers/fake.py``, ``balancers/fake.py``, ``store/memory.py``) and one contract test suite in
@@ -8,10 +8,19 @@ Every family has a recording fake beside its real implementations (``metrics/fak
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from autoscaler.domain import Backend, Instance, LaunchResult, LaunchSpec, Lifecycle, Sample, TerminateOutcome
+from autoscaler.domain import (
+    Backend,
+    Instance,
+    LaunchResult,
+    LaunchSpec,
+    Lifecycle,
+    PruneResult,
+    Sample,
+    TerminateOutcome,
+)
 
 
 @runtime_checkable
@@ -49,6 +58,27 @@ class MetricsSource(Protocol):
         Series without the label, or with a non-finite value, are left out; any failure returns an
         empty mapping (callers treat a missing node as *unknown*, not zero).
         """
+        ...
+
+
+@runtime_checkable
+class HistorySource(Protocol):
+    """Reads a signal's past, for the seasonal forecast (``metrics/history.py``).
+
+    Contract:
+    - ``query_range`` returns ``(unix seconds, value)`` points of ``promql`` evaluated every ``step``
+      from ``start`` to ``end``, sorted by time; several series are reduced to their maximum at each
+      instant; NaN and ±Inf points are left out (a gap, never zero). No data in the window is ``[]``.
+    - Any failure (unreachable, timeout, HTTP or PromQL error, too many points) raises
+      ``MetricsUnavailable`` chained to its cause, after one attempt bounded by the source's timeout.
+
+    ``PrometheusSource`` implements it; ``FakeMetricsSource`` (``set_range``) is its recording fake.
+    """
+
+    def query_range(
+        self, promql: str, start: datetime, end: datetime, step: timedelta
+    ) -> list[tuple[float, float]]:
+        """The points of ``promql`` between ``start`` and ``end`` every ``step``."""
         ...
 
 
@@ -162,6 +192,26 @@ class Store(Protocol):
         """Latest lifecycle of each instance of ``pool`` and when it was entered."""
         ...
 
-    def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest ticks of ``pool``, newest first, as JSON-ready dicts."""
+    def recent_ticks(
+        self, pool: str, limit: int | None = 20, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest ticks of ``pool``, newest first, as JSON-ready dicts; ``limit=None`` for all,
+        ``since`` for only those recorded at or after it."""
+        ...
+
+    def pools(self) -> list[str]:
+        """Every pool with a recorded tick or instance, sorted."""
+        ...
+
+    def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
+        """Pause (or resume) ``pool`` from the command line: observed and recorded, not acted on."""
+        ...
+
+    def pause_state(self, pool: str) -> dict[str, Any] | None:
+        """``{"paused": bool, "reason": str | None, "at": iso time}`` as last set, or None if never."""
+        ...
+
+    def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
+        """Delete ticks recorded before ``before`` (of ``pool`` or all pools) and the records of
+        instances terminated before it; keep the engine memory and live instances' records."""
         ...

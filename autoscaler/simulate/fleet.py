@@ -157,6 +157,10 @@ class Replay:
     terminations: int
     cut_streams: int
     notes: tuple[str, ...]
+    #: Ticks on which the forecast floor raised the count (``forecast_and_scale``), and on which its
+    #: floor was above what the checks wanted (in either mode: what ``forecast_only`` would have done).
+    forecast_raised: int = 0
+    forecast_above: int = 0
 
     @property
     def violation_seconds(self) -> int:
@@ -229,6 +233,17 @@ class _Forecaster:
             self.values[self.count] = sample.value
             self.count += 1
         return self.current
+
+
+def _forecast_effect(reasons: tuple[Reason, ...]) -> tuple[bool, bool]:
+    """Whether a decision's forecast step raised the count, and whether its floor was above it."""
+    for reason in reasons:
+        if reason.kind == "forecast":
+            detail = reason.detail
+            before, after, floor = detail.get("before"), detail.get("after"), detail.get("floor")
+            if isinstance(before, int) and isinstance(after, int) and isinstance(floor, int):
+                return after > before, floor > before
+    return False, False
 
 
 def _forecast_floor(reasons: tuple[Reason, ...]) -> int:
@@ -315,6 +330,7 @@ def replay(
     memory = EngineMemory()
     forecaster = _Forecaster(policy, ticks)
     forecast_col = np.full(ticks, -1, dtype=np.int64)
+    forecast_raised = forecast_above = 0
     launches = terminations = cut = 0
     tick_times = np.arange(ticks, dtype=np.int64) * tick_s
     loads = streams[tick_times].tolist()
@@ -409,6 +425,9 @@ def replay(
         decision = evaluation.decision
         if forecast is not None:
             forecast_col[k] = _forecast_floor(decision.reasons)
+            raised, above = _forecast_effect(decision.reasons)
+            forecast_raised += raised
+            forecast_above += above
 
         # 4. Act on the moves.
         for _ in range(decision.launch):
@@ -501,4 +520,6 @@ def replay(
         terminations=terminations,
         cut_streams=cut,
         notes=tuple(notes),
+        forecast_raised=forecast_raised,
+        forecast_above=forecast_above,
     )
