@@ -20,6 +20,7 @@ Terminating an instance deletes its disk.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -414,6 +415,9 @@ class LocalProvider:
             "--model-cache", str(self.disk_path(instance_id) / MODEL_CACHE),
             "--cached-load-fraction", str(cfg.cached_load_fraction),
         ]
+        if cfg.server_command:  # a real ASR server behind the node's agent instead of the simulated one
+            command += ["--server-command", json.dumps(cfg.server_command),
+                        "--server-probe-path", cfg.server_probe_path]
         log_path = self.log_path(instance_id)
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -217,19 +217,26 @@ def dry_run(
     scenario: Scenario,
     compare: Sequence[Path] = (),
     progress: Progress | None = None,
+    *,
+    policies: Sequence[tuple[str, PoolPolicy]] = (),
+    reuse: DryRun | None = None,
     warm_sizes: Sequence[int] = (),
 ) -> DryRun:
     """Replay the scenario's policy (or each policy of ``compare``) and the baselines on one demand.
 
-    ``warm_sizes`` replays the scenario's policy with each warm pool size too (the frontier); a
-    policy with ``warm_pool.size: auto`` gets sizes 0, 1, 2, 4 unless given, and its own run uses
-    the recommended size. Raises ``ScenarioError`` for an unusable scenario, trace, window or policy.
+    ``policies`` (label, policy) replays already-loaded policies instead (the sweep's variants).
+    ``reuse``, an earlier dry run of the same scenario and seed, lends its demand and its HPA-like
+    run instead of building and replaying them again (a sweep's workers replay many policies on one
+    demand). ``warm_sizes`` replays the scenario's policy with each warm pool size too (the
+    frontier); outside a sweep, a policy with ``warm_pool.size: auto`` gets sizes 0, 1, 2, 4 unless
+    given, and its own run uses the recommended size. Raises ``ScenarioError`` for an unusable
+    scenario, trace, window or policy.
     """
     fleet = resolve_fleet(scenario)
     pool = scenario.spec.pool
     base = fit_policy(scenario.policy, fleet, min_nodes=pool.min_nodes, max_nodes=pool.max_nodes)
     min_nodes, max_nodes = base.scaling.min_nodes, base.scaling.max_nodes
-    demand = build_demand(scenario, fleet.streams_per_node)
+    demand = reuse.demand if reuse is not None else build_demand(scenario, fleet.streams_per_node)
     law = ServiceLaw(scenario.spec.workload)
     seed = scenario.spec.seed
 
@@ -252,17 +259,21 @@ def dry_run(
         return Run(label=label, source=source, replay=result, summary=figures)
 
     auto = scenario.policy.warm_pool is not None and scenario.policy.warm_pool.size == "auto"
-    sizes = sorted(set(warm_sizes)) or ([0, 1, 2, 4] if auto else [])
+    sizes = sorted(set(warm_sizes)) or ([0, 1, 2, 4] if auto and not policies else [])
     frontier = tuple(run(f"warm-{size}", scenario.policy_path, with_warm_pool(base, size)) for size in sizes)
     recommended = recommend_warm_size(frontier)
 
-    if compare:
-        policies = [(path, load_policy_for_scenario(path, f"--compare {path}")) for path in compare]
+    if policies:
+        chosen: list[tuple[str, Path | None, PoolPolicy]] = [(lbl, None, p) for lbl, p in policies]
     else:
-        policies = [(scenario.policy_path, scenario.policy)]
-    labels = _labels([p for p, _ in policies])
+        if compare:
+            loaded = [(path, load_policy_for_scenario(path, f"--compare {path}")) for path in compare]
+        else:
+            loaded = [(scenario.policy_path, scenario.policy)]
+        labels = _labels([p for p, _ in loaded])
+        chosen = [(lbl, path, p) for (path, p), lbl in zip(loaded, labels, strict=True)]
     runs = []
-    for (path, policy), label in zip(policies, labels, strict=True):
+    for label, path, policy in chosen:
         fitted = fit_policy(policy, fleet, min_nodes=pool.min_nodes, max_nodes=pool.max_nodes)
         if fitted.warm_pool is not None and fitted.warm_pool.size == "auto":
             fitted = with_warm_pool(fitted, recommended or 0)
@@ -282,7 +293,7 @@ def dry_run(
         min_nodes=min_nodes,
         max_nodes=max_nodes,
     )
-    hpa = run("hpa_like", hpa_path, hpa_policy)
+    hpa = reuse.hpa_like if reuse is not None else run("hpa_like", hpa_path, hpa_policy)
     # Which target the baseline tracked, so summary.json says what it was compared at.
     tracked = {c.name: c.target for c in hpa_policy.scaling.checks if isinstance(c, TargetTrackingCheck)}
     hpa = replace(hpa, summary=hpa.summary | {"targets": tracked})
