@@ -9,13 +9,16 @@ from typing import Any
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "policies"
+#: policies/asr-aws.yaml as it was with a target-tracking streams check (the sweep and baseline tests
+#: rebase that check's target; the shipped example now sizes by queueing).
+TRACKING_AWS = FIXTURES / "target-tracking" / "asr-aws.yaml"
 TWITTER = FIXTURES / "twitter-1.5d.tbz2"
 SERVEGEN = FIXTURES / "servegen-m-large-1d.tar.gz"
 AZURE = FIXTURES / "azure-conv-2000.csv.gz"
 
 #: A scenario that replays six hours of the twitter slice on the AWS example pool, quickly.
 BASE_SCENARIO: dict[str, Any] = {
-    "policy": str(POLICIES / "asr-aws.yaml"),
+    "policy": str(TRACKING_AWS),
     "demand": {"format": "twitter", "path": str(TWITTER), "start": "1h", "duration": "6h", "peak_nodes": 12},
     "workload": {
         "audio_seconds": {"distribution": "lognormal", "median": 60, "p95": 300},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim_helpers import POLICIES
+from sim_helpers import POLICIES, TRACKING_AWS
 
 from autoscaler.policy.load import load_policy
 from autoscaler.policy.model import PoolPolicy, TargetTrackingCheck
@@ -24,7 +24,7 @@ def _targets(policy: PoolPolicy) -> list[float]:
 def test_hpa_like_takes_the_compared_policys_target() -> None:
     """The baseline's streams_per_node target becomes the compared policy's; HPA's behaviour stays."""
     hpa = load_policy(POLICIES / "hpa-like.yaml")
-    aws = load_policy(POLICIES / "asr-aws.yaml")
+    aws = load_policy(TRACKING_AWS)
     changed = _with_checks(
         aws,
         [

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
-from sim_helpers import BASE_SCENARIO, POLICIES
+from sim_helpers import BASE_SCENARIO, POLICIES, TRACKING_AWS
 
 from autoscaler.errors import SweepError
 from autoscaler.policy.load import load_policy, load_policy_data, parse_policy
@@ -33,7 +33,7 @@ from autoscaler.simulate.sweep import (
 )
 from autoscaler.simulate.sweep_report import pareto_front
 
-AWS = POLICIES / "asr-aws.yaml"
+AWS = TRACKING_AWS
 
 
 def _write(path: Path, data: Any) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import typer
 from ruamel.yaml import YAML
-from sim_helpers import BASE_SCENARIO, POLICIES, merged
+from sim_helpers import BASE_SCENARIO, TRACKING_AWS, merged
 from typer.testing import CliRunner
 
 from autoscaler.policy.load import load_policy
@@ -116,7 +116,7 @@ parameters:
         if label != "base":
             assert patch and set(patch) == {"scaling"}
         patched = tmp_path / f"{label}.yaml"
-        patched.write_text(patched_policy_text(POLICIES / "asr-aws.yaml", patch), encoding="utf-8")
+        patched.write_text(patched_policy_text(TRACKING_AWS, patch), encoding="utf-8")
         assert load_policy(patched) == load_policy(out / "frontier" / f"{label}.yaml")
         seeded = replace(loaded, spec=loaded.spec.model_copy(update={"seed": 4}))
         replayed = dry_run(seeded, compare=[patched])
