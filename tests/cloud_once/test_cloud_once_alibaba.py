@@ -127,6 +127,7 @@ def test_once_on_local_ecs_launches_example_count_then_holds_then_drains_before_
     copy.point_metrics_at(prometheus.url, tmp_path / "file_sd" / f"{example.pool}.json")
     copy.make_scale_in_immediate()
     copy.drop_schedules()
+    copy.drop_warm_pool()
     policy = copy.write()
     assert isinstance(policy.provider, AlibabaProviderConfig)
     wait_for_checks(prometheus.url, policy)

@@ -165,6 +165,7 @@ def test_once_on_moto_launches_example_count_then_holds_then_drains_before_termi
     copy.point_metrics_at(prometheus.url, tmp_path / "file_sd" / f"{example.pool}.json")
     copy.make_scale_in_immediate()
     copy.drop_schedules()
+    copy.drop_warm_pool()
     policy = copy.write()
     assert isinstance(policy.provider, AwsProviderConfig) and isinstance(example.provider, AwsProviderConfig)
     assert policy.provider.region == example.provider.region  # the example's region, served by moto
