@@ -35,6 +35,7 @@ from autoscaler.domain import (
     Reason,
     Sample,
     TerminateOutcome,
+    backend_problem,
 )
 from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
@@ -74,6 +75,8 @@ class NodeState:
     since: datetime
     healthy: bool = False
     active_streams: float | None = None
+    #: False for a healthy node the balancer has not accepted yet: it is not serving capacity.
+    joined: bool = True
 
 
 def _sample_record(sample: Sample) -> dict[str, Any]:
@@ -92,6 +95,8 @@ class Observation:
     samples: dict[str, Sample] = field(default_factory=dict)
     transitions: list[tuple[str, Lifecycle, dict[str, Any]]] = field(default_factory=list)
     replace: list[tuple[Instance, str]] = field(default_factory=list)
+    #: Nodes that cannot be a balancer backend (a hostile address, port or id), and why.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def inputs(self) -> dict[str, Any]:
         """JSON-ready record of the inputs the engine decided on."""
@@ -108,6 +113,7 @@ class Observation:
                 for s in self.states.values()
             },
             "replaced": {i.id: reason for i, reason in self.replace},
+            "refused": dict(self.refused),
         }
 
 
@@ -221,6 +227,8 @@ class Controller:
             self._terminate(policy, instance, now, outcome, reason)
             if reason.startswith(BOOT_TIMEOUT_REASON):
                 self.telemetry.boot_failure(policy.pool)
+        for instance_id, problem in observation.refused.items():
+            outcome.errors.append(f"node {instance_id!r} left out of the balancer: {problem}")
         for name, sample in observation.samples.items():
             self.telemetry.check_sample(policy.pool, name, sample)
         evaluation = self.evaluate(policy, observation, now)
@@ -338,7 +346,13 @@ class Controller:
                     instance, Lifecycle.DRAINING, since, active_streams=probe.active_streams(instance)
                 )
                 continue
-            healthy = instance.state == CloudState.RUNNING and probe.healthy(instance)
+            problem = self._backend_problem(instance)
+            if problem:
+                # Its inventory says something no balancer may be given: never probed, never joined,
+                # replaced like a node that does not boot.
+                observation.refused[instance.id] = problem
+                log.error("node_refused_as_backend", pool=policy.pool, instance=instance.id, reason=problem)
+            healthy = problem is None and instance.state == CloudState.RUNNING and probe.healthy(instance)
             if (
                 healthy
                 and instance.model_version != policy.launch.model_version
@@ -360,6 +374,7 @@ class Controller:
                     since if lifecycle == Lifecycle.SERVING else now,
                     healthy=True,
                     active_streams=probe.active_streams(instance),
+                    joined=lifecycle == Lifecycle.SERVING,
                 )
                 continue
             # Booting, or a serving node that stopped answering: not capacity now. It gets the boot
@@ -383,11 +398,20 @@ class Controller:
         }
         return observation
 
+    @staticmethod
+    def _backend_problem(instance: Instance) -> str | None:
+        if not instance.address:
+            return None  # no address yet: still booting
+        return backend_problem(Backend(address=instance.address, port=instance.port, instance_id=instance.id))
+
     def _as_engine_node(self, policy: PoolPolicy, state: NodeState) -> Node:
         instance = state.instance
+        lifecycle = state.lifecycle
+        if lifecycle == Lifecycle.SERVING and not state.joined:
+            lifecycle = Lifecycle.BOOTING  # healthy but not in the balancer: no traffic reaches it
         return Node(
             id=instance.id,
-            lifecycle=state.lifecycle,
+            lifecycle=lifecycle,
             instance_type=instance.instance_type,
             capacity_streams=policy.streams_of(instance.instance_type),
             model_version=instance.model_version,
@@ -489,7 +513,10 @@ class Controller:
             (
                 s.instance
                 for s in states.values()
-                if s.lifecycle == Lifecycle.SERVING and s.healthy and s.instance.address
+                if s.lifecycle == Lifecycle.SERVING
+                and s.healthy
+                and s.instance.address
+                and not self._backend_problem(s.instance)  # reported by observe
             ),
             key=lambda i: (i.launched_at, i.id),
         )

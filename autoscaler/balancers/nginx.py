@@ -24,9 +24,11 @@ Rendering decisions:
   refusing the whole configuration; ``current`` does not report it.
 - ``backup`` is rendered together with ``least_conn``: nginx rejects ``backup`` only with the
   ``hash``, ``ip_hash`` and ``random`` methods (checked with nginx 1.22).
-- Numbers (weight, max_fails, fail_timeout, zone size) are passed through; nginx is the judge of
-  their validity (``weight=0`` fails ``nginx -t`` and the old list stays). Text that could change
-  the file's structure (whitespace, ``;``, ``{``, ``}``, ``#``, quotes) is refused before writing.
+- Every backend field is checked by ``domain.backend_problem`` before rendering (an IP literal or
+  host name, a port 1-65535, an instance id of letters, digits and ``._-``, bounded integers), and
+  the upstream name and zone size by a token check, so text that could change the file's structure
+  (whitespace, ``;``, ``{``, ``}``, ``#``, quotes, NUL) never reaches the file. The controller
+  leaves such a backend out of the list (with the reason) so one bad node cannot block the pool.
 
 One process should own a given nginx: ``apply`` is serialised within a process, not across them.
 """
@@ -39,7 +41,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoscaler.domain import Backend
+from autoscaler.domain import Backend, backend_problem
 from autoscaler.errors import BalancerError
 from autoscaler.files import atomic_write
 from autoscaler.policy.model import NginxBalancerConfig
@@ -47,7 +49,7 @@ from autoscaler.policy.model import NginxBalancerConfig
 #: The line standing in for "no backends" (nginx refuses an upstream without servers).
 PLACEHOLDER_SERVER = "server 127.0.0.1:1 down;  # placeholder: no backends in force"
 _HEADER = "# Managed by gpu-autoscaler (nginx balancer): rewritten on every change, edits are lost.\n"
-_UNSAFE = re.compile(r"[\s;{}#'\"\\]")
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f;{}#'\"\\]")
 _SERVER_LINE = re.compile(
     r"^server\s+(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^\s:;]+)):(?P<port>\d+)"
     r"(?P<params>(?:\s+[^\s;#]+)*)\s*;\s*#\s*instance_id=(?P<iid>\S+)\s*$"
@@ -69,8 +71,9 @@ def render_upstream(name: str, zone_size: str, backends: Sequence[Backend]) -> s
     seen_ids: set[str] = set()
     seen_endpoints: set[tuple[str, int]] = set()
     for backend in backends:
-        _check_token(backend.address, "backend address")
-        _check_token(backend.instance_id, "instance id")
+        problem = backend_problem(backend)
+        if problem:
+            raise BalancerError(f"backend {backend.instance_id!r} refused: {problem}")
         if backend.instance_id in seen_ids:
             raise BalancerError(f"instance {backend.instance_id} appears twice in the backend list")
         if (backend.address, backend.port) in seen_endpoints:
