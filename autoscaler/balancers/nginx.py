@@ -44,11 +44,12 @@ from pathlib import Path
 from autoscaler.domain import Backend, backend_problem
 from autoscaler.errors import BalancerError
 from autoscaler.files import atomic_write
+from autoscaler.policy.checks import MANAGED_MARKER
 from autoscaler.policy.model import NginxBalancerConfig
 
 #: The line standing in for "no backends" (nginx refuses an upstream without servers).
 PLACEHOLDER_SERVER = "server 127.0.0.1:1 down;  # placeholder: no backends in force"
-_HEADER = "# Managed by gpu-autoscaler (nginx balancer): rewritten on every change, edits are lost.\n"
+_HEADER = f"{MANAGED_MARKER} (nginx balancer): rewritten on every change, edits are lost.\n"
 _UNSAFE = re.compile(r"[\s\x00-\x1f\x7f;{}#'\"\\]")
 _SERVER_LINE = re.compile(
     r"^server\s+(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^\s:;]+)):(?P<port>\d+)"

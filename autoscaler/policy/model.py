@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from autoscaler.policy import checks
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -106,6 +108,16 @@ class LocalProviderConfig(StrictModel):
     model_memory_mib: int = Field(default=3400, gt=0, description="GPU memory the model weights take.")
     stream_memory_mib: int = Field(default=1900, gt=0, description="GPU memory each active stream takes.")
     real_time_factor: float = Field(default=1.0, gt=0, description="Processing seconds per second of audio.")
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_an_address(cls, value: str) -> str:
+        return checks.check_bind_host(value)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_plain(cls, value: str) -> str:
+        return checks.check_no_control(value)
 
 
 class AwsProviderConfig(StrictModel):
@@ -227,6 +239,21 @@ class NginxBalancerConfig(StrictModel):
     fail_timeout: Duration = timedelta(seconds=30)
     backup_nodes: int = Field(default=0, ge=0, description="How many nodes stand as `backup`.")
 
+    @field_validator("nginx_binary")
+    @classmethod
+    def _really_nginx(cls, value: str) -> str:
+        return checks.check_nginx_binary(value)
+
+    @field_validator("upstream_file")
+    @classmethod
+    def _writable_managed_file(cls, value: str) -> str:
+        return checks.check_written_file(value, managed_marker=checks.MANAGED_MARKER)
+
+    @field_validator("nginx_conf", "nginx_prefix")
+    @classmethod
+    def _plain_path(cls, value: str | None) -> str | None:
+        return None if value is None else checks.check_no_control(value)
+
 
 class AlbBalancerConfig(StrictModel):
     """An AWS ALB target group; deregistration delay is the drain."""
@@ -260,6 +287,11 @@ class PrometheusConfig(StrictModel):
     file_sd_path: str | None = Field(
         default=None, description="Where to write the file_sd target list of nodes."
     )
+
+    @field_validator("file_sd_path")
+    @classmethod
+    def _writable_target_file(cls, value: str | None) -> str | None:
+        return None if value is None else checks.check_written_file(value, json_list=True)
 
 
 class HealthConfig(StrictModel):
