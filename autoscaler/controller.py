@@ -38,6 +38,7 @@ from autoscaler.domain import (
     backend_problem,
 )
 from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
+from autoscaler.metrics.plausible import bounds_for, plausible, plausible_streams
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
 from autoscaler.policy.model import PoolPolicy
 from autoscaler.protocols import Balancer, Clock, MetricsSource, NodeProbe, Provider, Store
@@ -231,6 +232,8 @@ class Controller:
             outcome.errors.append(f"node {instance_id!r} left out of the balancer: {problem}")
         for name, sample in observation.samples.items():
             self.telemetry.check_sample(policy.pool, name, sample)
+            if not sample.has_data:
+                log.warning("check_no_data", pool=policy.pool, check=name, reason=sample.error)
         evaluation = self.evaluate(policy, observation, now)
         decision = self._hold_launches_after_boot_failures(policy, evaluation.decision, now, outcome)
         outcome.decision = decision
@@ -343,7 +346,7 @@ class Controller:
                 continue  # terminate was requested; the provider has not caught up yet
             if lifecycle == Lifecycle.DRAINING:
                 observation.states[instance.id] = NodeState(
-                    instance, Lifecycle.DRAINING, since, active_streams=probe.active_streams(instance)
+                    instance, Lifecycle.DRAINING, since, active_streams=self._streams(policy, instance)
                 )
                 continue
             problem = self._backend_problem(instance)
@@ -373,7 +376,7 @@ class Controller:
                     Lifecycle.SERVING,
                     since if lifecycle == Lifecycle.SERVING else now,
                     healthy=True,
-                    active_streams=probe.active_streams(instance),
+                    active_streams=self._streams(policy, instance),
                     joined=lifecycle == Lifecycle.SERVING,
                 )
                 continue
@@ -393,10 +396,18 @@ class Controller:
                 )
                 continue
             observation.states[instance.id] = NodeState(instance, Lifecycle.BOOTING, since)
-        observation.samples = {
-            check.name: self.adapters.metrics.query(check.query, now=now) for check in policy.scaling.checks
-        }
+        for check in policy.scaling.checks:
+            raw = self.adapters.metrics.query(check.query, now=now)
+            low, high = bounds_for(check.signal, check.valid_min, check.valid_max)
+            observation.samples[check.name] = plausible(raw, low, high)
         return observation
+
+    def _streams(self, policy: PoolPolicy, instance: Instance) -> float | None:
+        """The node's own stream count, or unknown when it is one no node can have (negative, NaN,
+        absurdly large): a drain never ends early on an impossible zero-or-less."""
+        return plausible_streams(
+            self.adapters.probe.active_streams(instance), policy.streams_of(instance.instance_type)
+        )
 
     @staticmethod
     def _backend_problem(instance: Instance) -> str | None:

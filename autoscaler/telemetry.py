@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from autoscaler.domain import Sample
+from autoscaler.metrics.plausible import IMPLAUSIBLE
 
 if TYPE_CHECKING:
     from autoscaler.controller import TickOutcome
@@ -57,6 +58,12 @@ class ControllerMetrics:
             ["pool", "check"],
             registry=r,
         )
+        self.no_data = Counter(
+            "autoscaler_check_no_data",
+            "Ticks a check had no data, by kind: implausible (a value the signal cannot take) or missing.",
+            ["pool", "check", "kind"],
+            registry=r,
+        )
         self.check_value = Gauge(
             "autoscaler_check_value", "Last value read for a check.", ["pool", "check"], registry=r
         )
@@ -74,6 +81,9 @@ class ControllerMetrics:
     def check_sample(self, pool: str, check: str, sample: Sample) -> None:
         """A check's reading this tick."""
         self.missing.labels(pool, check).set(0 if sample.has_data else 1)
+        if not sample.has_data:
+            kind = "implausible" if (sample.error or "").startswith(IMPLAUSIBLE) else "missing"
+            self.no_data.labels(pool, check, kind).inc()
         if sample.has_data and sample.value is not None:
             self.check_value.labels(pool, check).set(sample.value)
 

@@ -323,6 +323,15 @@ class _CheckBase(StrictModel):
         default=None,
         description="What the query measures, so the dry-run simulator can stand in for Prometheus.",
     )
+    valid_min: float | None = Field(
+        default=None,
+        description="A reading below this is no data (implausible), not a signal; default 0.",
+    )
+    valid_max: float | None = Field(
+        default=None,
+        description="A reading above this is no data (implausible); default 100 for "
+        "gpu_memory_utilization, 86400 for p95_latency_seconds, else 1e6.",
+    )
 
     # A field validator (not a model validator) so a blank query is reported together with the
     # check's other errors: pydantic skips model validators once any field has failed.
@@ -331,6 +340,14 @@ class _CheckBase(StrictModel):
     def _query_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank (only spaces)")
+        return value
+
+    @field_validator("valid_max")
+    @classmethod
+    def _range_ordered(cls, value: float | None, info: ValidationInfo) -> float | None:
+        low = info.data.get("valid_min")
+        if value is not None and low is not None and value <= low:
+            raise ValueError(f"must be greater than valid_min ({low:g})")
         return value
 
 
