@@ -17,7 +17,7 @@ engine's inputs and the engine's answer back into calls, safely:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -199,13 +199,18 @@ class Controller:
             log.warning("policy_invalid_kept_last_valid", pool=policy.pool, error=reload_error)
         try:
             self._tick(policy, now, outcome)
+        except StoreError as exc:
+            # Nothing is done that the store could not record: the tick stops where the store failed.
+            outcome.errors.append(f"StoreError: {exc}")
+            self.telemetry.store_error(policy.pool)
+            log.error("store_fault", pool=policy.pool, error=str(exc))
         except AutoscalerError as exc:
             outcome.errors.append(f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # the tick boundary: the service stays up whatever happened
             log.exception("tick_crashed", pool=policy.pool)
             outcome.errors.append(f"unexpected {type(exc).__name__}: {exc}")
         self.telemetry.tick_done(policy.pool, outcome, time.monotonic() - started)
-        log.info(
+        (log.error if outcome.errors else log.info)(
             "tick",
             pool=policy.pool,
             summary=outcome.decision.summary() if outcome.decision else None,
@@ -221,23 +226,24 @@ class Controller:
         store = self.adapters.store
         observation = self.observe(policy, now)
         states = observation.states
-        # Housekeeping the observation found: lifecycle changes, nodes that failed to boot.
+        # Lifecycle changes the observation found (writes only: a store that cannot take them stops
+        # the tick here, before anything in the world changed).
         for instance_id, lifecycle, detail in observation.transitions:
             store.record_lifecycle(policy.pool, instance_id, lifecycle, now, detail)
-        for instance, reason in observation.replace:
-            self._terminate(policy, instance, now, outcome, reason)
-            if reason.startswith(BOOT_TIMEOUT_REASON):
-                self.telemetry.boot_failure(policy.pool)
         for instance_id, problem in observation.refused.items():
             outcome.errors.append(f"node {instance_id!r} left out of the balancer: {problem}")
         for name, sample in observation.samples.items():
             self.telemetry.check_sample(policy.pool, name, sample)
             if not sample.has_data:
                 log.warning("check_no_data", pool=policy.pool, check=name, reason=sample.error)
+        boot_failed = [r for _, r in observation.replace if r.startswith(BOOT_TIMEOUT_REASON)]
         evaluation = self.evaluate(policy, observation, now)
-        decision = self._hold_launches_after_boot_failures(policy, evaluation.decision, now, outcome)
+        decision = self._hold_launches_after_boot_failures(
+            policy, evaluation.decision, now, outcome, boot_failed
+        )
         outcome.decision = decision
-        # ---- record (before acting, so the launch's client token comes from the recorded decision)
+        # ---- record the intent (the decision, and the nodes to replace) before any world change: a
+        # store that cannot record it acts on nothing. The launch's client token names this record.
         tick_id = store.record_tick(
             policy.pool,
             now,
@@ -246,6 +252,11 @@ class Controller:
             evaluation.memory.model_dump(mode="json"),
         )
         outcome.tick_id = tick_id
+        # Nodes that failed to boot (or run another model version) are replaced.
+        for instance, reason in observation.replace:
+            self._terminate(policy, instance, now, outcome, reason)
+            if reason.startswith(BOOT_TIMEOUT_REASON):
+                self.telemetry.boot_failure(policy.pool)
         # ---- act
         try:
             self._act(policy, decision, states, now, tick_id, outcome)
@@ -270,12 +281,20 @@ class Controller:
         return failures, last
 
     def _hold_launches_after_boot_failures(
-        self, policy: PoolPolicy, decision: Decision, now: datetime, outcome: TickOutcome
+        self,
+        policy: PoolPolicy,
+        decision: Decision,
+        now: datetime,
+        outcome: TickOutcome,
+        boot_failed: Sequence[str] = (),
     ) -> Decision:
-        """Back off launching when new nodes keep failing to boot (a broken image, a bad zone)."""
+        """Back off launching when new nodes keep failing to boot (a broken image, a bad zone).
+
+        ``boot_failed`` are the reasons of the nodes this tick replaces for not booting.
+        """
         failures, last = self.boot_failures(policy.pool)
-        failures += sum(r.startswith(BOOT_TIMEOUT_REASON) for r in outcome.terminated.values())
-        if any(r.startswith(BOOT_TIMEOUT_REASON) for r in outcome.terminated.values()):
+        failures += len(boot_failed)
+        if boot_failed:
             last = now
         self.telemetry.boot_failures_in_a_row(policy.pool, failures)
         if decision.launch == 0 or failures < BOOT_FAILURES_BEFORE_BACKOFF or last is None:

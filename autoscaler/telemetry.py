@@ -52,6 +52,9 @@ class ControllerMetrics:
         self.balancer_errors = Counter(
             "autoscaler_balancer_errors", "Balancer changes rejected.", ["pool"], registry=r
         )
+        self.store_errors = Counter(
+            "autoscaler_store_errors", "Ticks stopped because the store failed.", ["pool"], registry=r
+        )
         self.missing = Gauge(
             "autoscaler_check_missing_data",
             "1 when a check had no data last tick.",
@@ -109,6 +112,10 @@ class ControllerMetrics:
     def balancer_error(self, pool: str) -> None:
         """The balancer rejected a change."""
         self.balancer_errors.labels(pool).inc()
+
+    def store_error(self, pool: str) -> None:
+        """The store could not be read or written; the tick acted on nothing further."""
+        self.store_errors.labels(pool).inc()
 
     def tick_done(self, pool: str, outcome: TickOutcome, seconds: float) -> None:
         """Everything a finished tick tells."""
