@@ -577,15 +577,24 @@ class Controller:
     ) -> bool:
         backends = self.backends_for(policy, states)
         try:
-            before = {b.instance_id for b in self.adapters.balancer.current()}
+            before: set[str] | None = {b.instance_id for b in self.adapters.balancer.current()}
+        except BalancerError as exc:
+            # Changed by hand, unreadable: the list this controller decided is written over it.
+            outcome.notes.append(f"the balancer's current list is unreadable and is rewritten: {exc}")
+            log.error("balancer_list_unreadable", pool=policy.pool, error=str(exc))
+            before = None
+        try:
             self.adapters.balancer.apply(backends)
         except BalancerError as exc:
             outcome.errors.append(f"balancer rejected the change, previous backends still serve: {exc}")
             self.telemetry.balancer_error(policy.pool)
+            log.error("balancer_error", pool=policy.pool, error=str(exc))
             return False
         outcome.backends = [b.endpoint for b in backends]
         for backend in backends:
-            if backend.instance_id not in before:
+            state = states.get(backend.instance_id)
+            new = backend.instance_id not in before if before is not None else not (state and state.joined)
+            if new:
                 outcome.joined.append(backend.instance_id)
             self.adapters.store.record_lifecycle(policy.pool, backend.instance_id, Lifecycle.SERVING, now)
         return True

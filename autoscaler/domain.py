@@ -116,9 +116,6 @@ class Backend:
         return f"{self.address}:{self.port}"
 
 
-#: A DNS host name (RFC 1123 labels): what a backend address may be when it is not an IP literal.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
 #: Instance ids of every supported cloud (``i-0abc``, ``local-3f2a``...): letters, digits, ``._-``.
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -131,8 +128,7 @@ def backend_problem(backend: Backend) -> str | None:
     """Why ``backend`` must not reach a balancer's configuration, or None when it may.
 
     Everything in a ``Backend`` comes from outside (the provider's inventory, instance tags), so
-    each field is checked against the few shapes it can legitimately take: an IP literal or a DNS
-    host name, a port 1-65535, an instance id of letters, digits and ``._-``, small non-negative
+    each field is checked against the few shapes it can legitimately take: an IP address, a port 1-65535, an instance id of letters, digits and ``._-``, small non-negative
     integers for the server parameters. Anything else (``;``, braces, whitespace, a NUL, quotes,
     ``-1``, ``70000``) is refused here, so no value can add a directive to a rendered file.
     """
@@ -145,8 +141,9 @@ def backend_problem(backend: Backend) -> str | None:
             raise ValueError(address)
         ipaddress.ip_address(address)
     except ValueError:
-        if not _HOSTNAME.fullmatch(address):
-            return f"address {address!r} is neither an IP address nor a host name"
+        # Providers report IP addresses. A host name would make nginx resolve it at every reload,
+        # and one that does not resolve fails `nginx -t` for the whole pool.
+        return f"address {address!r} is not an IP address"
     if not _is_int(backend.port) or not 1 <= backend.port <= 65535:
         return f"port {backend.port!r} is not in 1-65535"
     if not isinstance(backend.instance_id, str) or not _INSTANCE_ID.fullmatch(backend.instance_id):

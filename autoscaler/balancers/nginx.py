@@ -6,7 +6,10 @@ name (see ``infra/nginx/nginx.conf.template``). Every ``apply``:
 1. renders the block in the reference deployment's format (``zone``, ``least_conn``, one
    ``server`` line per backend, each ending in a ``# instance_id=...`` comment so ``current`` can
    read the file back), servers sorted so that the same set always renders the same text;
-2. does nothing when that text is already the file's content (no reload for an unchanged list);
+2. does nothing when that text is already the file's content and this process has reloaded nginx
+   since it started (no reload for an unchanged list); the first ``apply`` of a process always
+   checks and reloads, so a list written by a controller that crashed before its reload is put in
+   force on restart;
 3. writes the file atomically (temporary file, fsync, ``os.replace``), runs ``nginx -t`` on the
    whole configuration, then ``nginx -s reload`` (SIGHUP to the master: new workers take new
    connections, old workers finish the requests they hold);
@@ -157,6 +160,10 @@ class NginxBalancer:
         self.upstream_file = Path(config.upstream_file)
         self.command_timeout_s = command_timeout_s
         self._lock = threading.Lock()
+        #: False until this process has had nginx reload the file once: the file may hold a list a
+        #: crashed predecessor wrote but never got nginx to load, so "the file already matches" proves
+        #: nothing about what nginx serves until then.
+        self._reloaded = False
 
     # ----------------------------------------------------------------------------------- protocol
     def current(self) -> list[Backend]:
@@ -176,15 +183,18 @@ class NginxBalancer:
         new_text = render_upstream(self.config.upstream, self.config.zone_size, backends)
         with self._lock:
             old_text = self._read()
-            if old_text == new_text:
+            if old_text == new_text and self._reloaded:
                 return
-            self._write(new_text)
+            if old_text != new_text:
+                self._write(new_text)
             try:
                 self._nginx("-t")
                 self._nginx("-s", "reload")
             except BalancerError:
-                self._restore(old_text)
+                if old_text != new_text:
+                    self._restore(old_text)
                 raise
+            self._reloaded = True
 
     # ------------------------------------------------------------------------------------ helpers
     def command(self, *args: str) -> list[str]:

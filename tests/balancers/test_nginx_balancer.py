@@ -202,10 +202,10 @@ def test_rejected_config_keeps_the_old_file_and_the_old_traffic(
     text_before = embedded_nginx.upstream_file.read_text()
     reloads_before = embedded_nginx.settled_reload_count()
 
-    # A well-formed host name nginx cannot resolve passes validation and fails `nginx -t`.
-    unresolvable = Backend(address="no-such-node.invalid", port=new.port, instance_id="node-new")
-    with pytest.raises(BalancerError, match=r"host not found in upstream") as caught:
-        nginx_balancer.apply([unresolvable])
+    # A zone nginx finds too small passes rendering and fails `nginx -t`.
+    small_zone = NginxBalancer(embedded_nginx.balancer_config(zone_size="1k"), command_timeout_s=10.0)
+    with pytest.raises(BalancerError, match=r"too small") as caught:
+        small_zone.apply([backend_for(new)])
 
     assert isinstance(caught.value.__cause__, subprocess.CalledProcessError)
     assert embedded_nginx.upstream_file.read_text() == text_before
