@@ -128,8 +128,9 @@ def backend_problem(backend: Backend) -> str | None:
     """Why ``backend`` must not reach a balancer's configuration, or None when it may.
 
     Everything in a ``Backend`` comes from outside (the provider's inventory, instance tags), so
-    each field is checked against the few shapes it can legitimately take: an IP address, a port 1-65535, an instance id of letters, digits and ``._-``, small non-negative
-    integers for the server parameters. Anything else (``;``, braces, whitespace, a NUL, quotes,
+    each field is checked against the few shapes it can legitimately take: an IP address, a port
+    1-65535, an instance id of letters, digits and ``._-``, small non-negative integers for the
+    server parameters. Anything else (``;``, braces, whitespace, a NUL, quotes,
     ``-1``, ``70000``) is refused here, so no value can add a directive to a rendered file.
     """
     address = backend.address
