@@ -184,6 +184,8 @@ class Controller:
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
         self.telemetry = telemetry or ControllerMetrics()
+        #: Failed health checks in a row per serving node (the grace count of ``health.unhealthy_after``).
+        self._failed_probes: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------- tick
     def tick(self) -> TickOutcome:
@@ -375,6 +377,15 @@ class Controller:
                 observation.refused[instance.id] = problem
                 log.error("node_refused_as_backend", pool=policy.pool, instance=instance.id, reason=problem)
             healthy = problem is None and instance.state == CloudState.RUNNING and probe.healthy(instance)
+            if lifecycle == Lifecycle.SERVING and problem is None and instance.state == CloudState.RUNNING:
+                failed = 0 if healthy else self._failed_probes.get(instance.id, 0) + 1
+                self._failed_probes[instance.id] = failed
+                if 0 < failed < policy.health.unhealthy_after:
+                    # Within the grace count: it stays in the balancer (nginx's own max_fails keeps
+                    # requests off it meanwhile).
+                    log.warning("health_check_failed", pool=policy.pool, instance=instance.id,
+                                in_a_row=failed, grace=policy.health.unhealthy_after)
+                    healthy = True
             if (
                 healthy
                 and instance.model_version != policy.launch.model_version
@@ -415,6 +426,8 @@ class Controller:
                 )
                 continue
             observation.states[instance.id] = NodeState(instance, Lifecycle.BOOTING, since)
+        for gone in set(self._failed_probes) - set(live):
+            del self._failed_probes[gone]
         for check in policy.scaling.checks:
             raw = self.adapters.metrics.query(check.query, now=now)
             low, high = bounds_for(check.signal, check.valid_min, check.valid_max)

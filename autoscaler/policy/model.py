@@ -302,6 +302,11 @@ class HealthConfig(StrictModel):
     boot_timeout: Duration = Field(
         default=timedelta(minutes=10), description="Not healthy by then: replaced."
     )
+    unhealthy_after: int = Field(
+        default=2, ge=1, le=100,
+        description="Failed health checks in a row before a serving node leaves the balancer (a grace "
+        "count, as nginx's max_fails): one lost probe does not throw a flapping node out.",
+    )
 
 
 class DrainConfig(StrictModel):
