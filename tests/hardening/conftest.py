@@ -7,7 +7,6 @@ from collections.abc import Callable
 import pytest
 
 from autoscaler.testing.controller_rig import Rig, make_rig, serving_pool_of
-
 from autoscaler.testing.embedded_fixtures import (  # noqa: F401 - pytest finds fixtures by name
     embedded_nginx,
     embedded_prometheus,
