@@ -38,6 +38,7 @@ from autoscaler.domain import (
     backend_problem,
 )
 from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
+from autoscaler.leader import Leadership, SingleController
 from autoscaler.metrics.plausible import bounds_for, plausible, plausible_streams
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
 from autoscaler.policy.model import PoolPolicy
@@ -179,8 +180,11 @@ class Controller:
         adapters: Adapters,
         telemetry: ControllerMetrics | None = None,
         policy_error: Callable[[], str | None] | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self._policy = policy
+        #: Whether this controller is the pool's one actor (a PostgreSQL lock; always with SQLite).
+        self.leadership: Leadership = leadership or SingleController()
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
         self.telemetry = telemetry or ControllerMetrics()
@@ -200,7 +204,12 @@ class Controller:
             outcome.notes.append(f"policy file is invalid, keeping the last valid policy: {reload_error}")
             log.warning("policy_invalid_kept_last_valid", pool=policy.pool, error=reload_error)
         try:
-            self._tick(policy, now, outcome)
+            leader = self.leadership.may_act()
+            self.telemetry.leader(policy.pool, leader)
+            if leader:
+                self._tick(policy, now, outcome)
+            else:
+                self._follow(policy, now, outcome)
         except StoreError as exc:
             # Nothing is done that the store could not record: the tick stops where the store failed.
             outcome.errors.append(f"StoreError: {exc}")
@@ -244,6 +253,10 @@ class Controller:
             policy, evaluation.decision, now, outcome, boot_failed
         )
         outcome.decision = decision
+        if not self.leadership.still_leader():
+            outcome.errors.append("lost the pool's leader lock before acting: nothing recorded or done")
+            log.error("leadership_lost_before_acting", pool=policy.pool)
+            return
         # ---- record the intent (the decision, and the nodes to replace) before any world change: a
         # store that cannot record it acts on nothing. The launch's client token names this record.
         tick_id = store.record_tick(
@@ -268,6 +281,15 @@ class Controller:
                 store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
             except StoreError as exc:
                 outcome.errors.append(f"could not record the outcome: {exc}")
+
+    def _follow(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
+        """A follower's tick: observe and decide (telemetry, logs), record and change nothing."""
+        observation = self.observe(policy, now)
+        for name, sample in observation.samples.items():
+            self.telemetry.check_sample(policy.pool, name, sample)
+        outcome.decision = self.evaluate(policy, observation, now).decision
+        outcome.nodes = {i: s.lifecycle.value for i, s in observation.states.items()}
+        outcome.notes.append("follower: another controller holds the pool's leader lock; observing only")
 
     def boot_failures(self, pool: str) -> tuple[int, datetime | None]:
         """Nodes replaced for failing to boot since a node last joined, and when the last one was."""

@@ -55,6 +55,9 @@ class ControllerMetrics:
         self.store_errors = Counter(
             "autoscaler_store_errors", "Ticks stopped because the store failed.", ["pool"], registry=r
         )
+        self.is_leader = Gauge(
+            "autoscaler_leader", "1 while this controller is the pool's one actor.", ["pool"], registry=r
+        )
         self.missing = Gauge(
             "autoscaler_check_missing_data",
             "1 when a check had no data last tick.",
@@ -112,6 +115,10 @@ class ControllerMetrics:
     def balancer_error(self, pool: str) -> None:
         """The balancer rejected a change."""
         self.balancer_errors.labels(pool).inc()
+
+    def leader(self, pool: str, leader: bool) -> None:
+        """Whether this controller acts on the pool this tick."""
+        self.is_leader.labels(pool).set(1 if leader else 0)
 
     def store_error(self, pool: str) -> None:
         """The store could not be read or written; the tick acted on nothing further."""

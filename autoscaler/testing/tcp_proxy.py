@@ -31,8 +31,11 @@ class TcpProxy:
             self._up = False
             sockets, self._open = self._open, []
         for sock in sockets:
+            # shutdown wakes the forwarding thread blocked in recv (a bare close would not, and the
+            # peer would never hear of it); both ends see the connection end.
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 sock.close()
 
     def restore(self) -> None:
@@ -79,5 +82,7 @@ class TcpProxy:
             pass
         finally:
             for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the other direction's recv
                 with contextlib.suppress(OSError):
                     sock.close()
