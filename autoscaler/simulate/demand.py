@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from autoscaler.errors import MetricsUnavailable, ScenarioError
-from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.metrics.prometheus import PrometheusSource, safe_url
 from autoscaler.policy.model import PrometheusConfig
 from autoscaler.simulate.scenario import DemandSpec, Scenario
 from autoscaler.simulate.traces import (
@@ -390,7 +390,7 @@ def _prometheus_series(spec: DemandSpec, warmup: int) -> tuple[NDArray[np.float6
     window_seen = seen[warmup:]
     if not window_seen.any():
         raise ScenarioError(
-            f"demand: Prometheus at {spec.url} has no data for {spec.query!r} "
+            f"demand: Prometheus at {safe_url(spec.url or '')} has no data for {spec.query!r} "
             f"between {start.isoformat()} and {(start + spec.duration).isoformat()}"
         )
     return values, begin, int((~window_seen).sum())
@@ -443,7 +443,7 @@ def build_demand(scenario: Scenario, streams_per_node: int) -> Demand:
             )
         epoch: datetime | None = begin
         offset = warmup
-        description = f"Prometheus {spec.url}: {spec.query}"
+        description = f"Prometheus {safe_url(spec.url or '')}: {spec.query}"
         source: _ArrivalSource | SeriesTrace = (
             _Rates(values, begin)
             if spec.value_kind == "arrivals"
