@@ -149,6 +149,8 @@ def explain(
         )
     else:
         typer.echo(render_reasons(decision))
+        if observation.forecast is not None:
+            typer.echo("\n".join(observation.forecast.describe()))
 
 
 @app.command()

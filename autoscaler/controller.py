@@ -39,10 +39,11 @@ from autoscaler.domain import (
 )
 from autoscaler.errors import AutoscalerError, BalancerError, ProviderError, QuotaExceeded, StoreError
 from autoscaler.leader import Leadership, SingleController
+from autoscaler.metrics.history import ForecastCache, ForecastState
 from autoscaler.metrics.plausible import bounds_for, plausible, plausible_streams
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
 from autoscaler.policy.model import PoolPolicy
-from autoscaler.protocols import Balancer, Clock, MetricsSource, NodeProbe, Provider, Store
+from autoscaler.protocols import Balancer, Clock, HistorySource, MetricsSource, NodeProbe, Provider, Store
 from autoscaler.telemetry import ControllerMetrics
 
 log = structlog.get_logger("autoscaler.controller")
@@ -66,6 +67,8 @@ class Adapters:
     probe: NodeProbe
     clock: Clock
     write_targets: Callable[[list[Instance]], None] | None = None
+    #: Where the forecast's demand history comes from (one range query per refresh); None: no forecast.
+    history: HistorySource | None = None
 
 
 @dataclass
@@ -99,10 +102,12 @@ class Observation:
     replace: list[tuple[Instance, str]] = field(default_factory=list)
     #: Nodes that cannot be a balancer backend (a hostile address, port or id), and why.
     refused: dict[str, str] = field(default_factory=dict)
+    forecast: ForecastState | None = None
 
     def inputs(self) -> dict[str, Any]:
         """JSON-ready record of the inputs the engine decided on."""
         return {
+            **({"forecast": self.forecast.record()} if self.forecast is not None else {}),
             "samples": {name: _sample_record(s) for name, s in self.samples.items()},
             "nodes": {
                 s.instance.id: {
@@ -190,6 +195,8 @@ class Controller:
         self.telemetry = telemetry or ControllerMetrics()
         #: Failed health checks in a row per serving node (the grace count of ``health.unhealthy_after``).
         self._failed_probes: dict[str, int] = {}
+        #: The pool's seasonal forecast, re-read from history at most every ``forecast.refresh``.
+        self.forecasts = ForecastCache(adapters.history)
 
     # ------------------------------------------------------------------------------------- tick
     def tick(self) -> TickOutcome:
@@ -253,6 +260,8 @@ class Controller:
             policy, evaluation.decision, now, outcome, boot_failed
         )
         outcome.decision = decision
+        forecast = observation.forecast.forecast if observation.forecast is not None else None
+        self.telemetry.forecast(policy, forecast, decision)
         if not self.leadership.still_leader():
             outcome.errors.append("lost the pool's leader lock before acting: nothing recorded or done")
             log.error("leadership_lost_before_acting", pool=policy.pool)
@@ -357,7 +366,8 @@ class Controller:
         saved = self.adapters.store.load_memory(policy.pool)
         memory = EngineMemory.model_validate(saved) if saved else EngineMemory()
         nodes = [self._as_engine_node(policy, s) for s in observation.states.values()]
-        return decide(policy, observation.samples, nodes, memory, now)
+        forecast = observation.forecast.forecast if observation.forecast is not None else None
+        return decide(policy, observation.samples, nodes, memory, now, forecast)
 
     def explain(self) -> tuple[PoolPolicy, Observation, Decision]:
         """Observe and decide as a tick would, changing nothing anywhere (``autoscaler explain``)."""
@@ -368,7 +378,8 @@ class Controller:
 
     # ---------------------------------------------------------------------------------- observe
     def observe(self, policy: PoolPolicy, now: datetime) -> Observation:
-        """Read the provider, the store, the nodes and the metrics; change nothing.
+        """Read the provider, the store, the nodes, the metrics and (when due) the forecast's history;
+        change nothing.
 
         Each live instance gets a lifecycle from the store's record, its cloud state and its own
         health check; what should change (a record, a node to replace) is returned, not done.
@@ -454,6 +465,7 @@ class Controller:
             raw = self.adapters.metrics.query(check.query, now=now)
             low, high = bounds_for(check.signal, check.valid_min, check.valid_max)
             observation.samples[check.name] = plausible(raw, low, high)
+        observation.forecast = self.forecasts.current(policy, now)
         return observation
 
     def _streams(self, policy: PoolPolicy, instance: Instance) -> float | None:

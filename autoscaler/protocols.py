@@ -1,4 +1,4 @@
-"""The four adapter families the controller depends on, each a small Protocol with its contract.
+"""The adapter families the controller depends on, each a small Protocol with its contract.
 
 Every family has a recording fake beside its real implementations (``metrics/fake.py``,
 ``providers/fake.py``, ``balancers/fake.py``, ``store/memory.py``) and one contract test suite in
@@ -8,7 +8,7 @@ Every family has a recording fake beside its real implementations (``metrics/fak
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from autoscaler.domain import Backend, Instance, LaunchResult, LaunchSpec, Lifecycle, Sample, TerminateOutcome
@@ -49,6 +49,27 @@ class MetricsSource(Protocol):
         Series without the label, or with a non-finite value, are left out; any failure returns an
         empty mapping (callers treat a missing node as *unknown*, not zero).
         """
+        ...
+
+
+@runtime_checkable
+class HistorySource(Protocol):
+    """Reads a signal's past, for the seasonal forecast (``metrics/history.py``).
+
+    Contract:
+    - ``query_range`` returns ``(unix seconds, value)`` points of ``promql`` evaluated every ``step``
+      from ``start`` to ``end``, sorted by time; several series are reduced to their maximum at each
+      instant; NaN and ±Inf points are left out (a gap, never zero). No data in the window is ``[]``.
+    - Any failure (unreachable, timeout, HTTP or PromQL error, too many points) raises
+      ``MetricsUnavailable`` chained to its cause, after one attempt bounded by the source's timeout.
+
+    ``PrometheusSource`` implements it; ``FakeMetricsSource`` (``set_range``) is its recording fake.
+    """
+
+    def query_range(
+        self, promql: str, start: datetime, end: datetime, step: timedelta
+    ) -> list[tuple[float, float]]:
+        """The points of ``promql`` between ``start`` and ``end`` every ``step``."""
         ...
 
 

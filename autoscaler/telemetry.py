@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from autoscaler.domain import Sample
+from autoscaler.domain import Decision, Sample
 from autoscaler.metrics.plausible import IMPLAUSIBLE
 
 if TYPE_CHECKING:
     from autoscaler.controller import TickOutcome
+    from autoscaler.policy.forecast import Forecast
+    from autoscaler.policy.model import PoolPolicy
+
+#: The forecast's modes, one ``autoscaler_forecast_mode`` series each (1 for the mode in force).
+FORECAST_MODES = ("forecast_only", "forecast_and_scale")
 
 
 class ControllerMetrics:
@@ -79,6 +86,23 @@ class ControllerMetrics:
             ["pool"],
             registry=r,
         )
+        self.forecast_demand = Gauge(
+            "autoscaler_forecast_demand",
+            "Peak forecast demand within the forecast's lead (NaN: no forecast).", ["pool"], registry=r,
+        )
+        self.forecast_floor = Gauge(
+            "autoscaler_forecast_floor_nodes",
+            "Nodes the forecast's peak needs, applied or not (NaN: no forecast).", ["pool"], registry=r,
+        )
+        self.forecast_history = Gauge(
+            "autoscaler_forecast_history_seconds",
+            "Span of demand history the forecast in force was made from.", ["pool"], registry=r,
+        )
+        self.forecast_mode = Gauge(
+            "autoscaler_forecast_mode",
+            "1 for the forecast mode in force (forecast_only records, forecast_and_scale acts).",
+            ["pool", "mode"], registry=r,
+        )
 
     def policy_valid(self, pool: str, valid: bool) -> None:
         """Whether the file on disk is the policy in force."""
@@ -92,6 +116,25 @@ class ControllerMetrics:
             self.no_data.labels(pool, check, kind).inc()
         if sample.has_data and sample.value is not None:
             self.check_value.labels(pool, check).set(sample.value)
+
+    def forecast(self, policy: PoolPolicy, forecast: Forecast | None, decision: Decision) -> None:
+        """The forecast in force and what the decision's forecast step made of it."""
+        config = policy.scaling.forecast
+        pool = policy.pool
+        if config is None:  # none, or removed by a policy reload: no stale forecast series
+            for gauge, labels in ((self.forecast_demand, ()), (self.forecast_floor, ()),
+                                  (self.forecast_history, ()),
+                                  *((self.forecast_mode, (m,)) for m in FORECAST_MODES)):
+                with contextlib.suppress(KeyError):  # never set for this pool
+                    gauge.remove(pool, *labels)
+            return
+        for mode in FORECAST_MODES:
+            self.forecast_mode.labels(pool, mode).set(1 if mode == config.mode else 0)
+        self.forecast_history.labels(pool).set(forecast.history_s if forecast is not None else 0)
+        detail = next((r.detail for r in decision.reasons if r.kind == "forecast"), {})
+        demand, floor = detail.get("demand"), detail.get("floor")
+        self.forecast_demand.labels(pool).set(demand if isinstance(demand, int | float) else math.nan)
+        self.forecast_floor.labels(pool).set(floor if isinstance(floor, int | float) else math.nan)
 
     def launched(self, pool: str, count: int) -> None:
         """Nodes launched this tick."""

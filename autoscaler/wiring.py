@@ -112,6 +112,7 @@ def build_runtime(
         probe=probe,
         clock=clock or SystemClock(),
         write_targets=partial(_write_targets, targets, policy.pool) if targets else None,
+        history=metrics,
     )
 
     def policy_error() -> str | None:

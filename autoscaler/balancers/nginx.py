@@ -47,8 +47,8 @@ from pathlib import Path
 from autoscaler.domain import Backend, backend_problem
 from autoscaler.errors import BalancerError
 from autoscaler.files import atomic_write
-from autoscaler.policy.checks import MANAGED_MARKER
 from autoscaler.policy.model import NginxBalancerConfig
+from autoscaler.policy.safety import MANAGED_MARKER
 
 #: The line standing in for "no backends" (nginx refuses an upstream without servers).
 PLACEHOLDER_SERVER = "server 127.0.0.1:1 down;  # placeholder: no backends in force"

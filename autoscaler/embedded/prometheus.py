@@ -52,6 +52,7 @@ class EmbeddedPrometheus:
     ``scrape_interval_s`` is short by default (2 s) so demos and tests see changes quickly; the
     scrape timeout is the smaller of the interval and 10 s. ``start`` waits up to
     ``start_timeout_s`` for ``/-/ready``; ``stop`` waits up to ``stop_timeout_s`` before killing.
+    ``retention`` is the TSDB's time retention (a Prometheus duration; longer for backfilled history).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class EmbeddedPrometheus:
         template: Path = PROMETHEUS_TEMPLATE,
         start_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
+        retention: str = "1d",
     ) -> None:
         if scrape_interval_s <= 0:
             raise ValueError("scrape_interval_s must be positive")
@@ -75,6 +77,7 @@ class EmbeddedPrometheus:
         self.template = template
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.retention = retention
         self.port = 0
         self._process: ChildProcess | None = None
 
@@ -138,7 +141,7 @@ class EmbeddedPrometheus:
             process = ChildProcess(
                 [self.binary, f"--config.file={self.config_file}", f"--storage.tsdb.path={self.data_dir}",
                  f"--web.listen-address={LOOPBACK}:{self.port}", "--web.enable-lifecycle",
-                 "--storage.tsdb.retention.time=1d", "--log.level=info"],
+                 f"--storage.tsdb.retention.time={self.retention}", "--log.level=info"],
                 cwd=self.root, log_path=self.log_file,
             )
             process.start()

@@ -10,12 +10,17 @@ Each PromQL string is answered from what was set for exactly that string:
   breaks the contract);
 - nothing set: a missing sample ("no value set").
 
+``query_range`` answers from ``set_range``/``add_range_series``: each series' points are what its
+expression evaluates to at those instants; at each instant ``start + k × step`` the finite values of
+the series with a point there are reduced to their maximum, as ``PrometheusSource`` reduces them.
+
 Series may carry the time they were observed (``observed_at``); one older than ``staleness`` at
 the query's ``now`` counts as no data, as in the real source.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections.abc import Iterable, Mapping
@@ -24,6 +29,9 @@ from datetime import datetime, timedelta
 
 from autoscaler.domain import Sample
 from autoscaler.metrics.reduce import max_by_label
+
+#: Float slack when matching a point to an instant (sub-millisecond: Prometheus keeps milliseconds).
+_INSTANT_SLACK_S = 1e-4
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class FakeMetricsSource:
         """Forget every answer, range and recorded query."""
         with self._lock:
             self._answers: dict[str, _Answer] = {}
-            self._ranges: dict[str, list[tuple[float, float]]] = {}
+            self._ranges: dict[str, dict[frozenset[tuple[str, str]], list[tuple[float, float]]]] = {}
             #: Every ``query``/``query_by_instance``/``query_range`` call, in order.
             self.calls: list[QueryCall] = []
 
@@ -108,9 +116,23 @@ class FakeMetricsSource:
             self._answers[promql] = _Answer(raises=exc)
 
     def set_range(self, promql: str, points: Iterable[tuple[float, float]]) -> None:
-        """Answer ``query_range(promql, ...)`` with these ``(unix seconds, value)`` points."""
+        """Answer ``query_range(promql, ...)`` with one series of these ``(unix seconds, value)`` points
+        (replacing every series set before, and an earlier ``set_raises`` of ``promql``)."""
         with self._lock:
-            self._ranges[promql] = sorted((float(t), float(v)) for t, v in points)
+            self._ranges[promql] = {}
+        self.add_range_series(promql, {}, points)
+
+    def add_range_series(
+        self, promql: str, labels: Mapping[str, str], points: Iterable[tuple[float, float]]
+    ) -> None:
+        """Add one series of points to what ``query_range(promql, ...)`` answers (replacing a series
+        with the same labels); the series are reduced as ``PrometheusSource`` reduces them."""
+        with self._lock:
+            series = self._ranges.setdefault(promql, {})
+            series[frozenset(labels.items())] = sorted((float(t), float(v)) for t, v in points)
+            answer = self._answers.get(promql)
+            if answer is not None and answer.raises is not None:
+                del self._answers[promql]
 
     @property
     def queries(self) -> list[str]:
@@ -138,19 +160,35 @@ class FakeMetricsSource:
     def query_range(
         self, promql: str, start: datetime, end: datetime, step: timedelta
     ) -> list[tuple[float, float]]:
-        """The points set with ``set_range`` that fall between ``start`` and ``end``.
+        """The series set with ``set_range``/``add_range_series``, evaluated as Prometheus does.
 
-        ``step`` is recorded but not applied (the points are returned as set). Raises what
-        ``set_raises`` set for ``promql``; an unset range is empty.
+        At each instant ``start + k × step`` up to ``end``, the series with a point at that instant
+        (to a tenth of a millisecond) give their values; non-finite ones are left out and the maximum
+        of the rest is the instant's point (no point when none is left). Raises what ``set_raises``
+        set for ``promql``; an unset range is empty.
         """
         with self._lock:
             self.calls.append(QueryCall("query_range", promql, end))
             answer = self._answers.get(promql)
-            points = list(self._ranges.get(promql, []))
+            series = [list(points) for points in self._ranges.get(promql, {}).values()]
         if answer is not None and answer.raises is not None:
             raise answer.raises
-        lo, hi = start.timestamp(), end.timestamp()
-        return [(t, v) for t, v in points if lo <= t <= hi]
+        lo, hi, every = start.timestamp(), end.timestamp(), step.total_seconds()
+        if every <= 0:
+            raise ValueError("step must be positive")
+        times = [[t for t, _ in points] for points in series]
+        out: list[tuple[float, float]] = []
+        for k in range(int((hi - lo + _INSTANT_SLACK_S) // every) + 1):
+            instant = lo + k * every
+            values = []
+            for points, stamps in zip(series, times, strict=True):
+                index = bisect.bisect_left(stamps, instant - _INSTANT_SLACK_S)
+                if (index < len(stamps) and stamps[index] <= instant + _INSTANT_SLACK_S
+                        and math.isfinite(points[index][1])):
+                    values.append(points[index][1])
+            if values:
+                out.append((instant, max(values)))
+        return out
 
     # ----------------------------------------------------------------------------------- internals
     def _answer(self, call: QueryCall) -> list[FakeSeries] | str:

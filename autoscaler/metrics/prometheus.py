@@ -173,7 +173,9 @@ class PrometheusSource:
         try:
             result = self._client.custom_query_range(
                 promql, start_time=start, end_time=end, step=f"{step.total_seconds():g}",
-                params={"timeout": _prom_duration(self._timeout_s)},
+                # The client rounds start and end to whole seconds; these keep their milliseconds.
+                params={"timeout": _prom_duration(self._timeout_s), "start": f"{start.timestamp():.3f}",
+                        "end": f"{end.timestamp():.3f}"},
             )
             best: dict[float, float] = {}
             for item in result:
@@ -183,7 +185,7 @@ class PrometheusSource:
                         at = float(stamp)
                         best[at] = max(value, best.get(at, -math.inf))
         except _QUERY_ERRORS as exc:
-            reason = _shorten(str(exc) or type(exc).__name__)
+            reason = _describe(exc, self._timeout_s)
             raise MetricsUnavailable(
                 f"range query {promql!r} failed at {safe_url(self.config.url)}: {reason}"
             ) from exc

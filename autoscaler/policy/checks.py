@@ -1,139 +1,243 @@
-"""Checks on policy values that name programs to run and files to write.
+"""How each check type turns one reading into a recommended node count (the engine's *vote* step).
 
-A policy file is configuration that runs programs (``balancer.nginx_binary``) and overwrites files
-(``balancer.upstream_file``, ``metrics.file_sd_path``) with the controller's privileges, so those
-values are held to what they are for: the binary must really be nginx, and a file the controller
-writes must not be a system file or a file some other program owns. Each check returns the value
-or raises ``ValueError`` with a sentence, so the loader reports it as ``file:line:column``.
-
-Who may edit policy files is in ``docs/reliability.md``: whoever may edit one may make the
-controller run the nginx they name and rewrite the files they name.
+One function per check type, each pure: target tracking (Kubernetes HPA's rule), step bands, and
+stream-aware queueing. ``size_for_demand`` answers "how many nodes for this much demand" for the
+checks that can say it, which the look-ahead and the forecast floor reuse.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import os
-import re
-import shutil
-import subprocess
-from pathlib import Path
+import math
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
 
-#: The first line of every file the autoscaler writes for nginx (``balancers.nginx``'s header).
-MANAGED_MARKER = "# Managed by gpu-autoscaler"
-#: Control characters (NUL, newline...) never belong in a path or a host.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-#: Folders whose files belong to the operating system; the controller never writes there.
-_SYSTEM_DIRS = tuple(
-    Path(p) for p in ("/bin", "/boot", "/dev", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
-                      "/sys", "/usr", "/var/lib", "/var/spool", "/root/.ssh", "/run")
+from autoscaler.domain import Node, Reason
+from autoscaler.policy.model import (
+    Behavior,
+    PoolPolicy,
+    QueueingCheck,
+    StepCheck,
+    TargetTrackingCheck,
 )
-#: Under /etc only the folders of the programs whose configuration the controller feeds.
-_ETC_ALLOWED = (Path("/etc/nginx"), Path("/etc/prometheus"), Path("/usr/local/etc"))
-_NGINX_VERSION_TIMEOUT_S = 5.0
+from autoscaler.policy.queueing import servers_for_wait_probability, servers_for_wait_quantile
+
+# Float noise must not turn ceil(5 × 7 / 7) into 6.
+EPSILON = 1e-9
+ZERO = timedelta(0)
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+def ceil_(x: float) -> int:
+    """``ceil`` that ignores float noise: ``ceil(5 × 7 / 7)`` is 5, not 6."""
+    return math.ceil(x - EPSILON)
 
 
-def check_no_control(value: str) -> str:
-    """Refuse NUL, newlines and other control characters."""
-    if _CONTROL.search(value):
-        raise ValueError("must not contain control characters (NUL, newline...)")
-    return value
+def vote_of(recommendation: int, current: int) -> str:
+    """``out``, ``in`` or ``hold``: which way ``recommendation`` moves from ``current``."""
+    if recommendation > current:
+        return "out"
+    if recommendation < current:
+        return "in"
+    return "hold"
 
 
-def check_nginx_binary(value: str) -> str:
-    """``value`` names nginx: its file name is ``nginx`` and, when installed, ``-v`` says nginx.
+def seconds(value: timedelta) -> float:
+    """A duration as float seconds."""
+    return value.total_seconds()
 
-    A binary not installed here passes (a policy may be validated away from the machine that runs
-    it; running it later fails with ``BalancerError``). An installed one is run once with ``-v``
-    (stdin closed, a timeout) only after its name matched, so ``/bin/sh`` is never run.
+
+def target_tracking(
+    check: TargetTrackingCheck, value: float, ready: int, current: int, behavior: Behavior | None = None
+) -> tuple[int, Reason]:
+    """Recommend ``ceil(ready × value / target)`` (per node) or ``ceil(value / target)`` (per pool).
+
+    Above the band the vote is never below ``current`` and below it never above ``current``, so the
+    vote is monotonic in the value even while booting nodes make ``current`` exceed ``ready``.
+    The tolerance is the check's, or the direction's own when ``behavior`` sets one (Kubernetes 1.33).
     """
-    check_no_control(value)
-    if not value.strip() or Path(value).name != "nginx":
-        raise ValueError(f"{value!r} is not an nginx binary: its file name must be `nginx`")
-    found = shutil.which(value)
-    if found is None:
-        return value
-    real = Path(found).resolve()
-    if real.name != "nginx":
-        raise ValueError(f"{value!r} resolves to {str(real)!r}, which is not named `nginx`")
-    stat = real.stat()
-    problem = _nginx_version_problem(str(real), stat.st_mtime_ns, stat.st_size)
-    if problem:
-        raise ValueError(f"{value!r} is not nginx: {problem}")
-    return value
+    detail: dict[str, Any] = {"query": check.query, "value": value, "target": check.target,
+                              "tolerance": check.tolerance, "per": check.per}
+    if check.per == "node":
+        if ready == 0:
+            detail.update(vote="hold", recommendation=current)
+            return current, Reason("check", check.name, "no serving node to measure per-node load; holds",
+                                   detail)
+        ratio = value / check.target
+        raw = ceil_(ready * ratio)
+    else:
+        raw = ceil_(value / check.target)
+        # With nobody serving, any pool load is infinitely above target and none is below it.
+        ratio = value / (check.target * ready) if ready > 0 else (math.inf if value > 0 else 0.0)
+    tolerance = check.tolerance
+    if behavior is not None:
+        direction = behavior.scale_out if ratio > 1.0 else behavior.scale_in
+        if direction.tolerance is not None:
+            tolerance = direction.tolerance
+    detail["tolerance"] = tolerance
+    if abs(ratio - 1.0) <= tolerance + EPSILON:
+        recommendation = current
+        message = (f"{value:g} is within {tolerance:.0%} of target {check.target:g} "
+                   f"(factor {ratio:.2f}); holds at {current}")
+    elif ratio > 1.0:
+        recommendation = max(raw, current)
+        if recommendation > current:
+            message = (f"{value:g} is above target {check.target:g} (factor {ratio:.2f}): "
+                       f"{ready} serving nodes need {raw}; votes out to {recommendation}")
+        else:
+            message = (f"{value:g} is above target {check.target:g} (factor {ratio:.2f}): {raw} nodes "
+                       f"suffice and {current} are serving or booting; holds")
+    else:
+        recommendation = min(raw, current)
+        if recommendation < current:
+            message = (f"{value:g} is below target {check.target:g} (factor {ratio:.2f}): "
+                       f"{raw} nodes suffice; votes in to {recommendation}")
+        else:
+            message = f"{value:g} is below target {check.target:g} (factor {ratio:.2f}); holds at {current}"
+    detail.update(factor=ratio if math.isfinite(ratio) else None, raw=raw,
+                  vote=vote_of(recommendation, current), recommendation=recommendation)
+    return recommendation, Reason("check", check.name, message, detail)
 
 
-@functools.lru_cache(maxsize=32)
-def _nginx_version_problem(path: str, _mtime_ns: int, _size: int) -> str | None:
-    """Why ``path -v`` does not identify nginx (cached per file version), or None."""
-    try:
-        done = subprocess.run(  # a fixed argv, no shell; the name was checked first
-            [path, "-v"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-            timeout=_NGINX_VERSION_TIMEOUT_S, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`{path} -v` could not run: {exc}"
-    said = (done.stderr + done.stdout).strip()
-    if not said.startswith("nginx version:"):
-        return f"`{path} -v` printed {said[:80]!r}, not `nginx version: ...`"
-    return None
+def step_bands(
+    check: StepCheck,
+    value: float,
+    *,
+    ready: int,
+    current: int,
+    old_streaks: Mapping[str, int],
+    new_streaks: dict[str, int],
+) -> tuple[int | None, Reason]:
+    """Recommend from the step bands the value is in and has been in for ``for_ticks`` ticks.
 
+    A scale-out band adds to the *serving* count (booting nodes are on the way, so they count toward
+    the band's N); a scale-in band removes from the current count. Several bands: scale-out beats
+    scale-in; the largest scale-out or the deepest scale-in wins.
 
-def check_written_file(value: str, *, managed_marker: str | None = None, json_list: bool = False) -> str:
-    """``value`` is a file the controller may (over)write: not a system file, not another's file.
-
-    Refused: control characters, a folder, a path in a system folder (``/etc`` outside nginx's and
-    Prometheus's folders, ``/usr``, ``/proc``...), an existing file that is not a regular file or
-    does not look like one the autoscaler wrote (``managed_marker`` as its first line, or a JSON
-    list for ``json_list``), and a file or folder the controller cannot write.
+    In no active band the check votes *hold* when it has a scale-in band (the metric sits in its
+    comfortable range) or a scale-out band is still waiting for its ticks (pressure is building);
+    otherwise it has no opinion and abstains (``None``): a rule that only ever adds nodes, like "GPU
+    memory above 90 % → +2", must not stop target tracking from scaling in. Both choices keep the
+    vote monotonic in the value.
     """
-    check_no_control(value)
-    if not value.strip():
-        raise ValueError("must name a file")
-    path = Path(value).expanduser()
-    resolved = path.resolve()
-    if any(_inside(resolved, d) for d in _SYSTEM_DIRS) or (
-        _inside(resolved, Path("/etc")) and not any(_inside(resolved, d) for d in _ETC_ALLOWED)
-    ):
-        raise ValueError(f"{str(resolved)!r} is a system location; the controller never writes there")
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ValueError(f"{value!r} exists and is not a regular file")
-    if path.exists():
-        try:
-            head = path.read_text(encoding="utf-8", errors="replace")[:4096]
-        except OSError as exc:
-            raise ValueError(f"cannot read {value!r}: {exc.strerror}") from exc
-        if head.strip():
-            if managed_marker is not None and not head.startswith(managed_marker):
-                raise ValueError(
-                    f"{value!r} exists and was not written by the autoscaler (no {managed_marker!r} "
-                    "header): it will not be overwritten"
-                )
-            if json_list and not head.lstrip().startswith("["):
-                raise ValueError(f"{value!r} exists and is not a target list the autoscaler wrote")
-        if not os.access(path, os.W_OK):
-            raise ValueError(f"{value!r} is not writable by this user")
-        return value
-    # A folder that does not exist yet is created on first write (or the policy is meant for
-    # another machine); one that exists must let this user create the file.
-    folder = resolved.parent
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot create {value!r}: {str(folder)!r} is not writable by this user")
-    return value
+    outs: list[tuple[int, str]] = []
+    ins: list[tuple[int, str]] = []
+    pending: list[str] = []
+    pending_out = False
+    has_in_band = False
+    for index, step in enumerate(check.steps):
+        outward = (step.change or 0) > 0 or (step.change_percent or 0) > 0
+        has_in_band = has_in_band or not outward
+        if step.above is not None:
+            inside = value > step.above
+            band = f"above {step.above:g}"
+        else:
+            assert step.below is not None  # the model requires exactly one bound
+            inside = value < step.below
+            band = f"below {step.below:g}"
+        if not inside:
+            continue
+        key = f"{check.name}#{index}"
+        streak = old_streaks.get(key, 0) + 1
+        new_streaks[key] = streak
+        if streak < check.for_ticks:
+            pending.append(f"{band} for {streak} of {check.for_ticks} ticks")
+            pending_out = pending_out or outward
+            continue
+        if step.change is not None:
+            delta = step.change
+            change = f"{delta:+d}"
+        else:
+            assert step.change_percent is not None
+            base = ready if step.change_percent > 0 else current
+            delta = int(math.copysign(max(1, ceil_(base * abs(step.change_percent) / 100)),
+                                      step.change_percent))
+            change = f"{step.change_percent:+g}% ({delta:+d})"
+        if delta > 0:
+            outs.append((max(ready + delta, current), f"{band}: {change}"))
+        else:
+            ins.append((max(current + delta, 0), f"{band}: {change}"))
+    recommendation: int | None
+    if outs or ins:
+        recommendation, band_text = max(outs) if outs else min(ins)
+        if recommendation == current:
+            message = f"{value:g} is {band_text}, but {current} nodes are serving or booting already; holds"
+        else:
+            direction = vote_of(recommendation, current)
+            message = f"{value:g} is {band_text}; votes {direction} to {recommendation}"
+    else:
+        band_text = ""
+        recommendation = current if has_in_band or pending_out else None
+        if pending:
+            then = "holds" if recommendation is not None else "no vote"
+            message = f"{value:g} is {', '.join(pending)}; {then} until the band persists"
+        elif recommendation is not None:
+            message = f"{value:g} is in no band; holds at {current}"
+        else:
+            message = f"{value:g} is in no band; no vote (this rule only adds nodes)"
+    vote = "abstain" if recommendation is None else vote_of(recommendation, current)
+    detail = {"query": check.query, "value": value, "vote": vote,
+              "recommendation": recommendation, "band": band_text or None, "pending": pending}
+    return recommendation, Reason("check", check.name, message, detail)
 
 
-def check_bind_host(value: str) -> str:
-    """An IP address literal to bind and reach local nodes on (no host name, no IPv6 scope)."""
-    check_no_control(value)
-    try:
-        if "%" in value:
-            raise ValueError(value)
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address (give one, such as 127.0.0.1)") from None
-    return value
+def servers_needed(check: QueueingCheck, load: float) -> int:
+    """Stream slots that meet ``check``'s service level at ``load`` Erlangs (see ``policy.queueing``)."""
+    level = check.service_level
+    if level.wait_probability is not None:
+        return servers_for_wait_probability(load, level.wait_probability)
+    assert level.wait is not None  # the model requires one of the two forms
+    return servers_for_wait_quantile(load, level.quantile, seconds(level.wait), seconds(check.stream_seconds))
+
+
+def nodes_for_slots(slots: int, capacities: Sequence[int], launch_streams: int) -> int:
+    """The fewest nodes, keeping the largest of ``capacities`` and adding new ones of ``launch_streams``.
+
+    Scale-out adds nodes of the first instance type (what a launch makes); scale-in removes the
+    smallest nodes first, so the count never leaves fewer slots than ``slots``.
+    """
+    have = 0
+    for count, capacity in enumerate(sorted(capacities, reverse=True)):
+        if have >= slots:
+            return count
+        have += capacity
+    if have >= slots:
+        return len(capacities)
+    return len(capacities) + ceil_((slots - have) / launch_streams)
+
+
+def size_for_demand(
+    policy: PoolPolicy, check: QueueingCheck | TargetTrackingCheck, demand: float, nodes: Sequence[Node]
+) -> int:
+    """Nodes ``check`` would want for ``demand`` (its signal's value), given the pool's current nodes."""
+    if isinstance(check, TargetTrackingCheck):
+        return ceil_(demand / check.target)
+    capacities = [n.capacity_streams for n in nodes]
+    return nodes_for_slots(servers_needed(check, demand), capacities, policy.launch.instance_types[0].streams)
+
+
+def queueing(
+    policy: PoolPolicy, check: QueueingCheck, value: float, nodes: Sequence[Node], current: int
+) -> tuple[int, Reason]:
+    """Recommend the fewest nodes whose stream slots meet the service level at ``value`` Erlangs.
+
+    ``nodes`` are the serving and booting nodes (booting capacity is on the way and counts). The
+    vote is monotonic in the value: more concurrent streams never need fewer slots.
+    """
+    slots = servers_needed(check, value)
+    have = sum(n.capacity_streams for n in nodes)
+    recommendation = nodes_for_slots(slots, [n.capacity_streams for n in nodes],
+                                     policy.launch.instance_types[0].streams)
+    level = check.service_level
+    promise = (f"wait probability ≤ {level.wait_probability:g}" if level.wait_probability is not None
+               else f"p{level.quantile * 100:g} wait ≤ {seconds(level.wait or ZERO):g}s")
+    if recommendation > current:
+        message = (f"{value:g} concurrent streams need {slots} slots for {promise}; {current} nodes have "
+                   f"{have}: votes out to {recommendation}")
+    elif recommendation < current:
+        message = (f"{value:g} concurrent streams need {slots} slots for {promise}; {recommendation} of "
+                   f"{current} nodes suffice: votes in to {recommendation}")
+    else:
+        message = f"{value:g} concurrent streams need {slots} slots for {promise}; {have} slots hold"
+    detail: dict[str, Any] = {"query": check.query, "value": value, "slots": slots, "slots_now": have,
+                              "vote": vote_of(recommendation, current), "recommendation": recommendation}
+    return recommendation, Reason("check", check.name, message, detail)

@@ -1,55 +1,64 @@
-"""The decision engine: a pure function of (policy, samples, nodes, memory, now).
+"""The decision engine: a pure function of (policy, samples, nodes, memory, now[, forecast]).
 
 It does no I/O and reads no clock. The live controller and the dry-run simulator both call
 ``decide``; the only state it keeps between ticks is the ``EngineMemory`` it returns, which the
 caller stores and hands back next tick.
 
-The steps, in the order they apply (each one that changes the number leaves a ``Reason``):
+``decide`` runs ``STEPS`` in order on one ``Draft``; each step is a small function that reads the
+draft, changes the count it is responsible for and appends its own ``Reason``:
 
-1. **Checks vote.** Each check turns its sample into a recommended node count. A check with no data
-   (missing, ``None``, NaN, infinite, an error) votes *hold*. Target tracking recommends
-   ``ceil(ready × value / target)`` outside its tolerance band; a step rule recommends ``ready + N``
-   (scale-out: booting nodes are on the way and count toward N) or ``current − N`` (scale-in) once its
-   band has held for ``for_ticks`` ticks.
-2. **Combine.** The largest recommendation wins, and *hold* is the current count: so scale-out beats
-   hold beats scale-in, and among one direction the larger count wins. If any check had no data the
-   result is never below the current count: missing data never removes a node.
-3. **Missing-data fallback** after ``on_missing_data.after_ticks`` consecutive blind ticks:
-   ``hold`` keeps step 2's result; ``keep_at_least`` raises it to at least N; ``fixed`` pins it to N
-   but, as data is missing, never below the current count.
-4. **Stabilization** (Kubernetes HPA's meaning): scale-out goes no higher than the lowest
-   recommendation of its window; scale-in goes no lower than the highest recommendation of its window.
-5. **Cooldown** per direction: no move in a direction this soon after the last one.
-6. **Rate limits** per direction: at most N nodes or P % of the current count per period (``select``
-   max = the most permissive policy, min = the strictest); P % is always at least one node.
-7. **Bounds**: open scheduled floors (applied ``boot_lead`` ahead of their window) raise the count,
-   open scheduled ceilings lower it (a ceiling wins over a floor), then ``min_nodes``/``max_nodes``
-   clamp it. Bounds are absolute: they override cooldowns and rate limits.
-8. **Moves.** Scale-out launches ``desired − current`` nodes, fewer when ``max_launching`` nodes are
-   already booting. Scale-in picks victims among serving and booting nodes old enough to have served
-   ``min_node_lifetime``: outdated model version or image first, then fewest active streams (a booting
-   node has none; an unknown count sorts last), then youngest; never the last serving node.
+1. ``vote`` — each check turns its sample into a recommended node count (``policy.checks``). A
+   check with no data (missing, ``None``, NaN, infinite, an error) votes *hold*.
+2. ``combine`` — the largest recommendation wins; *hold* is the current count, so scale-out beats
+   hold beats scale-in. If any check had no data the result is never below the current count.
+3. ``missing_data_fallback`` — after ``on_missing_data.after_ticks`` blind ticks: ``hold``,
+   ``keep_at_least`` N or ``fixed`` N (never below the current count while data is missing).
+4. ``look_ahead`` — the trend of a sizing check projected one boot time ahead; may add up to
+   ``max_nodes_per_tick`` nodes, never removes one.
+5. ``forecast_floor`` — the seasonal forecast's need ``lead`` ahead raises the count
+   (``forecast_and_scale``) or is only recorded (``forecast_only``); never removes a node.
+6. ``stabilize`` — Kubernetes HPA's windows: scale-out no higher than the lowest recommendation of
+   its window, scale-in no lower than the highest of its window. Like HPA, a fresh memory is seeded
+   with the current count, so a controller that just started never scales in on its first tick.
+7. ``cooldown`` — no move in a direction this soon after the last one.
+8. ``rate_limit`` — at most N nodes or P % per period, computed from the count at the start of the
+   period as HPA does.
+9. ``bound`` — open scheduled floors (``boot_lead`` ahead) and ceilings, then ``min_nodes`` /
+   ``max_nodes``; bounds are absolute and override cooldowns and rate limits.
+10. ``plan_moves`` — launches (capped by ``max_launching``), victims in victim order, and the rolling
+    replacement of outdated nodes under the disruption budget.
 
-``Decision.desired`` is the target after step 7 (always within ``[min_nodes, max_nodes]``);
-``launch`` and ``victims`` are the moves taken now toward it and can fall short of it (step 8).
+``Decision.desired`` is the target after step 9 (always within ``[min_nodes, max_nodes]``);
+``launch`` and ``victims`` are the moves taken now toward it and can fall short of it (step 10).
 Booting (and launching) nodes count toward the current count; draining nodes do not.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from statistics import median
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.domain import Decision, Lifecycle, Node, Reason, Sample
+from autoscaler.policy.checks import (
+    EPSILON,
+    ZERO,
+    ceil_,
+    queueing,
+    seconds,
+    size_for_demand,
+    step_bands,
+    target_tracking,
+)
+from autoscaler.policy.forecast import Forecast
 from autoscaler.policy.model import (
     DirectionBehavior,
     PoolPolicy,
-    StepCheck,
+    QueueingCheck,
     TargetTrackingCheck,
 )
 from autoscaler.policy.schedule import is_open
@@ -73,6 +82,12 @@ class EngineMemory(BaseModel):
         default=0, description="Rollout replacements launched whose outdated node is not yet drained."
     )
     missing_ticks: int = Field(default=0, description="Consecutive ticks in which some check had no data.")
+    seed: tuple[datetime, int] | None = Field(
+        default=None, description="(first tick, count then): HPA's seed of the scale-in window."
+    )
+    trend: list[tuple[datetime, float]] = Field(
+        default_factory=list, description="(time, value) of the look-ahead's check over its window."
+    )
 
 
 @dataclass(frozen=True)
@@ -83,178 +98,394 @@ class Evaluation:
     memory: EngineMemory
 
 
-# Float noise must not turn ceil(5 × 7 / 7) into 6.
-_EPSILON = 1e-9
-_ZERO = timedelta(0)
+@dataclass
+class Draft:
+    """The decision being built: inputs, the count so far, and the reasons each step added.
 
-
-def _ceil(x: float) -> int:
-    return math.ceil(x - _EPSILON)
-
-
-def _vote(recommendation: int, current: int) -> str:
-    if recommendation > current:
-        return "out"
-    if recommendation < current:
-        return "in"
-    return "hold"
-
-
-def _seconds(value: timedelta) -> float:
-    return value.total_seconds()
-
-
-def _target_tracking(
-    check: TargetTrackingCheck, value: float, ready: int, current: int
-) -> tuple[int, Reason]:
-    """Recommend ``ceil(ready × value / target)`` (per node) or ``ceil(value / target)`` (per pool).
-
-    Above the band the vote is never below ``current`` and below it never above ``current``, so the
-    vote is monotonic in the value even while booting nodes make ``current`` exceed ``ready``.
+    ``current`` (serving + booting, less rollout surge) is fixed by ``Draft.start``; ``combined``
+    is the checks' answer after steps 1-5; ``target`` is what stabilisation, cooldowns, rate limits
+    and bounds (steps 6-9) make of it; ``launch`` and ``victims`` are the moves of step 10.
     """
-    detail: dict[str, Any] = {"query": check.query, "value": value, "target": check.target,
-                              "tolerance": check.tolerance, "per": check.per}
-    if check.per == "node":
-        if ready == 0:
-            detail.update(vote="hold", recommendation=current)
-            return current, Reason("check", check.name, "no serving node to measure per-node load; holds",
-                                   detail)
-        ratio = value / check.target
-        raw = _ceil(ready * ratio)
-    else:
-        raw = _ceil(value / check.target)
-        # With nobody serving, any pool load is infinitely above target and none is below it.
-        ratio = value / (check.target * ready) if ready > 0 else (math.inf if value > 0 else 0.0)
-    if abs(ratio - 1.0) <= check.tolerance + _EPSILON:
-        recommendation = current
-        message = (f"{value:g} is within {check.tolerance:.0%} of target {check.target:g} "
-                   f"(factor {ratio:.2f}); holds at {current}")
-    elif ratio > 1.0:
-        recommendation = max(raw, current)
-        if recommendation > current:
-            message = (f"{value:g} is above target {check.target:g} (factor {ratio:.2f}): "
-                       f"{ready} serving nodes need {raw}; votes out to {recommendation}")
-        else:
-            message = (f"{value:g} is above target {check.target:g} (factor {ratio:.2f}): {raw} nodes "
-                       f"suffice and {current} are serving or booting; holds")
-    else:
-        recommendation = min(raw, current)
-        if recommendation < current:
-            message = (f"{value:g} is below target {check.target:g} (factor {ratio:.2f}): "
-                       f"{raw} nodes suffice; votes in to {recommendation}")
-        else:
-            message = f"{value:g} is below target {check.target:g} (factor {ratio:.2f}); holds at {current}"
-    detail.update(factor=ratio if math.isfinite(ratio) else None, raw=raw,
-                  vote=_vote(recommendation, current), recommendation=recommendation)
-    return recommendation, Reason("check", check.name, message, detail)
+
+    policy: PoolPolicy
+    samples: Mapping[str, Sample]
+    memory: EngineMemory
+    now: datetime
+    forecast: Forecast | None
+    serving: list[Node]
+    booting: list[Node]
+    draining: int
+    outdated: list[Node]
+    replacing: int
+    current: int
+    reasons: list[Reason] = field(default_factory=list)
+    votes: list[tuple[int, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    streaks: dict[str, int] = field(default_factory=dict)
+    missing_ticks: int = 0
+    combined: int = 0
+    winner: str = ""
+    target: int = 0
+    history: list[tuple[datetime, int]] = field(default_factory=list)
+    seed: tuple[datetime, int] | None = None
+    trend: list[tuple[datetime, float]] = field(default_factory=list)
+    events: list[tuple[datetime, int]] = field(default_factory=list)
+    launch: int = 0
+    victims: tuple[str, ...] = ()
+    scaling_launch: int = 0
+    scaling_victims: tuple[str, ...] = ()
+    next_replacing: int = 0
+
+    @property
+    def ready(self) -> int:
+        """Serving nodes."""
+        return len(self.serving)
+
+    @classmethod
+    def start(
+        cls, policy: PoolPolicy, samples: Mapping[str, Sample], nodes: Sequence[Node], memory: EngineMemory,
+        now: datetime, forecast: Forecast | None,
+    ) -> Draft:
+        """Sort the nodes by lifecycle and work out the current count."""
+        serving: list[Node] = []
+        booting: list[Node] = []
+        draining = 0
+        for node in nodes:
+            state = node.lifecycle
+            if state is Lifecycle.SERVING:
+                serving.append(node)
+            elif state is Lifecycle.BOOTING or state is Lifecycle.LAUNCHING:
+                # Launched but not yet serving: capacity on the way, so it is not launched twice.
+                booting.append(node)
+            elif state is Lifecycle.DRAINING:
+                draining += 1
+        # Replacements of outdated nodes (a rollout) run on top of the pool's size: they do not count
+        # toward it, or the surge would become permanent capacity through the "hold" vote.
+        outdated = [n for n in serving if _outdated(n, policy)]
+        replacing = min(memory.replacing, len(outdated), len(serving) + len(booting) - len(outdated))
+        current = len(serving) + len(booting) - replacing
+        return cls(policy=policy, samples=samples, memory=memory, now=now, forecast=forecast,
+                   serving=serving, booting=booting, draining=draining, outdated=outdated,
+                   replacing=replacing, current=current, combined=current, target=current)
+
+    def note(self, kind: str, name: str, message: str, **detail: object) -> None:
+        """Append one reason to the trail."""
+        self.reasons.append(Reason(kind, name, message, detail))
 
 
-def _step(
-    check: StepCheck,
-    value: float,
-    *,
-    ready: int,
-    current: int,
-    old_streaks: Mapping[str, int],
-    new_streaks: dict[str, int],
-) -> tuple[int | None, Reason]:
-    """Recommend from the step bands the value is in and has been in for ``for_ticks`` ticks.
+Step = Callable[[Draft], None]
 
-    A scale-out band adds to the *serving* count (booting nodes are on the way, so they count toward
-    the band's N); a scale-in band removes from the current count. Several bands: scale-out beats
-    scale-in; the largest scale-out or the deepest scale-in wins.
 
-    In no active band the check votes *hold* when it has a scale-in band (the metric sits in its
-    comfortable range) or a scale-out band is still waiting for its ticks (pressure is building);
-    otherwise it has no opinion and abstains (``None``): a rule that only ever adds nodes, like "GPU
-    memory above 90 % → +2", must not stop target tracking from scaling in. Both choices keep the
-    vote monotonic in the value.
-    """
-    outs: list[tuple[int, str]] = []
-    ins: list[tuple[int, str]] = []
-    pending: list[str] = []
-    pending_out = False
-    has_in_band = False
-    for index, step in enumerate(check.steps):
-        outward = (step.change or 0) > 0 or (step.change_percent or 0) > 0
-        has_in_band = has_in_band or not outward
-        if step.above is not None:
-            inside = value > step.above
-            band = f"above {step.above:g}"
-        else:
-            assert step.below is not None  # the model requires exactly one bound
-            inside = value < step.below
-            band = f"below {step.below:g}"
-        if not inside:
+# ------------------------------------------------------------------------------------------------ 1-3
+def vote(d: Draft) -> None:
+    """Each check votes a node count from its sample; no data votes hold and is remembered."""
+    behavior = d.policy.scaling.behavior
+    capacity = d.serving + d.booting
+    for check in d.policy.scaling.checks:
+        sample = d.samples.get(check.name)
+        if sample is None or sample.value is None or not math.isfinite(sample.value):
+            why = "no sample" if sample is None else (sample.error or f"value {sample.value}")
+            d.missing.append(check.name)
+            d.note("check", check.name, f"no data ({why}); votes hold",
+                   query=check.query, value=None, error=why, vote="hold", recommendation=d.current)
             continue
-        key = f"{check.name}#{index}"
-        streak = old_streaks.get(key, 0) + 1
-        new_streaks[key] = streak
-        if streak < check.for_ticks:
-            pending.append(f"{band} for {streak} of {check.for_ticks} ticks")
-            pending_out = pending_out or outward
-            continue
-        if step.change is not None:
-            delta = step.change
-            change = f"{delta:+d}"
+        recommendation: int | None
+        if isinstance(check, TargetTrackingCheck):
+            recommendation, reason = target_tracking(check, sample.value, d.ready, d.current, behavior)
+        elif isinstance(check, QueueingCheck):
+            recommendation, reason = queueing(d.policy, check, sample.value, capacity, d.current)
         else:
-            assert step.change_percent is not None
-            base = ready if step.change_percent > 0 else current
-            delta = int(math.copysign(max(1, _ceil(base * abs(step.change_percent) / 100)),
-                                      step.change_percent))
-            change = f"{step.change_percent:+g}% ({delta:+d})"
-        if delta > 0:
-            outs.append((max(ready + delta, current), f"{band}: {change}"))
-        else:
-            ins.append((max(current + delta, 0), f"{band}: {change}"))
-    recommendation: int | None
-    if outs or ins:
-        recommendation, band_text = max(outs) if outs else min(ins)
-        if recommendation == current:
-            message = f"{value:g} is {band_text}, but {current} nodes are serving or booting already; holds"
-        else:
-            message = f"{value:g} is {band_text}; votes {_vote(recommendation, current)} to {recommendation}"
+            recommendation, reason = step_bands(check, sample.value, ready=d.ready, current=d.current,
+                                                old_streaks=d.memory.streaks, new_streaks=d.streaks)
+        d.reasons.append(reason)
+        if recommendation is not None:
+            d.votes.append((recommendation, check.name))
+
+
+def combine(d: Draft) -> None:
+    """The largest recommendation wins (hold = current); missing data never lets the count fall."""
+    # max() of the votes: a hold vote equals ``current``, so out > hold > in falls out of it. No
+    # vote at all (every check abstained) is a hold.
+    d.combined, d.winner = max(d.votes) if d.votes else (d.current, "")
+    if d.missing and d.combined < d.current:
+        d.note("fallback", "missing-data",
+               f"no data from {', '.join(d.missing)}: scale-in to {d.combined} blocked; "
+               "missing data never removes a node",
+               missing=list(d.missing), before=d.combined, after=d.current)
+        d.combined = d.current
+
+
+def missing_data_fallback(d: Draft) -> None:
+    """After K consecutive blind ticks apply ``on_missing_data`` (never below the current count)."""
+    d.missing_ticks = d.memory.missing_ticks + 1 if d.missing else 0
+    fallback = d.policy.scaling.on_missing_data
+    if not d.missing or d.missing_ticks < fallback.after_ticks:
+        return
+    before = d.combined
+    if fallback.action == "keep_at_least":
+        assert fallback.nodes is not None
+        d.combined = max(d.combined, fallback.nodes)
+        message = f"no data for {d.missing_ticks} ticks: keep at least {fallback.nodes} nodes"
+    elif fallback.action == "fixed":
+        assert fallback.nodes is not None
+        d.combined = max(fallback.nodes, d.current)
+        message = f"no data for {d.missing_ticks} ticks: fixed at {fallback.nodes} nodes"
+        if fallback.nodes < d.current:
+            message += f", but missing data never removes a node: holds at {d.current}"
     else:
-        band_text = ""
-        recommendation = current if has_in_band or pending_out else None
-        if pending:
-            then = "holds" if recommendation is not None else "no vote"
-            message = f"{value:g} is {', '.join(pending)}; {then} until the band persists"
-        elif recommendation is not None:
-            message = f"{value:g} is in no band; holds at {current}"
-        else:
-            message = f"{value:g} is in no band; no vote (this rule only adds nodes)"
-    vote = "abstain" if recommendation is None else _vote(recommendation, current)
-    detail = {"query": check.query, "value": value, "vote": vote,
-              "recommendation": recommendation, "band": band_text or None, "pending": pending}
-    return recommendation, Reason("check", check.name, message, detail)
+        message = f"no data for {d.missing_ticks} ticks: hold (checks with data may still scale out)"
+    d.note("fallback", fallback.action, message, missing_ticks=d.missing_ticks,
+           after_ticks=fallback.after_ticks, before=before, after=d.combined)
 
 
-def _rate_allowance(
+# ------------------------------------------------------------------------------------------------ 4-5
+def _lead(policy: PoolPolicy, explicit: timedelta | None) -> timedelta:
+    if explicit is not None:
+        return explicit
+    scaling = policy.scaling
+    return scaling.boot_lead if scaling.boot_lead is not None else policy.health.boot_timeout
+
+
+def _sizing_check(policy: PoolPolicy, name: str) -> QueueingCheck | TargetTrackingCheck:
+    check = next(c for c in policy.scaling.checks if c.name == name)
+    assert isinstance(check, QueueingCheck | TargetTrackingCheck)  # the model validates the kind
+    return check
+
+
+def theil_sen_slope(points: Sequence[tuple[float, float]]) -> float:
+    """The median of the slopes between every pair of points: one outlier cannot move it."""
+    slopes = [(v2 - v1) / (t2 - t1) for i, (t1, v1) in enumerate(points) for t2, v2 in points[i + 1:]
+              if t2 > t1]
+    return median(slopes) if slopes else 0.0
+
+
+def look_ahead(d: Draft) -> None:
+    """Size for the demand one boot time ahead, from the recent trend of the sizing check."""
+    config = d.policy.scaling.look_ahead
+    if config is None:
+        return
+    sample = d.samples.get(config.check)
+    since = d.now - config.window
+    d.trend = [(t, v) for t, v in d.memory.trend if t > since and t < d.now]
+    if sample is None or not sample.has_data:
+        return  # no data: the vote step said so; a trend of old points is not projected alone
+    assert sample.value is not None
+    d.trend.append((d.now, sample.value))
+    if len(d.trend) < 3:
+        return
+    origin = d.trend[0][0]
+    slope = theil_sen_slope([((t - origin).total_seconds(), v) for t, v in d.trend])
+    if slope <= 0:
+        return
+    horizon = _lead(d.policy, config.horizon)
+    # The level is the median of the last three values: a single spiking tick does not set it.
+    level = median(v for _, v in d.trend[-3:])
+    projected = level + slope * seconds(horizon)
+    check = _sizing_check(d.policy, config.check)
+    need = size_for_demand(d.policy, check, projected, d.serving + d.booting)
+    if need <= d.combined:
+        return
+    raised = min(need, d.combined + config.max_nodes_per_tick)
+    d.note("look-ahead", config.check,
+           f"{config.check} rises {slope * 60:.2f}/min: {projected:.1f} expected in {seconds(horizon):g}s "
+           f"needs {need} nodes; raises {d.combined} to {raised}"
+           + (f" (at most +{config.max_nodes_per_tick} a tick)" if raised < need else ""),
+           slope_per_s=slope, level=level, projected=projected, horizon_s=seconds(horizon), need=need,
+           before=d.combined, after=raised)
+    d.combined = raised
+
+
+def forecast_floor(d: Draft) -> None:
+    """Raise the count to the seasonal forecast's need ``lead`` ahead (or only record it)."""
+    config = d.policy.scaling.forecast
+    if config is None:
+        return
+    acting = config.mode == "forecast_and_scale"
+    forecast = d.forecast
+    if forecast is None or not forecast.usable:
+        why = forecast.problem if forecast is not None and forecast.problem else "no forecast yet"
+        d.note("forecast", config.check, f"no forecast floor: {why}", mode=config.mode, floor=None)
+        return
+    lead = _lead(d.policy, config.lead)
+    peak = forecast.peak(d.now, d.now + lead)
+    if peak is None:
+        d.note("forecast", config.check, "no forecast floor: no history for this time of day",
+               mode=config.mode, floor=None)
+        return
+    check = _sizing_check(d.policy, config.check)
+    floor = size_for_demand(d.policy, check, peak, d.serving + d.booting)
+    before = d.combined
+    if not acting:
+        d.note("forecast", config.check,
+               f"forecast: {peak:.1f} within {seconds(lead):g}s needs {floor} nodes "
+               f"(forecast_only: not applied)", mode=config.mode, demand=peak, floor=floor,
+               lead_s=seconds(lead), before=before, after=before)
+        return
+    d.combined = max(before, floor)
+    d.note("forecast", config.check,
+           (f"forecast: {peak:.1f} within {seconds(lead):g}s needs {floor} nodes; raises {before} to "
+            f"{d.combined}") if d.combined > before else
+           f"forecast: {peak:.1f} within {seconds(lead):g}s needs {floor} nodes ({before} already meets it)",
+           mode=config.mode, demand=peak, floor=floor, lead_s=seconds(lead), before=before, after=d.combined)
+
+
+# ------------------------------------------------------------------------------------------------ 6-9
+def stabilize(d: Draft) -> None:
+    """Kubernetes HPA's stabilization windows over the recommendation history."""
+    behavior = d.policy.scaling.behavior
+    out_window = behavior.scale_out.stabilization
+    in_window = behavior.scale_in.stabilization
+    keep_since = d.now - max(out_window, in_window)
+    d.history = [(t, c) for t, c in d.memory.recommendations if t > keep_since]
+    d.history.append((d.now, d.combined))
+    # HPA seeds a new window with the current count: a controller that just started (or lost its
+    # memory) has not seen the last window, so it must not scale in on what it saw in one tick.
+    fresh = not d.memory.recommendations and d.memory.seed is None and d.memory.last_scale_in is None
+    d.seed = (d.now, d.current) if fresh else d.memory.seed
+    target = d.combined
+    if target > d.current and out_window > ZERO:
+        since = d.now - out_window
+        lowest = min(c for t, c in d.history if t > since or t == d.now)
+        if lowest < target:
+            target = max(lowest, d.current)
+            d.note("window", "scale-out-stabilization",
+                   f"scale-out limited to {target}: the lowest recommendation of the last "
+                   f"{seconds(out_window):g}s is {lowest}",
+                   window_s=seconds(out_window), before=d.combined, after=target)
+    elif target < d.current and in_window > ZERO:
+        since = d.now - in_window
+        window = [c for t, c in d.history if t > since or t == d.now]
+        seeded = d.seed is not None and (d.seed[0] > since or d.seed[0] == d.now)
+        if seeded:
+            assert d.seed is not None
+            window.append(d.seed[1])
+        highest = max(window)
+        if highest > target:
+            target = min(highest, d.current)
+            seeded_max = seeded and d.seed is not None and highest == d.seed[1]
+            first = " (seeded with the count at start, as HPA does)" if seeded_max else ""
+            d.note("window", "scale-in-stabilization",
+                   f"scale-in limited to {target}: the highest recommendation of the last "
+                   f"{seconds(in_window):g}s is {highest}{first}",
+                   window_s=seconds(in_window), before=d.combined, after=target)
+    d.target = target
+
+
+def cooldown(d: Draft) -> None:
+    """No move in a direction this soon after the last move in that direction."""
+    behavior = d.policy.scaling.behavior
+    if d.target > d.current and d.memory.last_scale_out is not None:
+        wait = d.memory.last_scale_out + behavior.scale_out.cooldown - d.now
+        direction, length = "scale-out", behavior.scale_out.cooldown
+    elif d.target < d.current and d.memory.last_scale_in is not None:
+        wait = d.memory.last_scale_in + behavior.scale_in.cooldown - d.now
+        direction, length = "scale-in", behavior.scale_in.cooldown
+    else:
+        return
+    if wait > ZERO:
+        d.note("cooldown", direction,
+               f"{direction} to {d.target} waits {seconds(wait):g}s more: cooldown of "
+               f"{seconds(length):g}s after the last {direction}",
+               before=d.target, after=d.current, remaining_s=seconds(wait))
+        d.target = d.current
+
+
+def rate_allowance(
     behavior: DirectionBehavior, events: Sequence[tuple[datetime, int]], *, current: int, outward: bool,
     now: datetime,
 ) -> tuple[int, str] | None:
-    """Nodes still allowed to move in one direction under its rate policies, or None when unlimited."""
+    """Nodes still allowed to move in one direction under its rate policies, or None when unlimited.
+
+    As Kubernetes HPA computes it: each policy's limit is taken from the count at the start of its
+    period (the current count less what moved in that direction since); a percent scale-out may
+    reach ``ceil(start × (1 + P/100))`` and a percent scale-in may go down to
+    ``floor(start × (1 − P/100))``. Unlike HPA, a percent policy always allows at least one node,
+    or a small pool under a percent-only policy could never move.
+    """
     if not behavior.policies:
         return None
     allowances: list[tuple[int, str]] = []
     for policy in behavior.policies:
-        if policy.nodes is not None:
-            limit = policy.nodes
-            text = f"{policy.nodes} nodes per {_seconds(policy.period):g}s"
-        else:
-            assert policy.percent is not None
-            # At least one node, or a small pool under a percent-only policy could never move.
-            limit = max(1, math.floor(current * policy.percent / 100 + _EPSILON))
-            if outward:
-                limit = max(1, _ceil(current * policy.percent / 100))
-            text = f"{policy.percent:g}% per {_seconds(policy.period):g}s ({limit} nodes)"
         since = now - policy.period
         moved = sum(abs(d) for t, d in events if t > since and (d > 0) == outward)
+        period_start = current - moved if outward else current + moved
+        if policy.nodes is not None:
+            limit = policy.nodes
+            text = f"{policy.nodes} nodes per {seconds(policy.period):g}s"
+        else:
+            assert policy.percent is not None
+            if outward:
+                limit = ceil_(period_start * (1 + policy.percent / 100)) - period_start
+            else:
+                limit = period_start - max(0, math.floor(period_start * (1 - policy.percent / 100) + EPSILON))
+            limit = max(1, limit)
+            text = f"{policy.percent:g}% per {seconds(policy.period):g}s ({limit} nodes from {period_start})"
         allowances.append((max(0, limit - moved), f"{text}, {moved} moved in the period"))
     return max(allowances) if behavior.select == "max" else min(allowances)
 
 
+def rate_limit(d: Draft) -> None:
+    """At most N nodes or P % per period in each direction."""
+    behavior = d.policy.scaling.behavior
+    longest = max((p.period for p in (*behavior.scale_out.policies, *behavior.scale_in.policies)),
+                  default=ZERO)
+    d.events = [(t, delta) for t, delta in d.memory.scale_events if t > d.now - longest]
+    if d.target == d.current:
+        return
+    outward = d.target > d.current
+    allowance = rate_allowance(behavior.scale_out if outward else behavior.scale_in, d.events,
+                               current=d.current, outward=outward, now=d.now)
+    if allowance is None or abs(d.target - d.current) <= allowance[0]:
+        return
+    allowed, text = allowance
+    limited = d.current + allowed if outward else d.current - allowed
+    direction = "scale-out" if outward else "scale-in"
+    d.note("rate", direction, f"{direction} limited to {limited} (from {d.target}): rate limit {text}",
+           before=d.target, after=limited, allowed=allowed)
+    d.target = limited
+
+
+def bound(d: Draft) -> None:
+    """Scheduled floors and ceilings, then ``min_nodes``/``max_nodes``: absolute limits."""
+    scaling = d.policy.scaling
+    if scaling.schedules:
+        lead = _lead(d.policy, None)
+        floor: tuple[int, str] | None = None
+        ceiling: tuple[int, str] | None = None
+        for schedule in scaling.schedules:
+            if schedule.min_nodes is not None and is_open(schedule, d.now, lead) and (
+                floor is None or schedule.min_nodes > floor[0]
+            ):
+                floor = (schedule.min_nodes, schedule.name)
+            if schedule.max_nodes is not None and is_open(schedule, d.now) and (
+                ceiling is None or schedule.max_nodes < ceiling[0]
+            ):
+                ceiling = (schedule.max_nodes, schedule.name)
+        if floor is not None:
+            before = d.target
+            d.target = max(d.target, floor[0])
+            d.note("schedule", floor[1],
+                   (f"scheduled floor {floor[0]} raises {before} to {d.target}" if d.target != before
+                    else f"scheduled floor {floor[0]} is open ({before} already meets it)"),
+                   floor=floor[0], lead_s=seconds(lead), before=before, after=d.target)
+        if ceiling is not None:
+            before = d.target
+            d.target = min(d.target, ceiling[0])
+            d.note("schedule", ceiling[1],
+                   (f"scheduled ceiling {ceiling[0]} lowers {before} to {d.target}" if d.target != before
+                    else f"scheduled ceiling {ceiling[0]} is open ({before} is within it)"),
+                   ceiling=ceiling[0], before=before, after=d.target)
+    if d.target < scaling.min_nodes:
+        d.note("bound", "min_nodes", f"raised from {d.target} to the minimum of {scaling.min_nodes}",
+               before=d.target, after=scaling.min_nodes)
+        d.target = scaling.min_nodes
+    elif d.target > scaling.max_nodes:
+        d.note("bound", "max_nodes", f"lowered from {d.target} to the maximum of {scaling.max_nodes}",
+               before=d.target, after=scaling.max_nodes)
+        d.target = scaling.max_nodes
+
+
+# ------------------------------------------------------------------------------------------------- 10
 def _outdated(node: Node, policy: PoolPolicy) -> str | None:
     if node.model_version != policy.launch.model_version:
         return f"outdated model version {node.model_version} (policy: {policy.launch.model_version})"
@@ -264,17 +495,21 @@ def _outdated(node: Node, policy: PoolPolicy) -> str | None:
     return None
 
 
-def _choose_victims(
+def choose_victims(
     policy: PoolPolicy, serving: Sequence[Node], booting: Sequence[Node], *, need: int, now: datetime,
     reasons: list[Reason],
 ) -> tuple[str, ...]:
-    """Pick up to ``need`` nodes to drain, in victim order, under min lifetime and last-node rules."""
+    """Pick up to ``need`` nodes to drain, in victim order, under min lifetime and last-node rules.
+
+    Order: outdated model version or image first, then fewest active streams (a booting node has
+    none; an unknown count sorts last), then youngest; never the last serving node.
+    """
     min_life = policy.scaling.behavior.min_node_lifetime
     candidates: list[tuple[tuple[int, float, float, str], Node, bool, str | None]] = []
     too_young = 0
     for nodes, is_serving in ((serving, True), (booting, False)):
         for node in nodes:
-            if min_life > _ZERO and now - node.launched_at < min_life:
+            if min_life > ZERO and now - node.launched_at < min_life:
                 too_young += 1
                 continue
             outdated = _outdated(node, policy)
@@ -314,7 +549,7 @@ def _choose_victims(
     if len(chosen) < need:
         parts = []
         if too_young:
-            parts.append(f"{too_young} younger than the minimum lifetime of {_seconds(min_life):g}s")
+            parts.append(f"{too_young} younger than the minimum lifetime of {seconds(min_life):g}s")
         if kept_last:
             parts.append("the last serving node is never drained")
         reasons.append(Reason("victim", "shortfall",
@@ -324,34 +559,97 @@ def _choose_victims(
     return tuple(chosen)
 
 
-def _rollout(
-    policy: PoolPolicy, serving: Sequence[Node], outdated: Sequence[Node], booting: Sequence[Node],
-    draining: int, *, target: int, replacing: int, launch: int, now: datetime, reasons: list[Reason],
-) -> tuple[int, tuple[str, ...], int]:
-    """Replace outdated serving nodes under the disruption budget: launch first, drain once replaced.
-
-    Returns the launch count, the victims and the replacements still in flight after this tick.
-    """
-    budget = policy.launch.rollout.budget(max(target, 1))
-    extra = max(0, min(budget - replacing, len(outdated) - replacing))
+def _rollout(d: Draft) -> None:
+    """Replace outdated serving nodes under the disruption budget: launch first, drain once replaced."""
+    policy = d.policy
+    budget = policy.launch.rollout.budget(max(d.target, 1))
+    extra = max(0, min(budget - d.replacing, len(d.outdated) - d.replacing))
     max_launching = policy.scaling.behavior.max_launching
     if max_launching is not None:
-        extra = min(extra, max(0, max_launching - len(booting) - launch))
+        extra = min(extra, max(0, max_launching - len(d.booting) - d.launch))
     # Drain an outdated node only when serving nodes exceed the target: its replacement serves.
-    drainable = max(0, min(len(outdated), len(serving) - target, budget - draining))
+    drainable = max(0, min(len(d.outdated), d.ready - d.target, budget - d.draining))
     # Outdated nodes sort first in victim order, and drainable never exceeds their number.
-    victims = (_choose_victims(policy, serving, (), need=drainable, now=now, reasons=reasons)
+    victims = (choose_victims(policy, d.serving, (), need=drainable, now=d.now, reasons=d.reasons)
                if drainable else ())
-    reasons.append(Reason(
-        "rollout", "replace-outdated",
-        f"{len(outdated)} serving nodes run an outdated model version or image: "
-        f"launch {extra} replacement(s), "
-        f"drain {len(victims)} (at most {budget} draining at once, {draining} draining now, "
-        f"{replacing} replacement(s) on the way)",
-        {"outdated": len(outdated), "budget": budget, "launch": extra, "drain": len(victims),
-         "draining": draining, "replacing": replacing},
-    ))
-    return launch + extra, victims, max(0, replacing + extra - len(victims))
+    d.note("rollout", "replace-outdated",
+           f"{len(d.outdated)} serving nodes run an outdated model version or image: "
+           f"launch {extra} replacement(s), "
+           f"drain {len(victims)} (at most {budget} draining at once, {d.draining} draining now, "
+           f"{d.replacing} replacement(s) on the way)",
+           outdated=len(d.outdated), budget=budget, launch=extra, drain=len(victims),
+           draining=d.draining, replacing=d.replacing)
+    d.launch += extra
+    d.victims = victims
+    d.next_replacing = max(0, d.replacing + extra - len(victims))
+
+
+def plan_moves(d: Draft) -> None:
+    """Turn the target into launches or victims, then replace outdated nodes under the budget."""
+    max_launching = d.policy.scaling.behavior.max_launching
+    if d.target > d.current:
+        d.launch = d.target - d.current
+        if max_launching is not None:
+            room = max(0, max_launching - len(d.booting))
+            if d.launch > room:
+                d.note("capacity", "max_launching",
+                       f"launching {room} of {d.launch} now: {len(d.booting)} already booting, "
+                       f"at most {max_launching} boot at once",
+                       wanted=d.launch, launch=room, booting=len(d.booting))
+                d.launch = room
+    elif d.target < d.current:
+        d.victims = choose_victims(d.policy, d.serving, d.booting, need=d.current - d.target, now=d.now,
+                                   reasons=d.reasons)
+    d.scaling_launch, d.scaling_victims = d.launch, d.victims
+    if d.outdated and not d.victims:
+        _rollout(d)
+
+
+#: The pipeline, in order. A new mechanism is one new step here.
+STEPS: tuple[Step, ...] = (
+    vote, combine, missing_data_fallback, look_ahead, forecast_floor,
+    stabilize, cooldown, rate_limit, bound, plan_moves,
+)
+
+
+def _finish(d: Draft) -> Evaluation:
+    """The final reason, the decision and the memory for the next tick."""
+    if d.scaling_launch == 0 and not d.scaling_victims and (d.launch or d.victims):
+        final = f"hold at {d.current}, replacing outdated nodes: launch {d.launch}, drain {len(d.victims)}"
+    elif d.launch:
+        final = f"scale out {d.current}→{d.target}: launch {d.launch}"
+    elif d.victims:
+        final = f"scale in {d.current}→{d.target}: drain {len(d.victims)}"
+    elif d.target != d.current:
+        final = f"want {d.target}, at {d.current}: no move possible this tick"
+    else:
+        final = f"hold at {d.current}"
+    if d.winner and d.combined != d.current:
+        final += f" (largest recommendation {d.combined} from {d.winner})"
+    d.note("final", d.policy.pool, final, current=d.current, ready=d.ready, booting=len(d.booting),
+           draining=d.draining, recommendation=d.combined, desired=d.target, launch=d.launch,
+           victims=list(d.victims))
+
+    # Rollout replacements keep the pool's size: only scaling moves count toward rate limits/cooldowns.
+    last_out, last_in = d.memory.last_scale_out, d.memory.last_scale_in
+    if d.scaling_launch:
+        d.events.append((d.now, d.scaling_launch))
+        last_out = d.now
+    elif d.scaling_victims:
+        d.events.append((d.now, -len(d.scaling_victims)))
+        last_in = d.now
+    # The seed matters only while it is inside the scale-in window.
+    in_window = d.policy.scaling.behavior.scale_in.stabilization
+    seed = d.seed if d.seed is not None and d.seed[0] > d.now - in_window else None
+    memory = EngineMemory.model_construct(
+        recommendations=d.history, scale_events=d.events, last_scale_out=last_out, last_scale_in=last_in,
+        streaks=d.streaks, missing_ticks=d.missing_ticks, replacing=d.next_replacing, seed=seed,
+        trend=d.trend,
+    )
+    decision = Decision(pool=d.policy.pool, at=d.now, ready=d.ready, booting=len(d.booting),
+                        draining=d.draining, desired=d.target, launch=d.launch, victims=d.victims,
+                        reasons=tuple(d.reasons))
+    return Evaluation(decision=decision, memory=memory)
 
 
 def decide(
@@ -360,245 +658,16 @@ def decide(
     nodes: Sequence[Node],
     memory: EngineMemory,
     now: datetime,
+    forecast: Forecast | None = None,
 ) -> Evaluation:
-    """Decide the pool's node count at ``now``.
+    """Decide the pool's node count at ``now`` by running ``STEPS`` in order.
 
     ``samples`` maps each check name to its reading (a missing key is no data). ``nodes`` are the
-    pool's booting, serving and draining nodes. Returns a ``Decision`` whose ``launch`` and
-    ``victims`` say what to do, with the full reason trail, and the next memory.
+    pool's booting, serving and draining nodes. ``forecast`` is the pool's seasonal forecast, made
+    outside the engine from history (``policy.forecast``), or None. Returns a ``Decision`` whose
+    ``launch`` and ``victims`` say what to do, with the full reason trail, and the next memory.
     """
-    scaling = policy.scaling
-    behavior = scaling.behavior
-    reasons: list[Reason] = []
-
-    serving: list[Node] = []
-    booting: list[Node] = []
-    draining = 0
-    for node in nodes:
-        state = node.lifecycle
-        if state is Lifecycle.SERVING:
-            serving.append(node)
-        elif state is Lifecycle.BOOTING or state is Lifecycle.LAUNCHING:
-            # Launched but not yet serving: capacity on the way, so it is not launched twice.
-            booting.append(node)
-        elif state is Lifecycle.DRAINING:
-            draining += 1
-    ready = len(serving)
-    # Replacements of outdated nodes (a rollout) run on top of the pool's size: they do not count
-    # toward it, or the surge would become permanent capacity through the "hold" vote.
-    outdated_serving = [n for n in serving if _outdated(n, policy)]
-    replacing = min(memory.replacing, len(outdated_serving), ready + len(booting) - len(outdated_serving))
-    current = ready + len(booting) - replacing
-
-    # 1-2. Checks vote; the largest recommendation wins (hold = current).
-    new_streaks: dict[str, int] = {}
-    votes: list[tuple[int, str]] = []
-    missing: list[str] = []
-    for check in scaling.checks:
-        sample = samples.get(check.name)
-        if sample is None or sample.value is None or not math.isfinite(sample.value):
-            why = "no sample" if sample is None else (sample.error or f"value {sample.value}")
-            missing.append(check.name)
-            reasons.append(Reason("check", check.name, f"no data ({why}); votes hold",
-                                  {"query": check.query, "value": None, "error": why, "vote": "hold",
-                                   "recommendation": current}))
-            continue
-        recommendation: int | None
-        if isinstance(check, TargetTrackingCheck):
-            recommendation, reason = _target_tracking(check, sample.value, ready, current)
-        else:
-            recommendation, reason = _step(check, sample.value, ready=ready, current=current,
-                                          old_streaks=memory.streaks, new_streaks=new_streaks)
-        reasons.append(reason)
-        if recommendation is not None:
-            votes.append((recommendation, check.name))
-    # max() of the votes: a hold vote equals ``current``, so out > hold > in falls out of it. No
-    # vote at all (every check abstained) is a hold.
-    combined, winner = max(votes) if votes else (current, "")
-    if missing:
-        if combined < current:
-            reasons.append(Reason("fallback", "missing-data",
-                                  f"no data from {', '.join(missing)}: scale-in to {combined} blocked; "
-                                  "missing data never removes a node",
-                                  {"missing": missing, "before": combined, "after": current}))
-        combined = max(combined, current)
-
-    # 3. Missing-data fallback after K consecutive blind ticks.
-    missing_ticks = memory.missing_ticks + 1 if missing else 0
-    fallback = scaling.on_missing_data
-    if missing and missing_ticks >= fallback.after_ticks:
-        before = combined
-        if fallback.action == "keep_at_least":
-            assert fallback.nodes is not None
-            combined = max(combined, fallback.nodes)
-            message = f"no data for {missing_ticks} ticks: keep at least {fallback.nodes} nodes"
-        elif fallback.action == "fixed":
-            assert fallback.nodes is not None
-            combined = max(fallback.nodes, current)
-            message = f"no data for {missing_ticks} ticks: fixed at {fallback.nodes} nodes"
-            if fallback.nodes < current:
-                message += f", but missing data never removes a node: holds at {current}"
-        else:
-            message = f"no data for {missing_ticks} ticks: hold (checks with data may still scale out)"
-        reasons.append(Reason("fallback", fallback.action, message,
-                              {"missing_ticks": missing_ticks, "after_ticks": fallback.after_ticks,
-                               "before": before, "after": combined}))
-
-    # 4. Stabilization windows over the recommendation history.
-    out_window = behavior.scale_out.stabilization
-    in_window = behavior.scale_in.stabilization
-    keep_since = now - max(out_window, in_window)
-    history = [(t, c) for t, c in memory.recommendations if t > keep_since]
-    history.append((now, combined))
-    target = combined
-    if target > current and out_window > _ZERO:
-        since = now - out_window
-        lowest = min(c for t, c in history if t > since or t == now)
-        if lowest < target:
-            target = max(lowest, current)
-            reasons.append(Reason("window", "scale-out-stabilization",
-                                  f"scale-out limited to {target}: the lowest recommendation of the last "
-                                  f"{_seconds(out_window):g}s is {lowest}",
-                                  {"window_s": _seconds(out_window), "before": combined, "after": target}))
-    elif target < current and in_window > _ZERO:
-        since = now - in_window
-        highest = max(c for t, c in history if t > since or t == now)
-        if highest > target:
-            target = min(highest, current)
-            reasons.append(Reason("window", "scale-in-stabilization",
-                                  f"scale-in limited to {target}: the highest recommendation of the last "
-                                  f"{_seconds(in_window):g}s is {highest}",
-                                  {"window_s": _seconds(in_window), "before": combined, "after": target}))
-
-    # 5. Cooldowns.
-    if target > current and memory.last_scale_out is not None:
-        wait = memory.last_scale_out + behavior.scale_out.cooldown - now
-        if wait > _ZERO:
-            reasons.append(Reason("cooldown", "scale-out",
-                                  f"scale-out to {target} waits {_seconds(wait):g}s more: cooldown of "
-                                  f"{_seconds(behavior.scale_out.cooldown):g}s after the last scale-out",
-                                  {"before": target, "after": current, "remaining_s": _seconds(wait)}))
-            target = current
-    elif target < current and memory.last_scale_in is not None:
-        wait = memory.last_scale_in + behavior.scale_in.cooldown - now
-        if wait > _ZERO:
-            reasons.append(Reason("cooldown", "scale-in",
-                                  f"scale-in to {target} waits {_seconds(wait):g}s more: cooldown of "
-                                  f"{_seconds(behavior.scale_in.cooldown):g}s after the last scale-in",
-                                  {"before": target, "after": current, "remaining_s": _seconds(wait)}))
-            target = current
-
-    # 6. Rate limits.
-    longest_period = max((p.period for p in (*behavior.scale_out.policies, *behavior.scale_in.policies)),
-                         default=_ZERO)
-    events = [(t, d) for t, d in memory.scale_events if t > now - longest_period]
-    if target != current:
-        outward = target > current
-        allowance = _rate_allowance(behavior.scale_out if outward else behavior.scale_in, events,
-                                    current=current, outward=outward, now=now)
-        if allowance is not None and abs(target - current) > allowance[0]:
-            allowed, text = allowance
-            limited = current + allowed if outward else current - allowed
-            reasons.append(Reason("rate", "scale-out" if outward else "scale-in",
-                                  f"{'scale-out' if outward else 'scale-in'} limited to {limited} "
-                                  f"(from {target}): rate limit {text}",
-                                  {"before": target, "after": limited, "allowed": allowed}))
-            target = limited
-
-    # 7. Bounds: scheduled floors and ceilings, then min/max.
-    if scaling.schedules:
-        lead = scaling.boot_lead if scaling.boot_lead is not None else policy.health.boot_timeout
-        floor: tuple[int, str] | None = None
-        ceiling: tuple[int, str] | None = None
-        for schedule in scaling.schedules:
-            if schedule.min_nodes is not None and is_open(schedule, now, lead) and (
-                floor is None or schedule.min_nodes > floor[0]
-            ):
-                floor = (schedule.min_nodes, schedule.name)
-            if schedule.max_nodes is not None and is_open(schedule, now) and (
-                ceiling is None or schedule.max_nodes < ceiling[0]
-            ):
-                ceiling = (schedule.max_nodes, schedule.name)
-        if floor is not None:
-            before = target
-            target = max(target, floor[0])
-            reasons.append(Reason("schedule", floor[1],
-                                  (f"scheduled floor {floor[0]} raises {before} to {target}"
-                                   if target != before
-                                   else f"scheduled floor {floor[0]} is open ({before} already meets it)"),
-                                  {"floor": floor[0], "lead_s": _seconds(lead), "before": before,
-                                   "after": target}))
-        if ceiling is not None:
-            before = target
-            target = min(target, ceiling[0])
-            reasons.append(Reason("schedule", ceiling[1],
-                                  (f"scheduled ceiling {ceiling[0]} lowers {before} to {target}"
-                                   if target != before
-                                   else f"scheduled ceiling {ceiling[0]} is open ({before} is within it)"),
-                                  {"ceiling": ceiling[0], "before": before, "after": target}))
-    if target < scaling.min_nodes:
-        reasons.append(Reason("bound", "min_nodes",
-                              f"raised from {target} to the minimum of {scaling.min_nodes}",
-                              {"before": target, "after": scaling.min_nodes}))
-        target = scaling.min_nodes
-    elif target > scaling.max_nodes:
-        reasons.append(Reason("bound", "max_nodes",
-                              f"lowered from {target} to the maximum of {scaling.max_nodes}",
-                              {"before": target, "after": scaling.max_nodes}))
-        target = scaling.max_nodes
-
-    # 8. Moves.
-    launch = 0
-    victims: tuple[str, ...] = ()
-    if target > current:
-        launch = target - current
-        if behavior.max_launching is not None:
-            room = max(0, behavior.max_launching - len(booting))
-            if launch > room:
-                reasons.append(Reason("capacity", "max_launching",
-                                      f"launching {room} of {launch} now: {len(booting)} already booting, "
-                                      f"at most {behavior.max_launching} boot at once",
-                                      {"wanted": launch, "launch": room, "booting": len(booting)}))
-                launch = room
-    elif target < current:
-        victims = _choose_victims(policy, serving, booting, need=current - target, now=now, reasons=reasons)
-    scaling_launch, scaling_victims = launch, victims
-    next_replacing = 0
-    if outdated_serving and not victims:
-        launch, victims, next_replacing = _rollout(
-            policy, serving, outdated_serving, booting, draining, target=target, replacing=replacing,
-            launch=launch, now=now, reasons=reasons)
-
-    if scaling_launch == 0 and not scaling_victims and (launch or victims):
-        final = f"hold at {current}, replacing outdated nodes: launch {launch}, drain {len(victims)}"
-    elif launch:
-        final = f"scale out {current}→{target}: launch {launch}"
-    elif victims:
-        final = f"scale in {current}→{target}: drain {len(victims)}"
-    elif target != current:
-        final = f"want {target}, at {current}: no move possible this tick"
-    else:
-        final = f"hold at {current}"
-    if winner and combined != current:
-        final += f" (largest recommendation {combined} from {winner})"
-    reasons.append(Reason("final", policy.pool, final,
-                          {"current": current, "ready": ready, "booting": len(booting), "draining": draining,
-                           "recommendation": combined, "desired": target, "launch": launch,
-                           "victims": list(victims)}))
-
-    # Memory for the next tick, pruned to the longest window so it stays small.
-    last_out, last_in = memory.last_scale_out, memory.last_scale_in
-    # Rollout replacements keep the pool's size: only scaling moves count toward rate limits/cooldowns.
-    if scaling_launch:
-        events.append((now, scaling_launch))
-        last_out = now
-    elif scaling_victims:
-        events.append((now, -len(scaling_victims)))
-        last_in = now
-    next_memory = EngineMemory.model_construct(
-        recommendations=history, scale_events=events, last_scale_out=last_out, last_scale_in=last_in,
-        streaks=new_streaks, missing_ticks=missing_ticks, replacing=next_replacing,
-    )
-    decision = Decision(pool=policy.pool, at=now, ready=ready, booting=len(booting), draining=draining,
-                        desired=target, launch=launch, victims=victims, reasons=tuple(reasons))
-    return Evaluation(decision=decision, memory=next_memory)
+    draft = Draft.start(policy, samples, nodes, memory, now, forecast)
+    for step in STEPS:
+        step(draft)
+    return _finish(draft)

@@ -14,6 +14,7 @@ from autoscaler.domain import Decision, Reason
 _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("checks", ("check",)),
     ("fallbacks", ("fallback",)),
+    ("look-ahead and forecast", ("look-ahead", "forecast")),
     ("windows, cooldowns and rate limits", ("window", "cooldown", "rate")),
     ("bounds", ("schedule", "bound", "capacity")),
     ("victims", ("victim",)),
@@ -42,8 +43,9 @@ def _check_line(reason: Reason) -> list[str]:
 def render_reasons(decision: Decision) -> str:
     """The decision and every step of its trail as indented text, one section per kind of step.
 
-    Sections: the pool's counts, each check's vote (with query and value), fallbacks, windows/
-    cooldowns/rate limits, bounds (schedules, min/max, launch caps), victims, and the final line.
+    Sections: the pool's counts, each check's vote (with query and value), fallbacks, look-ahead and
+    forecast floor, windows/cooldowns/rate limits, bounds (schedules, min/max, launch caps), victims,
+    and the final line.
     Empty sections are left out.
     """
     head = (

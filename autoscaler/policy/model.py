@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from autoscaler.policy import checks
+from autoscaler.policy import safety
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -112,12 +112,12 @@ class LocalProviderConfig(StrictModel):
     @field_validator("host")
     @classmethod
     def _host_is_an_address(cls, value: str) -> str:
-        return checks.check_bind_host(value)
+        return safety.check_bind_host(value)
 
     @field_validator("state_dir")
     @classmethod
     def _state_dir_plain(cls, value: str) -> str:
-        return checks.check_no_control(value)
+        return safety.check_no_control(value)
 
 
 class AwsProviderConfig(StrictModel):
@@ -242,17 +242,17 @@ class NginxBalancerConfig(StrictModel):
     @field_validator("nginx_binary")
     @classmethod
     def _really_nginx(cls, value: str) -> str:
-        return checks.check_nginx_binary(value)
+        return safety.check_nginx_binary(value)
 
     @field_validator("upstream_file")
     @classmethod
     def _writable_managed_file(cls, value: str) -> str:
-        return checks.check_written_file(value, managed_marker=checks.MANAGED_MARKER)
+        return safety.check_written_file(value, managed_marker=safety.MANAGED_MARKER)
 
     @field_validator("nginx_conf", "nginx_prefix")
     @classmethod
     def _plain_path(cls, value: str | None) -> str | None:
-        return None if value is None else checks.check_no_control(value)
+        return None if value is None else safety.check_no_control(value)
 
 
 class AlbBalancerConfig(StrictModel):
@@ -291,7 +291,7 @@ class PrometheusConfig(StrictModel):
     @field_validator("file_sd_path")
     @classmethod
     def _writable_target_file(cls, value: str | None) -> str | None:
-        return None if value is None else checks.check_written_file(value, json_list=True)
+        return None if value is None else safety.check_written_file(value, json_list=True)
 
 
 class HealthConfig(StrictModel):
@@ -317,7 +317,8 @@ class DrainConfig(StrictModel):
 
 # ---------------------------------------------------------------------------------------------- scaling
 Signal = Literal[
-    "streams_per_node", "active_streams", "gpu_memory_utilization", "p95_latency_seconds", "queued_streams"
+    "streams_per_node", "active_streams", "gpu_memory_utilization", "p95_latency_seconds", "queued_streams",
+    "concurrent_streams",
 ]
 
 
@@ -394,7 +395,107 @@ class StepCheck(_CheckBase):
     for_ticks: int = Field(default=1, ge=1, description="Consecutive ticks in a band before it votes.")
 
 
-Check = Annotated[TargetTrackingCheck | StepCheck, Field(discriminator="type")]
+class ServiceLevel(StrictModel):
+    """What a new stream is promised, in the operator's terms: one of the two forms.
+
+    ``wait_probability: 0.05``: a new stream finds every slot busy (and waits) at most 5 % of the time.
+    ``wait: 30s`` with ``quantile: 0.95``: 95 % of new streams wait at most 30 seconds.
+    """
+
+    wait_probability: float | None = Field(default=None, gt=0, lt=1)
+    wait: Duration | None = Field(default=None, description="Wait bound for the `quantile` of streams.")
+    quantile: float = Field(default=0.95, gt=0, lt=1, description="Share of streams the `wait` bound covers.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ServiceLevel:
+        if (self.wait_probability is None) == (self.wait is None):
+            raise ValueError("a service level needs exactly one of 'wait_probability' or 'wait'")
+        return self
+
+
+class QueueingCheck(_CheckBase):
+    """Stream-aware sizing: enough stream slots for the stated service level (Erlang C, see docs).
+
+    The query returns the pool's concurrent streams, queued included (the offered load in Erlangs);
+    the check recommends the fewest nodes whose slots (each node's instance-type ``streams``) meet
+    ``service_level``.
+    """
+
+    type: Literal["queueing"]
+    service_level: ServiceLevel
+    stream_seconds: Duration = Field(
+        default=timedelta(seconds=60),
+        description="Mean wall time of one stream; a `wait` level needs it (the wait tail scales with it).",
+    )
+
+    @field_validator("stream_seconds")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+
+Check = Annotated[TargetTrackingCheck | StepCheck | QueueingCheck, Field(discriminator="type")]
+
+
+class LookAhead(StrictModel):
+    """Size for the demand expected when a node launched now would serve (boot-aware look-ahead).
+
+    The trend of ``check``'s value over ``window`` (Theil-Sen: the median of pairwise slopes, so one
+    spiking tick does not move it) is projected ``horizon`` ahead; when the projection needs more
+    nodes than the checks, the count rises by at most ``max_nodes_per_tick``. It never lowers a count.
+    """
+
+    check: str = Field(min_length=1, description="A queueing check, or a target-tracking check per pool.")
+    horizon: Duration | None = Field(
+        default=None, description="How far ahead; default scaling.boot_lead, else health.boot_timeout."
+    )
+    window: Duration = Field(default=timedelta(minutes=5), description="Recent values the trend is fit on.")
+    max_nodes_per_tick: int = Field(default=2, ge=1, description="Most nodes the look-ahead adds per tick.")
+
+
+class ForecastConfig(StrictModel):
+    """A predictive floor from the pool's own demand history (time of day and day of week).
+
+    ``forecast_only`` records and shows the forecast (explain, metrics, reports) without acting on it,
+    so operators can trust it first (AWS predictive scaling's ForecastOnly); ``forecast_and_scale``
+    raises the count to the forecast's need ``lead`` ahead. A forecast never scales in by itself.
+    """
+
+    mode: Literal["forecast_only", "forecast_and_scale"] = "forecast_only"
+    check: str = Field(min_length=1, description="The check whose demand is learned and sizes the floor.")
+    query: str | None = Field(
+        default=None, description="PromQL of the demand history; default: the check's own query."
+    )
+    history: Duration = Field(default=timedelta(days=14), description="At most 14 days of history are read.")
+    min_history: Duration = Field(default=timedelta(days=1), description="Less history than this: no action.")
+    step: Duration = Field(default=timedelta(minutes=5), description="Resolution of history and forecast.")
+    aggregate: Literal["max", "mean"] = Field(
+        default="max", description="What a step of history keeps: its peak, or its mean (offered load)."
+    )
+    refresh: Duration = Field(default=timedelta(minutes=30), description="How often history is re-read.")
+    horizon: Duration = Field(default=timedelta(hours=6), description="How far ahead it forecasts.")
+    lead: Duration | None = Field(
+        default=None, description="How early the floor applies; default scaling.boot_lead, else boot_timeout."
+    )
+
+    @field_validator("history")
+    @classmethod
+    def _at_most_two_weeks(cls, value: timedelta) -> timedelta:
+        if value > timedelta(days=14):
+            raise ValueError("at most 14d of history is read")
+        if value < timedelta(days=1):
+            raise ValueError("at least 1d: the forecast learns the shape of a day")
+        return value
+
+    @field_validator("step")
+    @classmethod
+    def _step_divides_a_day(cls, value: timedelta) -> timedelta:
+        seconds = value.total_seconds()
+        if seconds < 60 or 86400 % seconds:
+            raise ValueError("a step of at least 60s that divides a day evenly (e.g. 1m, 5m, 15m, 1h)")
+        return value
 
 
 class DateRange(StrictModel):
@@ -486,6 +587,10 @@ class DirectionBehavior(StrictModel):
     cooldown: Duration = Field(
         default=timedelta(0), description="No move in this direction this soon after one."
     )
+    tolerance: float | None = Field(
+        default=None, ge=0, lt=1,
+        description="Target tracking's tolerance in this direction (Kubernetes 1.33); default: the check's.",
+    )
 
 
 def _scale_in_default() -> DirectionBehavior:
@@ -530,6 +635,8 @@ class Scaling(StrictModel):
     )
     checks: list[Check] = Field(default_factory=list)
     schedules: list[ScheduledCapacity] = Field(default_factory=list)
+    look_ahead: LookAhead | None = None
+    forecast: ForecastConfig | None = None
     behavior: Behavior = Field(default_factory=Behavior)
     on_missing_data: MissingData = Field(default_factory=MissingData)
 
@@ -550,6 +657,24 @@ class Scaling(StrictModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"check names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("look_ahead", "forecast")
+    @classmethod
+    def _sizing_check(
+        cls, value: LookAhead | ForecastConfig | None, info: ValidationInfo
+    ) -> LookAhead | ForecastConfig | None:
+        if value is None or "checks" not in info.data:
+            return value  # the checks failed validation themselves; that error is the one to read
+        checks = {c.name: c for c in info.data["checks"]}
+        check = checks.get(value.check)
+        if check is None:
+            known = ", ".join(sorted(checks)) or "none"
+            raise ValueError(f"check {value.check!r} is not one of the pool's checks ({known})")
+        if not (isinstance(check, QueueingCheck)
+                or (isinstance(check, TargetTrackingCheck) and check.per == "pool")):
+            raise ValueError(f"check {value.check!r} cannot size a pool from a demand value: use a "
+                             "queueing check or a target_tracking check with per: pool")
         return value
 
     @field_validator("schedules")

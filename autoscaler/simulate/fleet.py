@@ -36,8 +36,9 @@ from datetime import datetime, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
-from autoscaler.domain import Lifecycle, Node, Sample
+from autoscaler.domain import Lifecycle, Node, Reason, Sample
 from autoscaler.policy.engine import EngineMemory, decide
+from autoscaler.policy.forecast import Forecast, seasonal_forecast
 from autoscaler.policy.model import LocalProviderConfig, PoolPolicy
 from autoscaler.simulate.demand import Demand
 from autoscaler.simulate.scenario import Scenario
@@ -47,7 +48,8 @@ from autoscaler.simulate.workload import ServiceLaw
 DEFAULT_BOOT_S = 180
 #: Signals the simulator can compute.
 SIMULATED_SIGNALS = frozenset(
-    {"streams_per_node", "active_streams", "gpu_memory_utilization", "p95_latency_seconds", "queued_streams"}
+    {"streams_per_node", "active_streams", "gpu_memory_utilization", "p95_latency_seconds", "queued_streams",
+     "concurrent_streams"}
 )
 #: Ticks between progress callbacks.
 _PROGRESS_EVERY = 2000
@@ -146,6 +148,7 @@ class Replay:
     draining: NDArray[np.int64]
     desired: NDArray[np.int64]
     tick_capacity: NDArray[np.int64]
+    forecast_floor: NDArray[np.int64]
     capacity: NDArray[np.int64]
     unmet: NDArray[np.int64]
     alive: NDArray[np.int64]
@@ -154,6 +157,10 @@ class Replay:
     terminations: int
     cut_streams: int
     notes: tuple[str, ...]
+    #: Ticks on which the forecast floor raised the count (``forecast_and_scale``), and on which its
+    #: floor was above what the checks wanted (in either mode: what ``forecast_only`` would have done).
+    forecast_raised: int = 0
+    forecast_above: int = 0
 
     @property
     def violation_seconds(self) -> int:
@@ -190,6 +197,62 @@ def tick_max(values: NDArray[np.int64], tick_s: int) -> NDArray[np.int64]:
     padded[: len(values)] = values
     out: NDArray[np.int64] = padded.reshape(ticks, tick_s).max(axis=1)
     return out
+
+
+class _Forecaster:
+    """The dry-run's stand-in for the live forecast refresh: history is only what was replayed so far.
+
+    Each tick it records the forecast check's sample (what the live controller's Prometheus would
+    hold); every ``forecast.refresh`` it fits ``seasonal_forecast`` on the samples taken *before*
+    ``now``. It never sees the demand array, so it cannot read ahead.
+    """
+
+    def __init__(self, policy: PoolPolicy, ticks: int) -> None:
+        self.config = policy.scaling.forecast
+        size = ticks if self.config is not None else 0
+        self.times = np.zeros(size, dtype=np.float64)
+        self.values = np.zeros(size, dtype=np.float64)
+        self.count = 0
+        self.current: Forecast | None = None
+        self.next_refresh: datetime | None = None
+
+    def forecast(self, now: datetime, samples: dict[str, Sample]) -> Forecast | None:
+        """The forecast in force at ``now`` (refreshed from the past only), then record ``now``'s sample."""
+        config = self.config
+        if config is None:
+            return None
+        if self.next_refresh is None or now >= self.next_refresh:
+            n = self.count
+            self.current = seasonal_forecast(self.times[:n], self.values[:n], now=now, step=config.step,
+                                             horizon=config.horizon, history=config.history,
+                                             min_history=config.min_history, aggregate=config.aggregate)
+            self.next_refresh = now + config.refresh
+        sample = samples.get(config.check)
+        if sample is not None and sample.value is not None and math.isfinite(sample.value):
+            self.times[self.count] = now.timestamp()
+            self.values[self.count] = sample.value
+            self.count += 1
+        return self.current
+
+
+def _forecast_effect(reasons: tuple[Reason, ...]) -> tuple[bool, bool]:
+    """Whether a decision's forecast step raised the count, and whether its floor was above it."""
+    for reason in reasons:
+        if reason.kind == "forecast":
+            detail = reason.detail
+            before, after, floor = detail.get("before"), detail.get("after"), detail.get("floor")
+            if isinstance(before, int) and isinstance(after, int) and isinstance(floor, int):
+                return after > before, floor > before
+    return False, False
+
+
+def _forecast_floor(reasons: tuple[Reason, ...]) -> int:
+    """The forecast floor a decision recorded (applied or not), or -1 when it had none."""
+    for reason in reasons:
+        if reason.kind == "forecast":
+            floor = reason.detail.get("floor")
+            return int(floor) if isinstance(floor, int) else -1
+    return -1
 
 
 def replay(
@@ -265,6 +328,9 @@ def replay(
     desired_col = np.zeros(ticks, dtype=np.int64)
     capacity_col = np.zeros(ticks, dtype=np.int64)
     memory = EngineMemory()
+    forecaster = _Forecaster(policy, ticks)
+    forecast_col = np.full(ticks, -1, dtype=np.int64)
+    forecast_raised = forecast_above = 0
     launches = terminations = cut = 0
     tick_times = np.arange(ticks, dtype=np.int64) * tick_s
     loads = streams[tick_times].tolist()
@@ -310,6 +376,8 @@ def replay(
                 samples[name] = Sample(float(load - queued), now)
             elif signal == "queued_streams":
                 samples[name] = Sample(float(queued), now)
+            elif signal == "concurrent_streams":
+                samples[name] = Sample(float(load), now)
             elif ready == 0:
                 samples[name] = no_serving
             elif signal == "streams_per_node":
@@ -351,9 +419,15 @@ def replay(
                         image=image,
                     )
                 views.append(node.view)
-        evaluation = decide(policy, samples, views, memory, now)
+        forecast = forecaster.forecast(now, samples)
+        evaluation = decide(policy, samples, views, memory, now, forecast)
         memory = evaluation.memory
         decision = evaluation.decision
+        if forecast is not None:
+            forecast_col[k] = _forecast_floor(decision.reasons)
+            raised, above = _forecast_effect(decision.reasons)
+            forecast_raised += raised
+            forecast_above += above
 
         # 4. Act on the moves.
         for _ in range(decision.launch):
@@ -437,6 +511,7 @@ def replay(
         draining=draining_col,
         desired=desired_col,
         tick_capacity=capacity_col,
+        forecast_floor=forecast_col,
         capacity=capacity_s,
         unmet=unmet,
         alive=alive,
@@ -445,4 +520,6 @@ def replay(
         terminations=terminations,
         cut_streams=cut,
         notes=tuple(notes),
+        forecast_raised=forecast_raised,
+        forecast_above=forecast_above,
     )

@@ -193,6 +193,15 @@ def _charts(result: DryRun) -> str:
                 reduce="min",
             )
         )
+    for index, run in enumerate(result.runs):
+        forecast = run.replay.policy.scaling.forecast
+        if forecast is not None:
+            # No floor yet (under min_history, a gap) plots as 0: the forecast asked for nothing.
+            floor = np.maximum(run.replay.forecast_floor, 0) * result.fleet.streams_per_node
+            acted = "acting" if forecast.mode == "forecast_and_scale" else "forecast_only, not applied"
+            color = _COLORS[index % len(_COLORS)]
+            capacity.append(Series(f"forecast floor × C: {run.label} ({acted})", color, floor,
+                                   step_s=run.replay.tick_s, reduce="max", dashed=True))
     capacity.append(
         Series(
             f"max_nodes × C = {result.max_nodes * result.fleet.streams_per_node}",
@@ -207,7 +216,8 @@ def _charts(result: DryRun) -> str:
         '<p class="note">Concurrent streams wanting service (the highest in each plotted interval) and the '
         "capacity of serving nodes (the lowest in each interval), per schedule. "
         "Where the black line is above "
-        "a schedule's line, streams of that schedule waited.</p>",
+        "a schedule's line, streams of that schedule waited. A dashed forecast floor is the capacity "
+        "the seasonal forecast asked for one lead ahead (from the replayed past only).</p>",
         chart("Demand against ready capacity", capacity, duration_s=duration, start=start, y_label="streams"),
     ]
     parts.append("<h2>Nodes by state</h2>")
@@ -242,6 +252,25 @@ def _charts(result: DryRun) -> str:
         chart("Waiting streams", waiting, duration_s=duration, start=start, y_label="streams waiting"),
     ]
     return "\n".join(parts)
+
+
+def _forecast_facts(result: DryRun) -> list[tuple[str, str]]:
+    """One line per policy with a forecast: its mode and how often its floor mattered."""
+    facts = []
+    for run in result.runs:
+        forecast = run.summary.get("forecast")
+        if not forecast:
+            continue
+        ticks = len(run.replay.tick_times)
+        if forecast["mode"] == "forecast_and_scale":
+            text = (f"forecast_and_scale (acting): raised the count on {forecast['ticks_raised']:,} of "
+                    f"{ticks:,} ticks")
+        else:
+            text = (f"forecast_only (recorded, not applied): its floor was above the checks' count on "
+                    f"{forecast['ticks_floor_above_checks']:,} of {ticks:,} ticks")
+        text += f"; a floor on {forecast['ticks_with_floor']:,} ticks (none until min_history was replayed)"
+        facts.append((f"forecast: {escape(run.label)}" if len(result.runs) > 1 else "forecast", escape(text)))
+    return facts
 
 
 def _audio_text(audio: LognormalAudio | FixedAudio | ExponentialAudio) -> str:
@@ -294,6 +323,7 @@ def render_html(result: DryRun, recs: Recommendations) -> str:
         ("pool", f"min {result.min_nodes}, max {result.max_nodes} nodes"),
         ("tick", f"{result.runs[0].replay.tick_s} s"),
         ("seed", str(spec.seed)),
+        *_forecast_facts(result),
     ]
     notes = list(demand.notes)
     for run in [*result.runs, result.hpa_like]:

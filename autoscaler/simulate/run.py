@@ -142,6 +142,13 @@ def summarize(result: Replay, demand: Demand, oracle_seconds: int) -> dict[str, 
     )
     figures["max_unmet_streams"] = int(result.unmet.max()) if len(result.unmet) else 0
     figures["drain_cut_streams"] = result.cut_streams
+    if scaling.forecast is not None:
+        figures["forecast"] = {
+            "mode": scaling.forecast.mode,
+            "ticks_with_floor": int(np.count_nonzero(result.forecast_floor >= 0)),
+            "ticks_floor_above_checks": result.forecast_above,
+            "ticks_raised": result.forecast_raised,
+        }
     return figures
 
 

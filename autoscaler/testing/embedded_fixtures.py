@@ -19,13 +19,15 @@ Fixtures (function-scoped; each stops what it started when the test ends):
 
 ``embedded_nginx`` and ``embedded_prometheus`` skip the test when the binary is not installed
 (``scripts/install-system-packages.sh`` installs both); ``require_binary`` does the same for
-fixtures of other scopes. ``wait_for_series`` polls Prometheus until a query returns data.
+fixtures of other scopes. ``wait_for_series`` polls Prometheus until a query returns data;
+``backfill`` writes history into a (stopped) Prometheus's TSDB with ``promtool``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -190,6 +192,23 @@ def wait_for_series(prometheus_url: str, promql: str, *, timeout_s: float = 15.0
     found = wait_until(probe, timeout_s=timeout_s, interval_s=0.2, message=f"Prometheus answers {promql!r}")
     assert found is not None  # wait_until only returns a truthy value
     return found
+
+
+def backfill(openmetrics: str, data_dir: Path) -> None:
+    """Create TSDB blocks in ``data_dir`` from OpenMetrics text with ``promtool`` (as an operator would).
+
+    Run it before Prometheus starts on ``data_dir``; skips the test when ``promtool`` is missing.
+    """
+    require_binary("promtool")
+    source = data_dir.parent / "history.om"
+    source.write_text(openmetrics, encoding="utf-8")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(data_dir)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 # ---------------------------------------------------------------------------------------- fixtures

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from policy_helpers import BASE, NOW, _merge
 
 from autoscaler.domain import Lifecycle, Node, Sample
+from autoscaler.policy.checks import servers_needed
 from autoscaler.policy.engine import EngineMemory, decide
 from autoscaler.policy.load import load_policy
-from autoscaler.policy.model import PoolPolicy, TargetTrackingCheck
+from autoscaler.policy.model import PoolPolicy, QueueingCheck, TargetTrackingCheck
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -28,10 +29,16 @@ def policies(draw: st.DrawFn, *, ceilings: bool = True) -> PoolPolicy:
     """Policies mixing every rule, with load-like checks (a higher value means more load)."""
     low = draw(st.integers(0, 6))
     high = draw(st.integers(max(low, 1), 25))
+    tracking = {"name": "streams", "type": "target_tracking", "query": "q1",
+                "target": draw(st.sampled_from([3, 5, 7, 8.5])),
+                "tolerance": draw(st.sampled_from([0, 0.1, 0.2])),
+                "per": draw(st.sampled_from(["node", "pool"]))}
+    queueing = {"name": "streams", "type": "queueing", "query": "q1",
+                "service_level": draw(st.sampled_from([{"wait_probability": 0.01}, {"wait_probability": 0.2},
+                                                       {"wait": "20s", "quantile": 0.95}]))}
+    stream_check = draw(st.sampled_from([tracking, tracking, queueing]))
     checks: list[dict[str, Any]] = [
-        {"name": "streams", "type": "target_tracking", "query": "q1",
-         "target": draw(st.sampled_from([3, 5, 7, 8.5])), "tolerance": draw(st.sampled_from([0, 0.1, 0.2])),
-         "per": draw(st.sampled_from(["node", "pool"]))},
+        stream_check,
         {"name": "gpu", "type": "step", "query": "q2", "for_ticks": draw(st.integers(1, 3)),
          "steps": [{"above": 0.9, "change": draw(st.integers(1, 4))},
                    {"below": 0.2, "change": -draw(st.integers(1, 3))}]},
@@ -65,8 +72,14 @@ def policies(draw: st.DrawFn, *, ceilings: bool = True) -> PoolPolicy:
     missing: dict[str, Any] = draw(st.sampled_from([
         {"action": "hold"}, {"action": "keep_at_least", "nodes": 4}, {"action": "fixed", "nodes": 3},
     ]))
+    extra: dict[str, Any] = {}
+    first = checks[0]
+    sizing = first["name"] == "streams" and (first["type"] == "queueing" or first.get("per") == "pool")
+    if sizing and draw(st.booleans()):
+        extra["look_ahead"] = {"check": "streams", "horizon": "180s",
+                               "max_nodes_per_tick": draw(st.integers(1, 3))}
     return PoolPolicy.model_validate(_merge(BASE, {"scaling": {
-        "min_nodes": low, "max_nodes": high, "checks": checks, "schedules": schedules,
+        **extra, "min_nodes": low, "max_nodes": high, "checks": checks, "schedules": schedules,
         "behavior": behavior, "on_missing_data": {"after_ticks": draw(st.integers(1, 3)), **missing},
     }}))
 
@@ -89,6 +102,8 @@ readings = st.floats(0, 100, allow_nan=False)
 def reading(data: st.DataObject, pol: PoolPolicy, name: str) -> float:
     """A reading near where ``name``'s rules change their vote (band edges, tolerance edges)."""
     first = pol.scaling.checks[0]
+    if name == "streams" and isinstance(first, QueueingCheck):
+        return data.draw(st.sampled_from([0.0, 5.0, 30.0, 79.5, 80.0, 150.0]) | st.floats(0, 300))
     if name == "streams" and isinstance(first, TargetTrackingCheck):
         target = first.target
         return float(target * data.draw(st.sampled_from([0.0, 0.5, 0.89, 0.9, 1.0, 1.1, 1.11, 2.0])
@@ -110,7 +125,9 @@ def memories(draw: st.DrawFn, at: Any) -> EngineMemory:
                         last_scale_out=draw(st.none() | st.just(at - timedelta(seconds=20))),
                         last_scale_in=draw(st.none() | st.just(at - timedelta(seconds=20))),
                         streaks={"gpu#0": draw(st.integers(0, 3)), "p95#1": draw(st.integers(0, 3))},
-                        missing_ticks=draw(st.integers(0, 5)))
+                        missing_ticks=draw(st.integers(0, 5)),
+                        trend=[(at - timedelta(seconds=15 * (k + 1)), v)
+                               for k, v in enumerate(draw(st.lists(st.floats(0, 300), max_size=6)))][::-1])
 
 
 @SETTINGS
@@ -187,6 +204,7 @@ def _simulate(pol: PoolPolicy, demand: float, start: int, ticks: int) -> list[in
         per_node = demand / ready if ready else math.nan
         active = min(10.0, per_node) if ready else 0.0
         values = {
+            "streams": Sample(demand),
             "streams-per-node": Sample(per_node if ready else None),
             "gpu-memory": Sample((3400 + 1900 * active) / 24576 if ready else None),
             "queued-streams": Sample(max(0.0, demand - 10 * ready)),
@@ -213,13 +231,19 @@ def test_constant_input_does_not_oscillate(name: str, demand: float, start: int)
     pol = load_policy(POLICIES / name)
     # Schedules are calendar input, not load; take them out so the input is truly constant.
     pol = pol.model_copy(update={"scaling": pol.scaling.model_copy(update={"schedules": []})})
-    # 40 simulated minutes: enough for the slowest scale-in (windows plus rate limits) to finish.
-    counts = _simulate(pol, demand, start, ticks=int(2400 / pol.scaling.tick.total_seconds()))
+    # 40 simulated minutes, or three scale-in windows: enough for the slowest scale-in to finish.
+    window = pol.scaling.behavior.scale_in.stabilization.total_seconds()
+    ticks = int(max(2400, 3 * window) / pol.scaling.tick.total_seconds())
+    counts = _simulate(pol, demand, start, ticks=ticks)
     assert not _flaps(start, counts), counts
-    # And it settles where target tracking is satisfied (or at a bound): it does scale in.
+    # And it settles where its sizing check is satisfied (or at a bound): it does scale in.
     tracking = pol.scaling.checks[0]
-    assert isinstance(tracking, TargetTrackingCheck)
     final, low, high = counts[-1], pol.scaling.min_nodes, pol.scaling.max_nodes
+    if isinstance(tracking, QueueingCheck):
+        need = math.ceil(servers_needed(tracking, demand) / 10)
+        assert final == min(high, max(low, need)) or (final > need and final == high), counts
+        return
+    assert isinstance(tracking, TargetTrackingCheck)
     per_node = demand / final
     band = (tracking.target * (1 - tracking.tolerance) - 1e-6,
             tracking.target * (1 + tracking.tolerance) + 1e-6)

@@ -256,7 +256,7 @@ def test_problem_positions_point_at_keys_and_values() -> None:
         "p.yaml:2:1: launch.model_version: required key is missing",
         "p.yaml:5:14: scaling.min_nodes: Input should be greater than or equal to 0",
         "p.yaml:7:3: scaling.bogus: unknown key 'bogus'; allowed keys: behavior, boot_lead, checks, "
-        "max_nodes, min_nodes, on_missing_data, schedules, tick",
+        "forecast, look_ahead, max_nodes, min_nodes, on_missing_data, schedules, tick",
     ]
 
 

@@ -1,12 +1,10 @@
-"""Constants and helpers the dry-run tests share: fixture traces, the base scenario, promtool backfill."""
+"""Constants and helpers the dry-run tests share: fixture traces and the base scenario (promtool's
+backfill is ``autoscaler.testing.embedded_fixtures.backfill``)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
-
-from autoscaler.testing.embedded_fixtures import require_binary
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
@@ -45,17 +43,3 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def backfill(openmetrics: str, data_dir: Path) -> None:
-    """Create TSDB blocks in ``data_dir`` from OpenMetrics text with ``promtool`` (as an operator would)."""
-    require_binary("promtool")
-    source = data_dir.parent / "history.om"
-    source.write_text(openmetrics, encoding="utf-8")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(data_dir)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from sim_helpers import backfill
 from typer.testing import CliRunner
 
 from autoscaler.embedded import EmbeddedPrometheus
@@ -18,7 +17,7 @@ from autoscaler.embedded._process import free_port
 from autoscaler.errors import ScenarioError
 from autoscaler.simulate.demand import build_demand
 from autoscaler.simulate.scenario import load_scenario
-from autoscaler.testing.embedded_fixtures import require_binary
+from autoscaler.testing.embedded_fixtures import backfill, require_binary
 
 pytestmark = pytest.mark.integration
 
