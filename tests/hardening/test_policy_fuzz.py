@@ -90,7 +90,7 @@ def _replace(tree: Any, path: tuple[Any, ...], value: Any) -> Any:
 
 
 def _fuzz_settings(examples: int) -> Any:
-    return settings(max_examples=examples, deadline=None, derandomize=False,
+    return settings(max_examples=examples, deadline=None, derandomize=False, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
