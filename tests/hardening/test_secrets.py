@@ -68,15 +68,21 @@ def assert_no_secret(text: str, where: str) -> None:
     assert not leaked, f"{where} shows {leaked}"
 
 
-def test_help_never_shows_secrets(tmp_path: Path) -> None:
+def test_help_never_shows_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     """`--help` of every command, with the secrets in the environment (a store URL with a password
     in AUTOSCALER_STORE included), shows none of them."""
-    store = f"postgresql+psycopg://ctl:{DB_PASSWORD}@127.0.0.1:1/db"
+    from typer.testing import CliRunner
+
+    from autoscaler.cli import app
+
+    for name, value in {**SECRETS, "AUTOSCALER_STORE": f"postgresql+psycopg://ctl:{DB_PASSWORD}@h/db"}.items():
+        monkeypatch.setenv(name, value)
     commands = [[], ["run"], ["once"], ["explain"], ["history"], ["demo"], ["dry-run"], ["policy"],
                 ["policy", "validate"]]
     for command in commands:
-        shown = run([*command, "--help"], tmp_path, store)
-        assert_no_secret(shown, f"`autoscaler {' '.join(command)} --help`")
+        result = CliRunner().invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+        assert_no_secret(result.output, f"`autoscaler {' '.join(command)} --help`")
 
 
 def test_failing_commands_logs_and_store_hold_no_secret(tmp_path: Path) -> None:
@@ -96,8 +102,8 @@ def test_failing_commands_logs_and_store_hold_no_secret(tmp_path: Path) -> None:
         out = run([*command, "--store", bad_store], tmp_path)
         assert out.strip(), command
         assert_no_secret(out, f"`autoscaler {' '.join(command)}` with an unreachable store")
-        out = run(command, tmp_path, store=bad_store)
-        assert_no_secret(out, f"`autoscaler {' '.join(command)}` with AUTOSCALER_STORE")
+    out = run(["once", "--policy", "p.yaml"], tmp_path, store=bad_store)
+    assert_no_secret(out, "`autoscaler once` with AUTOSCALER_STORE")
 
 
 @pytest.mark.parametrize("fmt", ["--log-json", None])
