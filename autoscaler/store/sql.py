@@ -3,6 +3,9 @@
 Three tables: ``tick`` (every tick's inputs, decision, reasons and error), ``instance_event`` (each
 lifecycle transition of each instance) and ``engine_memory`` (the engine's memory per pool, written
 in the same transaction as the tick it follows).
+
+SQLite serves one controller: nothing stops two processes on one file from both acting. Several
+controllers share a PostgreSQL store, where ``autoscaler.leader`` lets exactly one act per pool.
 """
 
 from __future__ import annotations
