@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from autoscaler.domain import (
+    DO_NOT_DISRUPT_TAG,
     Backend,
     CloudState,
     Decision,
@@ -140,6 +141,8 @@ class TickOutcome:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     nodes: dict[str, str] = field(default_factory=dict)
+    #: What the pool's live nodes cost per hour at the policy's prices (None before they are known).
+    cost_per_hour: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -205,8 +208,10 @@ class Controller:
         policy = self._policy()
         now = self.adapters.clock.now()
         outcome = TickOutcome(pool=policy.pool, at=now)
+        policy = self._with_pause(policy, outcome.notes)
         reload_error = self._policy_error()
         self.telemetry.policy_valid(policy.pool, reload_error is None)
+        self.telemetry.bounds(policy.pool, policy.scaling.min_nodes, policy.scaling.max_nodes)
         if reload_error:
             outcome.notes.append(f"policy file is invalid, keeping the last valid policy: {reload_error}")
             log.warning("policy_invalid_kept_last_valid", pool=policy.pool, error=reload_error)
@@ -228,7 +233,10 @@ class Controller:
             log.exception("tick_crashed", pool=policy.pool)
             outcome.errors.append(f"unexpected {type(exc).__name__}: {exc}")
         self.telemetry.tick_done(policy.pool, outcome, time.monotonic() - started)
-        (log.error if outcome.errors else log.info)(
+        # A tick with errors (a balancer that rejected its reload, a failed launch) is an error in
+        # the logs, so log-based alerting and `journalctl -p err` see it.
+        emit = log.error if outcome.errors else log.info
+        emit(
             "tick",
             pool=policy.pool,
             summary=outcome.decision.summary() if outcome.decision else None,
@@ -250,11 +258,17 @@ class Controller:
             store.record_lifecycle(policy.pool, instance_id, lifecycle, now, detail)
         for instance_id, problem in observation.refused.items():
             outcome.errors.append(f"node {instance_id!r} left out of the balancer: {problem}")
+        if policy.paused:  # nodes stay as they are: one that would be replaced counts as booting
+            for instance, reason in observation.replace:
+                states[instance.id] = NodeState(instance, Lifecycle.BOOTING, now)
+                outcome.notes.append(f"paused: {instance.id} not replaced ({reason})")
         for name, sample in observation.samples.items():
             self.telemetry.check_sample(policy.pool, name, sample)
             if not sample.has_data:
                 log.warning("check_no_data", pool=policy.pool, check=name, reason=sample.error)
-        boot_failed = [r for _, r in observation.replace if r.startswith(BOOT_TIMEOUT_REASON)]
+        boot_failed = [] if policy.paused else [
+            r for _, r in observation.replace if r.startswith(BOOT_TIMEOUT_REASON)
+        ]
         evaluation = self.evaluate(policy, observation, now)
         decision = self._hold_launches_after_boot_failures(
             policy, evaluation.decision, now, outcome, boot_failed
@@ -276,16 +290,22 @@ class Controller:
             evaluation.memory.model_dump(mode="json"),
         )
         outcome.tick_id = tick_id
-        # Nodes that failed to boot (or run another model version) are replaced.
-        for instance, reason in observation.replace:
+        # Nodes that failed to boot (or run another model version) are replaced, unless paused.
+        for instance, reason in [] if policy.paused else observation.replace:
             self._terminate(policy, instance, now, outcome, reason)
             if reason.startswith(BOOT_TIMEOUT_REASON):
                 self.telemetry.boot_failure(policy.pool)
-        # ---- act
+        # ---- act (a paused pool is observed and recorded; nothing is acted on, nodes stay as they are)
         try:
-            self._act(policy, decision, states, now, tick_id, outcome)
+            if not policy.paused:
+                self._act(policy, decision, states, now, tick_id, outcome)
         finally:
             outcome.nodes = {i: s.lifecycle.value for i, s in states.items()}
+            outcome.cost_per_hour = sum(
+                spec.price_per_hour
+                for spec in (policy.instance_type(s.instance.instance_type) for s in states.values())
+                if spec is not None
+            )
             try:
                 store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
             except StoreError as exc:
@@ -369,9 +389,28 @@ class Controller:
         forecast = observation.forecast.forecast if observation.forecast is not None else None
         return decide(policy, observation.samples, nodes, memory, now, forecast)
 
+    def _with_pause(self, policy: PoolPolicy, notes: list[str]) -> PoolPolicy:
+        """``policy``, paused when the file says so or ``autoscaler pause`` does."""
+        paused_by = "policy file" if policy.paused else None
+        if paused_by is None:
+            try:
+                state = self.adapters.store.pause_state(policy.pool)
+            except StoreError as exc:
+                # Unknown pause state: the tick's own store calls will fail and act on nothing anyway.
+                log.warning("pause_state_unreadable", pool=policy.pool, error=str(exc))
+                state = None
+            if state is not None and state["paused"]:
+                why = f": {state['reason']}" if state["reason"] else ""
+                paused_by = f"autoscaler pause at {state['at']}{why}"
+                policy = policy.model_copy(update={"paused": True})
+        self.telemetry.mode(policy.pool, paused=policy.paused)
+        if paused_by is not None:
+            notes.append(f"paused ({paused_by}): observed and recorded, nothing acted on")
+        return policy
+
     def explain(self) -> tuple[PoolPolicy, Observation, Decision]:
         """Observe and decide as a tick would, changing nothing anywhere (``autoscaler explain``)."""
-        policy = self._policy()
+        policy = self._with_pause(self._policy(), [])
         now = self.adapters.clock.now()
         observation = self.observe(policy, now)
         return policy, observation, self.evaluate(policy, observation, now).decision
@@ -495,6 +534,7 @@ class Controller:
             launched_at=instance.launched_at,
             active_streams=state.active_streams,
             image=instance.image,
+            protected=instance.tags.get(DO_NOT_DISRUPT_TAG, "").strip().lower() in {"true", "1", "yes"},
         )
 
     # -------------------------------------------------------------------------------------- act

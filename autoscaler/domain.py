@@ -192,6 +192,12 @@ class Node:
     launched_at: datetime
     active_streams: float | None = None
     image: str | None = None
+    #: Tagged ``autoscaler:do-not-disrupt``: never chosen for scale-in, replacement or expiry.
+    protected: bool = False
+
+
+#: The tag (label) that protects one node from voluntary disruption, as Karpenter's do-not-disrupt.
+DO_NOT_DISRUPT_TAG = "autoscaler:do-not-disrupt"
 
 
 @dataclass(frozen=True)
@@ -260,3 +266,11 @@ class Decision:
             f"{self.direction.value} {self.current}→{self.desired} "
             f"(ready {self.ready}, booting {self.booting}, draining {self.draining}) {final}"
         ).strip()
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Rows one ``Store.prune`` deleted."""
+
+    ticks: int
+    instance_events: int

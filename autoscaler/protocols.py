@@ -11,7 +11,16 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from autoscaler.domain import Backend, Instance, LaunchResult, LaunchSpec, Lifecycle, Sample, TerminateOutcome
+from autoscaler.domain import (
+    Backend,
+    Instance,
+    LaunchResult,
+    LaunchSpec,
+    Lifecycle,
+    PruneResult,
+    Sample,
+    TerminateOutcome,
+)
 
 
 @runtime_checkable
@@ -183,6 +192,26 @@ class Store(Protocol):
         """Latest lifecycle of each instance of ``pool`` and when it was entered."""
         ...
 
-    def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest ticks of ``pool``, newest first, as JSON-ready dicts."""
+    def recent_ticks(
+        self, pool: str, limit: int | None = 20, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest ticks of ``pool``, newest first, as JSON-ready dicts; ``limit=None`` for all,
+        ``since`` for only those recorded at or after it."""
+        ...
+
+    def pools(self) -> list[str]:
+        """Every pool with a recorded tick or instance, sorted."""
+        ...
+
+    def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
+        """Pause (or resume) ``pool`` from the command line: observed and recorded, not acted on."""
+        ...
+
+    def pause_state(self, pool: str) -> dict[str, Any] | None:
+        """``{"paused": bool, "reason": str | None, "at": iso time}`` as last set, or None if never."""
+        ...
+
+    def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
+        """Delete ticks recorded before ``before`` (of ``pool`` or all pools) and the records of
+        instances terminated before it; keep the engine memory and live instances' records."""
         ...

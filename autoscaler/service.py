@@ -49,6 +49,7 @@ class TickService:
     def _job(self) -> None:
         outcome = self.runtime.controller.tick()
         self.ticks += 1
+        self.runtime.after_tick(outcome)
         if self._on_tick is not None:
             self._on_tick(outcome)
         wanted = self._fixed_interval or self.runtime.watcher.current().scaling.tick.total_seconds()
@@ -56,14 +57,21 @@ class TickService:
             # The policy's tick changed: follow it without a restart.
             self._interval = wanted
             self.scheduler.reschedule_job(JOB_ID, trigger="interval", seconds=wanted)
+            self._expect()
             log.info("tick_interval_changed", seconds=wanted)
 
     def _job_failed(self, event: JobExecutionEvent) -> None:
         # Controller.tick never raises; this catches a failure in the callback, keeping the service up.
         log.error("tick_job_failed", error=repr(event.exception))
 
+    def _expect(self) -> None:
+        """Tell the health check how often this pool's ticks are due."""
+        pool = self.runtime.watcher.current().pool
+        self.runtime.controller.telemetry.health.expect(pool, self._interval)
+
     def start(self) -> None:
         """Schedule the job (first tick at once) and start; blocks until ``stop`` when blocking."""
+        self._expect()
         self.scheduler.add_job(
             self._job,
             "interval",

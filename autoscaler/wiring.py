@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.clock import SystemClock
-from autoscaler.controller import Adapters, Controller
+from autoscaler.controller import Adapters, Controller, TickOutcome
 from autoscaler.domain import Instance
 from autoscaler.leader import leadership_for
 from autoscaler.metrics.file_sd import write_targets
 from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.notify import Notification, WebhookNotifier
 from autoscaler.policy.load import PolicyWatcher
 from autoscaler.policy.model import (
     AlbBalancerConfig,
@@ -29,6 +30,7 @@ from autoscaler.policy.model import (
 from autoscaler.probes import HttpNodeProbe
 from autoscaler.protocols import Balancer, Clock, Provider, Store
 from autoscaler.store import open_store
+from autoscaler.store.retention import Retention
 from autoscaler.telemetry import ControllerMetrics
 
 
@@ -78,9 +80,22 @@ class Runtime:
     watcher: PolicyWatcher
     store: Store
     closers: list[Any] = field(default_factory=list)
+    retention: Retention | None = None
+    notifier: WebhookNotifier | None = None
+
+    def after_tick(self, outcome: TickOutcome) -> None:
+        """Between ticks of ``autoscaler run``: queue the tick's notifications (never blocking) and
+        prune records past the policy's retention."""
+        if self.notifier is not None:
+            self.notifier.tick(outcome)
+        if self.retention is None:
+            self.retention = Retention(self.store)
+        self.retention.after_tick(outcome.pool, self.watcher.current().store.retention, outcome.at)
 
     def close(self) -> None:
-        """Close HTTP clients and database pools."""
+        """Send queued notifications (briefly), close HTTP clients and database pools."""
+        if self.notifier is not None:
+            self.notifier.close()
         for thing in self.closers:
             thing.close()
 
@@ -126,4 +141,14 @@ def build_runtime(
     closers: list[Any] = [metrics, probe, leadership]
     if hasattr(real_store, "close"):
         closers.append(real_store)
-    return Runtime(controller=controller, watcher=watcher, store=real_store, closers=closers)
+    notifier = None
+    if policy.notifications.webhook is not None:
+        counted = controller.telemetry
+
+        def on_result(notification: Notification, result: str) -> None:
+            counted.notification(notification.pool, notification.event, result)
+
+        notifier = WebhookNotifier(policy.notifications.webhook, on_result=on_result)
+    return Runtime(
+        controller=controller, watcher=watcher, store=real_store, closers=closers, notifier=notifier
+    )

@@ -25,11 +25,15 @@ draft, changes the count it is responsible for and appends its own ``Reason``:
    period as HPA does.
 9. ``bound`` — open scheduled floors (``boot_lead`` ahead) and ceilings, then ``min_nodes`` /
    ``max_nodes``; bounds are absolute and override cooldowns and rate limits.
-10. ``plan_moves`` — launches (capped by ``max_launching``), victims in victim order, and the rolling
-    replacement of outdated nodes under the disruption budget.
+10. ``protect`` — names nodes tagged ``autoscaler:do-not-disrupt`` (never drained, replaced or
+    expired) and nodes past ``max_node_lifetime`` (replaced like outdated ones).
+11. ``plan_moves`` — launches (capped by ``max_launching``), victims in victim order, and the rolling
+    replacement of outdated or expired nodes under the disruption budget.
+12. ``pause`` — a paused pool records the planned moves in the trail and drops them.
 
 ``Decision.desired`` is the target after step 9 (always within ``[min_nodes, max_nodes]``);
-``launch`` and ``victims`` are the moves taken now toward it and can fall short of it (step 10).
+``launch`` and ``victims`` are the moves taken now toward it and can fall short of it (step 11),
+and are none while the pool is paused (step 12).
 Booting (and launching) nodes count toward the current count; draining nodes do not.
 """
 
@@ -43,7 +47,7 @@ from statistics import median
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoscaler.domain import Decision, Lifecycle, Node, Reason, Sample
+from autoscaler.domain import DO_NOT_DISRUPT_TAG, Decision, Lifecycle, Node, Reason, Sample
 from autoscaler.policy.checks import (
     EPSILON,
     ZERO,
@@ -161,7 +165,7 @@ class Draft:
                 draining += 1
         # Replacements of outdated nodes (a rollout) run on top of the pool's size: they do not count
         # toward it, or the surge would become permanent capacity through the "hold" vote.
-        outdated = [n for n in serving if _outdated(n, policy)]
+        outdated = [n for n in serving if _outdated(n, policy, now)]
         replacing = min(memory.replacing, len(outdated), len(serving) + len(booting) - len(outdated))
         current = len(serving) + len(booting) - replacing
         return cls(policy=policy, samples=samples, memory=memory, now=now, forecast=forecast,
@@ -486,7 +490,14 @@ def bound(d: Draft) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- 10
-def _outdated(node: Node, policy: PoolPolicy) -> str | None:
+def _outdated(node: Node, policy: PoolPolicy, now: datetime) -> str | None:
+    """Why ``node`` is to be replaced (outdated or past ``max_node_lifetime``), or None; never a
+    protected node."""
+    if node.protected:
+        return None
+    max_life = policy.scaling.behavior.max_node_lifetime
+    if max_life is not None and now - node.launched_at >= max_life:
+        return f"expired: up {seconds(now - node.launched_at):g}s, max_node_lifetime {seconds(max_life):g}s"
     if node.model_version != policy.launch.model_version:
         return f"outdated model version {node.model_version} (policy: {policy.launch.model_version})"
     image = policy.launch.image.id
@@ -501,18 +512,23 @@ def choose_victims(
 ) -> tuple[str, ...]:
     """Pick up to ``need`` nodes to drain, in victim order, under min lifetime and last-node rules.
 
-    Order: outdated model version or image first, then fewest active streams (a booting node has
-    none; an unknown count sorts last), then youngest; never the last serving node.
+    Order: outdated model version or image (or expired) first, then fewest active streams (a booting
+    node has none; an unknown count sorts last), then youngest; never the last serving node, never a
+    node tagged ``autoscaler:do-not-disrupt``.
     """
     min_life = policy.scaling.behavior.min_node_lifetime
     candidates: list[tuple[tuple[int, float, float, str], Node, bool, str | None]] = []
     too_young = 0
+    protected = 0
     for nodes, is_serving in ((serving, True), (booting, False)):
         for node in nodes:
+            if node.protected:
+                protected += 1
+                continue
             if min_life > ZERO and now - node.launched_at < min_life:
                 too_young += 1
                 continue
-            outdated = _outdated(node, policy)
+            outdated = _outdated(node, policy, now)
             if not is_serving:
                 streams = 0.0  # a booting node serves nobody yet
             elif node.active_streams is None:
@@ -552,10 +568,13 @@ def choose_victims(
             parts.append(f"{too_young} younger than the minimum lifetime of {seconds(min_life):g}s")
         if kept_last:
             parts.append("the last serving node is never drained")
+        if protected:
+            parts.append(f"{protected} protected by {DO_NOT_DISRUPT_TAG}")
         reasons.append(Reason("victim", "shortfall",
                               f"only {len(chosen)} of {need} nodes can be drained now: " + "; ".join(parts),
                               {"needed": need, "chosen": len(chosen), "too_young": too_young,
-                               "kept_last_serving": kept_last}))
+                               "kept_last_serving": kept_last}
+                              | ({"protected": protected} if protected else {})))
     return tuple(chosen)
 
 
@@ -573,7 +592,7 @@ def _rollout(d: Draft) -> None:
     victims = (choose_victims(policy, d.serving, (), need=drainable, now=d.now, reasons=d.reasons)
                if drainable else ())
     d.note("rollout", "replace-outdated",
-           f"{len(d.outdated)} serving nodes run an outdated model version or image: "
+           f"{len(d.outdated)} serving nodes run an outdated model version or image, or expired: "
            f"launch {extra} replacement(s), "
            f"drain {len(victims)} (at most {budget} draining at once, {d.draining} draining now, "
            f"{d.replacing} replacement(s) on the way)",
@@ -605,16 +624,53 @@ def plan_moves(d: Draft) -> None:
         _rollout(d)
 
 
+def protect(d: Draft) -> None:
+    """Name the nodes that voluntary disruption leaves alone, and those past ``max_node_lifetime``.
+
+    The rules themselves are in ``_outdated`` and ``choose_victims`` (both skip protected nodes, and
+    expired nodes are replaced like outdated ones, under the rollout's disruption budget); this step
+    puts them in the reason trail.
+    """
+    protected = [n.id for n in (*d.serving, *d.booting) if n.protected]
+    if protected:
+        d.note("protection", DO_NOT_DISRUPT_TAG,
+               f"{len(protected)} node(s) tagged {DO_NOT_DISRUPT_TAG}: never drained, replaced or expired",
+               nodes=protected)
+    max_life = d.policy.scaling.behavior.max_node_lifetime
+    if max_life is not None:
+        expired = [n.id for n in d.outdated if (_outdated(n, d.policy, d.now) or "").startswith("expired")]
+        if expired:
+            d.note("expiry", "max_node_lifetime",
+                   f"{len(expired)} node(s) up longer than {seconds(max_life):g}s: replaced under the "
+                   "disruption budget", nodes=expired)
+
+
+def pause(d: Draft) -> None:
+    """A paused pool (``paused: true``, or ``autoscaler pause``) acts on nothing: the moves the steps
+    above planned are recorded in the trail, then dropped."""
+    if not d.policy.paused:
+        return
+    d.note("pause", d.policy.pool,
+           f"paused: would launch {d.launch} and drain {len(d.victims)} (target {d.target}); "
+           "acting on nothing",
+           would_launch=d.launch, would_drain=list(d.victims), would_target=d.target)
+    d.launch, d.victims = 0, ()
+    d.scaling_launch, d.scaling_victims = 0, ()
+    d.next_replacing = d.replacing
+
+
 #: The pipeline, in order. A new mechanism is one new step here.
 STEPS: tuple[Step, ...] = (
     vote, combine, missing_data_fallback, look_ahead, forecast_floor,
-    stabilize, cooldown, rate_limit, bound, plan_moves,
+    stabilize, cooldown, rate_limit, bound, protect, plan_moves, pause,
 )
 
 
 def _finish(d: Draft) -> Evaluation:
     """The final reason, the decision and the memory for the next tick."""
-    if d.scaling_launch == 0 and not d.scaling_victims and (d.launch or d.victims):
+    if d.policy.paused:
+        final = f"paused at {d.current}" + (f" (would want {d.target})" if d.target != d.current else "")
+    elif d.scaling_launch == 0 and not d.scaling_victims and (d.launch or d.victims):
         final = f"hold at {d.current}, replacing outdated nodes: launch {d.launch}, drain {len(d.victims)}"
     elif d.launch:
         final = f"scale out {d.current}→{d.target}: launch {d.launch}"

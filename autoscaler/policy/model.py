@@ -606,6 +606,11 @@ class Behavior(StrictModel):
     min_node_lifetime: Duration = Field(
         default=timedelta(0), description="Billing granularity: keep nodes this long."
     )
+    max_node_lifetime: Duration | None = Field(
+        default=None,
+        description="Replace nodes older than this (Karpenter's expireAfter), launching first and "
+        "draining within launch.rollout's disruption budget; protected nodes are left alone.",
+    )
 
 
 class MissingData(StrictModel):
@@ -691,6 +696,65 @@ class Scaling(StrictModel):
         return value
 
 
+# ------------------------------------------------------------------------------------------------ store
+class StoreConfig(StrictModel):
+    """How long the controller keeps this pool's records in the store."""
+
+    retention: Duration | None = Field(
+        default=timedelta(days=30),
+        description="Ticks older than this (and instances terminated before it) are pruned about once "
+        "an hour by `autoscaler run`; null keeps everything. 30 days of 15 s ticks is ~173,000 rows.",
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _at_least_an_hour(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(hours=1):
+            raise ValueError("retention shorter than 1h would prune the ticks the engine looks back on")
+        return value
+
+
+# ---------------------------------------------------------------------------------------- notifications
+NotificationEvent = Literal["scale_out", "scale_in", "failure", "recovered", "fallback"]
+ALL_NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
+    "scale_out", "scale_in", "failure", "recovered", "fallback"
+)
+
+
+class WebhookConfig(StrictModel):
+    """A webhook that receives a JSON POST when the pool scales or something goes wrong.
+
+    Sent from a background queue: a slow or hanging receiver never delays a tick.
+    """
+
+    url: str | None = Field(default=None, pattern=r"^https?://", description="Where to POST.")
+    url_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Read the URL from this environment variable instead (chat webhooks hold a secret).",
+    )
+    events: list[NotificationEvent] = Field(
+        default_factory=lambda: list(ALL_NOTIFICATION_EVENTS),
+        min_length=1,
+        description="Which events to send. failure/fallback are sent when they start, recovered when "
+        "a tick succeeds again.",
+    )
+    timeout: Duration = Field(default=timedelta(seconds=5), description="Per attempt.")
+    retries: int = Field(default=3, ge=0, le=10, description="Further attempts after a failed one.")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of 'url' or 'url_env'")
+        return self
+
+
+class NotificationsConfig(StrictModel):
+    """Where the controller tells people what it did."""
+
+    webhook: WebhookConfig | None = None
+
+
 # ------------------------------------------------------------------------------------------------- pool
 class PoolPolicy(StrictModel):
     """One pool: where its nodes come from, how traffic reaches them, and when to scale."""
@@ -704,6 +768,13 @@ class PoolPolicy(StrictModel):
     health: HealthConfig = Field(default_factory=HealthConfig)
     drain: DrainConfig = Field(default_factory=DrainConfig)
     scaling: Scaling
+    paused: bool = Field(
+        default=False,
+        description="Observe, decide and record every tick, act on nothing: nodes stay as they are "
+        "(KEDA's paused). `autoscaler pause --pool` does the same without editing the file.",
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     def instance_type(self, name: str) -> InstanceTypeSpec | None:
         """The launch spec entry of ``name``, or None for a type the policy no longer lists."""

@@ -17,6 +17,7 @@ cannot do. Pure functions, no I/O.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 #: Beyond this many Erlangs the exact recursion is replaced by square-root staffing (it would take
 #: one step per server); a pool that large is far past any max_nodes anyway.
@@ -46,6 +47,9 @@ def wait_tail(servers: int, load: float, wait_s: float, service_s: float) -> flo
     return waits * math.exp(-(servers - load) * wait_s / service_s)
 
 
+# Cached: a pool's load takes few distinct values tick after tick (whole streams), and the answer
+# costs one step per server.
+@lru_cache(maxsize=4096)
 def servers_for_wait_probability(load: float, probability: float) -> int:
     """The fewest servers for which a new stream waits with probability at most ``probability``."""
     if load <= 0:
@@ -64,6 +68,7 @@ def servers_for_wait_probability(load: float, probability: float) -> int:
                 return k
 
 
+@lru_cache(maxsize=4096)
 def servers_for_wait_quantile(load: float, quantile: float, wait_s: float, service_s: float) -> int:
     """The fewest servers for which the ``quantile`` of waiting is at most ``wait_s`` seconds."""
     if load <= 0:

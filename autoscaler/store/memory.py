@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from autoscaler.domain import Lifecycle
+from autoscaler.domain import Lifecycle, PruneResult
 from autoscaler.errors import StoreError
 
 
@@ -19,6 +19,8 @@ class MemoryStore:
         self.events: list[dict[str, Any]] = []
         self.memory: dict[str, dict[str, Any]] = {}
         self.next_error: Exception | None = None
+        self._last_id = 0
+        self.pauses: dict[str, dict[str, Any]] = {}
 
     def _maybe_fail(self) -> None:
         if self.next_error is not None:
@@ -36,7 +38,8 @@ class MemoryStore:
     ) -> int:
         """Append a tick; save ``memory`` for ``pool`` when given."""
         self._maybe_fail()
-        tick_id = len(self.ticks) + 1
+        self._last_id += 1
+        tick_id = self._last_id
         self.ticks.append(
             {
                 "id": tick_id,
@@ -56,9 +59,9 @@ class MemoryStore:
     def update_tick(self, tick_id: int, *, outcome: Mapping[str, Any], error: str | None = None) -> None:
         """Attach an outcome to a recorded tick."""
         self._maybe_fail()
-        if not 1 <= tick_id <= len(self.ticks):
+        tick = next((t for t in reversed(self.ticks) if t["id"] == tick_id), None)
+        if tick is None:
             raise StoreError(f"tick {tick_id} does not exist")
-        tick = self.ticks[tick_id - 1]
         tick["decision"]["outcome"] = dict(outcome)
         if error:
             tick["error"] = f"{tick['error']}; {error}" if tick["error"] else error
@@ -101,6 +104,44 @@ class MemoryStore:
             if e["pool"] == pool and e["instance_id"] == instance_id
         ]
 
-    def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Newest ticks first."""
-        return [copy.deepcopy(t) for t in reversed(self.ticks) if t["pool"] == pool][:limit]
+    def recent_ticks(
+        self, pool: str, limit: int | None = 20, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest ticks first; only those at or after ``since`` when given."""
+        ticks = [
+            copy.deepcopy(t)
+            for t in reversed(self.ticks)
+            if t["pool"] == pool and (since is None or datetime.fromisoformat(t["at"]) >= since)
+        ]
+        return ticks if limit is None else ticks[:limit]
+
+    def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
+        """Drop ticks before ``before`` and the records of instances terminated before it."""
+        kept = [
+            t for t in self.ticks
+            if (pool is not None and t["pool"] != pool) or datetime.fromisoformat(t["at"]) >= before
+        ]
+        removed_ticks, self.ticks = len(self.ticks) - len(kept), kept
+        gone = {
+            (p, i)
+            for p in ({pool} if pool is not None else {e["pool"] for e in self.events})
+            for i, (state, at) in self.lifecycles(p).items()
+            if state == Lifecycle.TERMINATED and at < before
+        }
+        events = [e for e in self.events if (e["pool"], e["instance_id"]) not in gone]
+        removed_events, self.events = len(self.events) - len(events), events
+        return PruneResult(ticks=removed_ticks, instance_events=removed_events)
+
+    def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
+        """Pause (or resume) ``pool``."""
+        self._maybe_fail()
+        self.pauses[pool] = {"paused": paused, "reason": reason, "at": at.isoformat()}
+
+    def pause_state(self, pool: str) -> dict[str, Any] | None:
+        """The pause as last set for ``pool``, or None."""
+        state = self.pauses.get(pool)
+        return dict(state) if state is not None else None
+
+    def pools(self) -> list[str]:
+        """Every pool with a recorded tick or instance, sorted."""
+        return sorted({t["pool"] for t in self.ticks} | {e["pool"] for e in self.events})

@@ -2,7 +2,8 @@
 
 Three tables: ``tick`` (every tick's inputs, decision, reasons and error), ``instance_event`` (each
 lifecycle transition of each instance) and ``engine_memory`` (the engine's memory per pool, written
-in the same transaction as the tick it follows).
+in the same transaction as the tick it follows). The schema is Alembic's (``store/migrations``):
+opening a store for writing brings it to the newest revision; ``prune`` bounds its size.
 
 SQLite serves one controller: nothing stops two processes on one file from both acting. Several
 controllers share a PostgreSQL store, where ``autoscaler.leader`` lets exactly one act per pool.
@@ -11,20 +12,51 @@ controllers share a PostgreSQL store, where ``autoscaler.leader`` lets exactly o
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Text, event
+from sqlalchemy import Column, Engine, Index, Text, delete, event, inspect
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from autoscaler.domain import Lifecycle
+from autoscaler.domain import Lifecycle, PruneResult
 from autoscaler.errors import StoreError
 
-DEFAULT_URL = "sqlite:///.autoscaler/autoscaler.db"
+#: The file name of the default SQLite store inside its state directory.
+STORE_FILE = "autoscaler.db"
+
+
+def default_state_dir() -> Path:
+    """Where the default SQLite store lives; never the current directory.
+
+    ``$STATE_DIRECTORY`` (set by systemd for a unit with ``StateDirectory=autoscaler``, i.e.
+    ``/var/lib/autoscaler``), else ``$XDG_STATE_HOME/autoscaler``, else ``~/.local/state/autoscaler``.
+    ``$AUTOSCALER_STORE`` (or ``--store``) overrides the whole URL before this is consulted.
+    """
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":", maxsplit=1)[0])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "autoscaler"
+
+
+def default_store_url() -> str:
+    """The default store: a SQLite file in ``default_state_dir()``."""
+    return f"sqlite:///{default_state_dir() / STORE_FILE}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL, or None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _utc(value: datetime) -> datetime:
@@ -36,9 +68,10 @@ class TickRow(SQLModel, table=True):
     """One controller tick of one pool."""
 
     __tablename__ = "tick"
+    __table_args__ = (Index("ix_tick_pool_at", "pool", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    pool: str = Field(index=True)
+    pool: str
     at: datetime = Field(index=True)
     direction: str = ""
     desired: int | None = None
@@ -56,9 +89,10 @@ class InstanceEventRow(SQLModel, table=True):
     """One lifecycle transition of one instance."""
 
     __tablename__ = "instance_event"
+    __table_args__ = (Index("ix_instance_event_pool_at", "pool", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    pool: str = Field(index=True)
+    pool: str
     instance_id: str = Field(index=True)
     state: str
     at: datetime
@@ -75,6 +109,17 @@ class EngineMemoryRow(SQLModel, table=True):
     updated_at: datetime
 
 
+class PoolPauseRow(SQLModel, table=True):
+    """Whether a pool is paused from the command line, since when and why."""
+
+    __tablename__ = "pool_pause"
+
+    pool: str = Field(primary_key=True)
+    paused: bool
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    at: datetime
+
+
 def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
@@ -82,29 +127,51 @@ def _dumps(value: Mapping[str, Any]) -> str:
 class SqlStore:
     """``Store`` on a database URL (``sqlite:///path.db`` or ``postgresql+psycopg://...``).
 
-    Tables are created on first use. Every public method raises ``StoreError`` (chained) when the
-    database fails, and a failed ``record_tick`` writes nothing.
+    A writer (the controller) creates the tables on first use. A reader (``readonly=True``:
+    ``history``, ``status``) never creates anything: a SQLite file that does not exist, a database
+    without the store's tables or one it cannot read is a ``StoreError`` saying so. Every public
+    method raises ``StoreError`` (chained) when the database fails, and a failed ``record_tick``
+    writes nothing.
     """
 
-    def __init__(self, url: str = DEFAULT_URL) -> None:
-        self.url = url
+    def __init__(self, url: str | None = None, *, readonly: bool = False) -> None:
+        self.url = url or default_store_url()
+        self.readonly = readonly
+        path = sqlite_path(self.url)
         #: The SQLite file, watched so a deleted or replaced file is a fault, not silent writes into
         #: an unlinked inode nobody will ever read.
-        self.sqlite_path: Path | None = None
+        self.sqlite_path: Path | None = path
         self._sqlite_identity: tuple[int, int] | None = None
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            self.sqlite_path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
-            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        connect_url = self.url
+        if path is not None and readonly:
+            if not path.exists():
+                raise StoreError(
+                    f"no store at {path}: nothing has been recorded there "
+                    "(is --store or AUTOSCALER_STORE pointing at the controller's store?)"
+                )
+            if not os.access(path, os.R_OK):
+                raise StoreError(f"cannot read the store {path}: permission denied")
+            # Opened read-only at the SQLite level too: a read can never write or create the file.
+            connect_url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+        elif path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine: Engine = create_engine(url, pool_pre_ping=True)
-            if url.startswith("sqlite"):
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            SQLModel.metadata.create_all(self.engine)
+            self.engine: Engine = create_engine(connect_url, pool_pre_ping=True)
+            if path is not None:
+                pragmas = _sqlite_read_pragmas if readonly else _sqlite_pragmas
+                event.listen(self.engine, "connect", pragmas)
+            if readonly:
+                self._require_tables()
+            else:
+                from autoscaler.store.migrate import upgrade
+
+                upgrade(self.engine)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open store {self.safe_url}: {exc}") from exc
+            raise StoreError(f"cannot open store {self.safe_url}: {_first_line(exc)}") from exc
         if self.sqlite_path is not None:
             self._sqlite_identity = _identity(self.sqlite_path)
-            _owner_only(self.sqlite_path)
+            if not readonly:
+                _owner_only(self.sqlite_path)
 
     def _check_sqlite_file(self) -> None:
         """Raise ``StoreError`` while the SQLite file is missing; reconnect when it was replaced
@@ -121,11 +188,20 @@ class SqlStore:
             self.engine.dispose()  # connections still hold the old inode open
             self._sqlite_identity = identity
 
+    def _require_tables(self) -> None:
+        tables = set(inspect(self.engine).get_table_names())
+        missing = sorted(set(SQLModel.metadata.tables) - tables)
+        if TickRow.__tablename__ not in tables:
+            raise StoreError(
+                f"{self.safe_url} is not an autoscaler store (no {TickRow.__tablename__!r} table); "
+                "nothing has been recorded there"
+            )
+        if missing:
+            raise StoreError(f"{self.safe_url} lacks the store tables {', '.join(missing)}")
+
     @property
     def safe_url(self) -> str:
         """The URL with any password masked, for logs."""
-        from sqlalchemy.engine import make_url
-
         return make_url(self.url).render_as_string(hide_password=True)
 
     @contextmanager
@@ -245,12 +321,18 @@ class SqlStore:
                 {"state": r.state, "at": _utc(r.at).isoformat(), "detail": json.loads(r.detail)} for r in rows
             ]
 
-    def recent_ticks(self, pool: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest ticks of ``pool``, newest first."""
+    def recent_ticks(
+        self, pool: str, limit: int | None = 20, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest ticks of ``pool``, newest first; only those at or after ``since`` when given."""
+        query = select(TickRow).where(TickRow.pool == pool)
+        if since is not None:
+            query = query.where(col(TickRow.at) >= _utc(since))
+        query = query.order_by(col(TickRow.id).desc())
+        if limit is not None:
+            query = query.limit(limit)
         with self._session("recent_ticks") as session:
-            rows = session.exec(
-                select(TickRow).where(TickRow.pool == pool).order_by(col(TickRow.id).desc()).limit(limit)
-            ).all()
+            rows = session.exec(query).all()
             return [
                 {
                     "id": r.id,
@@ -269,6 +351,61 @@ class SqlStore:
                 }
                 for r in rows
             ]
+
+    def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
+        """Delete ticks recorded before ``before`` (of ``pool``, or of every pool), and the lifecycle
+        records of instances that were terminated before it. The engine memory and everything about
+        live instances stay; returns how many rows went."""
+        cutoff = _utc(before)
+        ticks = delete(TickRow).where(col(TickRow.at) < cutoff)
+        if pool is not None:
+            ticks = ticks.where(col(TickRow.pool) == pool)
+        with self._session("prune") as session:
+            removed_ticks = session.execute(ticks).rowcount or 0  # type: ignore[attr-defined]
+            events = select(InstanceEventRow).order_by(col(InstanceEventRow.id))
+            if pool is not None:
+                events = events.where(InstanceEventRow.pool == pool)
+            latest: dict[tuple[str, str], InstanceEventRow] = {}
+            for row in session.exec(events):
+                latest[(row.pool, row.instance_id)] = row
+            gone = [
+                key
+                for key, row in latest.items()
+                if row.state == Lifecycle.TERMINATED.value and _utc(row.at) < cutoff
+            ]
+            removed_events = 0
+            for row_pool, instance in gone:
+                result = session.execute(
+                    delete(InstanceEventRow).where(
+                        col(InstanceEventRow.pool) == row_pool, col(InstanceEventRow.instance_id) == instance
+                    )
+                )
+                removed_events += result.rowcount or 0  # type: ignore[attr-defined]
+        return PruneResult(ticks=removed_ticks, instance_events=removed_events)
+
+    def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
+        """Pause (or resume) ``pool`` from the command line."""
+        with self._session("set_paused") as session:
+            row = session.get(PoolPauseRow, pool)
+            if row is None:
+                session.add(PoolPauseRow(pool=pool, paused=paused, reason=reason, at=_utc(at)))
+            else:
+                row.paused, row.reason, row.at = paused, reason, _utc(at)
+
+    def pause_state(self, pool: str) -> dict[str, Any] | None:
+        """``{"paused", "reason", "at"}`` as last set for ``pool``, or None if never."""
+        with self._session("pause_state") as session:
+            row = session.get(PoolPauseRow, pool)
+            if row is None:
+                return None
+            return {"paused": row.paused, "reason": row.reason, "at": _utc(row.at).isoformat()}
+
+    def pools(self) -> list[str]:
+        """Every pool with a recorded tick or instance, sorted."""
+        with self._session("pools") as session:
+            ticked = session.exec(select(TickRow.pool).distinct()).all()
+            instances = session.exec(select(InstanceEventRow.pool).distinct()).all()
+            return sorted({*ticked, *instances})
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -290,6 +427,18 @@ def _owner_only(path: Path) -> None:
         path.chmod(0o600)
 
 
+def _first_line(exc: SQLAlchemyError) -> str:
+    """The driver's message without SQLAlchemy's SQL echo and background link."""
+    original = getattr(exc, "orig", None)
+    return str(original if original is not None else exc).strip().splitlines()[0]
+
+
+def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # A rollback journal, not WAL, and no memory map: WAL maps the -shm file with MAP_SHARED, and a
     # write to that mapping when the file cannot be written (made immutable, on a filesystem gone
@@ -303,6 +452,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def open_store(url: str | None) -> SqlStore:
-    """The store at ``url``, or the default SQLite file."""
-    return SqlStore(url or DEFAULT_URL)
+def open_store(url: str | None, *, readonly: bool = False) -> SqlStore:
+    """The store at ``url``, or the default SQLite file (``default_store_url``)."""
+    return SqlStore(url, readonly=readonly)

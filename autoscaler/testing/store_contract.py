@@ -51,6 +51,35 @@ class StoreContract:
         assert [t["decision"]["desired"] for t in ticks] == [4, 3, 2]
         assert store.load_memory("p") == {"n": 4}
 
+    def test_ticks_since_a_time(self, store: Store) -> None:
+        """recent_ticks(since=...) keeps only ticks at or after it; limit=None returns them all."""
+        for i in range(6):
+            store.record_tick("p", T0 + timedelta(minutes=30 * i), {}, {"desired": i}, {})
+        since = T0 + timedelta(minutes=60)
+        assert [t["decision"]["desired"] for t in store.recent_ticks("p", None, since=since)] == [5, 4, 3, 2]
+        assert len(store.recent_ticks("p", limit=None)) == 6
+
+    def test_pools_lists_every_recorded_pool(self, store: Store) -> None:
+        """pools() names each pool with a tick or an instance, once, sorted."""
+        assert store.pools() == []
+        store.record_tick("tts", T0, {}, {"desired": 1}, {})
+        store.record_tick("asr", T0, {}, {"desired": 1}, {})
+        store.record_lifecycle("ocr", "i-9", Lifecycle.BOOTING, T0)
+        store.record_tick("asr", T0 + timedelta(seconds=15), {}, {"desired": 1}, {})
+        assert store.pools() == ["asr", "ocr", "tts"]
+
+    def test_pause_and_resume_a_pool(self, store: Store) -> None:
+        """set_paused keeps the latest pause per pool with its reason and time; other pools unaffected."""
+        assert store.pause_state("asr") is None
+        store.set_paused("asr", True, T0, "peak-season freeze")
+        state = store.pause_state("asr")
+        assert state is not None and state["paused"] is True and state["reason"] == "peak-season freeze"
+        assert datetime.fromisoformat(state["at"]) == T0
+        store.set_paused("asr", False, T0 + timedelta(hours=1))
+        assert store.pause_state("asr") == {"paused": False, "reason": None,
+                                            "at": (T0 + timedelta(hours=1)).isoformat()}
+        assert store.pause_state("ocr") is None
+
     def test_outcome_attached_to_tick(self, store: Store) -> None:
         """update_tick attaches the executor's outcome and error to the recorded tick."""
         tick_id = store.record_tick("p", T0, {}, {"desired": 1}, {})

@@ -67,7 +67,8 @@ def test_once_launches_min_then_nothing_more(policy: Path, tmp_path: Path) -> No
     second = json.loads(_cli("once", "--policy", str(policy), "--store", store, "--json").stdout)
     assert second["launched"] == [] and second["decision"]["launch"] == 0
     history = _cli("history", "--policy", str(policy), "--store", store)
-    assert history.returncode == 0 and len(history.stdout.strip().splitlines()) == 2
+    # Piped: a header line and one plain line per tick.
+    assert history.returncode == 0 and len(history.stdout.strip().splitlines()) == 3
 
 
 def test_explain_prints_the_reason_trail_and_changes_nothing(policy: Path, tmp_path: Path) -> None:

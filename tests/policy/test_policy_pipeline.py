@@ -27,7 +27,7 @@ def test_steps_run_in_the_documented_order() -> None:
     """The pipeline is one tuple, in the order the module docstring lists."""
     assert [s.__name__ for s in STEPS] == [
         "vote", "combine", "missing_data_fallback", "look_ahead", "forecast_floor",
-        "stabilize", "cooldown", "rate_limit", "bound", "plan_moves",
+        "stabilize", "cooldown", "rate_limit", "bound", "protect", "plan_moves", "pause",
     ]
     for step in STEPS:
         assert step.__doc__, step.__name__

@@ -1,0 +1,148 @@
+"""What ``status`` and ``history`` print: rich tables on a terminal, plain columns when piped.
+
+The data is built from a store opened read-only (``status_rows``, ``history_rows``); rendering is
+``print_table``, which picks rich's box-drawn table only when stdout is a terminal, so scripts and
+``grep`` get one plain line per row and no escape codes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from importlib import metadata
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+import autoscaler
+from autoscaler.domain import Lifecycle
+from autoscaler.protocols import Store
+
+#: Lifecycles that are still nodes (a terminated instance is history, not fleet).
+LIVE_STATES = (Lifecycle.LAUNCHING, Lifecycle.BOOTING, Lifecycle.SERVING, Lifecycle.DRAINING)
+
+
+def version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    try:
+        return metadata.version("gpu-autoscaler")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return autoscaler.__version__
+
+
+def final_reason(decision: dict[str, Any]) -> str:
+    """The message of the decision's last (``final``) reason, or its summary."""
+    reasons = decision.get("reasons") or []
+    if reasons:
+        return str(reasons[-1].get("message", ""))
+    return str(decision.get("summary", ""))
+
+
+def status_rows(
+    store: Store, pools: Sequence[str], paused: dict[str, bool] | None = None
+) -> list[dict[str, Any]]:
+    """One JSON-ready record per pool: nodes by state, the last tick, its decision and reason.
+
+    ``leader`` is ``n/a`` until controllers elect one; ``paused`` comes from the caller.
+    """
+    rows = []
+    for pool in pools:
+        counts = Counter(state.value for state, _since in store.lifecycles(pool).values())
+        last = store.recent_ticks(pool, limit=1)
+        tick = last[0] if last else None
+        decision = tick["decision"] if tick else {}
+        rows.append(
+            {
+                "pool": pool,
+                "nodes": {state.value: counts.get(state.value, 0) for state in LIVE_STATES},
+                "last_tick": tick["at"] if tick else None,
+                "decision": decision.get("summary") if tick else None,
+                "reason": final_reason(decision) if tick else None,
+                "error": tick.get("error") if tick else None,
+                "paused": bool((paused or {}).get(pool, False)),
+                "leader": "n/a",
+            }
+        )
+    return rows
+
+
+def history_rows(ticks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The JSON-ready form of recorded ticks for ``history --json`` (inputs left out: see ``explain``)."""
+    return [
+        {
+            "id": t["id"],
+            "pool": t["pool"],
+            "at": t["at"],
+            "direction": t.get("direction"),
+            "desired": t.get("desired"),
+            "summary": t["decision"].get("summary", ""),
+            "reason": final_reason(t["decision"]),
+            "outcome": t["decision"].get("outcome", {}),
+            "error": t.get("error"),
+        }
+        for t in ticks
+    ]
+
+
+def _short_time(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def status_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Columns and cells of ``status``."""
+    columns = ["pool", "nodes", "last tick", "decision", "reason", "paused", "leader"]
+    cells = []
+    for row in rows:
+        nodes = ", ".join(f"{n} {state}" for state, n in row["nodes"].items() if n) or "none"
+        reason = row["reason"] or "-"
+        if row["error"]:
+            reason = f"{reason} [error: {row['error']}]"
+        cells.append(
+            [
+                row["pool"],
+                nodes,
+                _short_time(row["last_tick"]),
+                (row["decision"] or "-").split(" (", maxsplit=1)[0],  # "out 2→3"; the reason follows
+                reason,
+                "yes" if row["paused"] else "no",
+                row["leader"],
+            ]
+        )
+    return columns, cells
+
+
+def history_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Columns and cells of ``history``."""
+    columns = ["at", "tick", "decision", "error"]
+    cells = [[_short_time(r["at"]), f"#{r['id']}", r["summary"], r["error"] or ""] for r in rows]
+    return columns, cells
+
+
+def print_table(
+    columns: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    *,
+    file: TextIO | None = None,
+    terminal: bool | None = None,
+) -> None:
+    """A rich table when ``file`` (stdout) is a terminal; otherwise plain, space-aligned columns.
+
+    ``terminal`` overrides the detection (tests).
+    """
+    out = file or sys.stdout
+    is_terminal = out.isatty() if terminal is None else terminal
+    if is_terminal:
+        table = Table(*columns, show_lines=False, header_style="bold")
+        for row in cells:
+            table.add_row(*row)
+        Console(file=out, force_terminal=True, soft_wrap=False).print(table)
+        return
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = [columns, *cells]
+    for line in lines:
+        out.write("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() + "\n")
