@@ -1,4 +1,4 @@
-"""``autoscaler``: run | once | explain | history | status | pause | resume | store | demo | dry-run."""
+"""``autoscaler``: run, once, explain, history, status, pause, resume, store, demo, dry-run, node-agent."""
 
 from __future__ import annotations
 
@@ -355,8 +355,9 @@ def demo(
 
 
 def _register_extensions() -> None:
-    """Command groups that live beside their code: `policy`, `dry-run` and `store`."""
-    for module in ("autoscaler.policy.commands", "autoscaler.simulate.commands", "autoscaler.store.commands"):
+    """Command groups that live beside their code: `policy`, `dry-run`, `store` and `node-agent`."""
+    for module in ("autoscaler.policy.commands", "autoscaler.simulate.commands", "autoscaler.store.commands",
+                   "autoscaler.node.commands"):
         try:
             importlib.import_module(module).register(app)
         except ModuleNotFoundError as exc:

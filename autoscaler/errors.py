@@ -24,6 +24,17 @@ class ScenarioError(AutoscalerError):
     """A dry-run scenario or its demand source is unusable (missing file, malformed trace, bad window)."""
 
 
+class SweepError(ScenarioError):
+    """A policy sweep file is invalid, or names a parameter path or value the policy rejects.
+
+    ``problems`` lists every finding as ``file:line:column: where: message``.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = problems or []
+
+
 class MetricsUnavailable(AutoscalerError):
     """The metrics backend could not be queried at all (down, timeout, HTTP error)."""
 

@@ -1,8 +1,11 @@
-"""The simulated ASR node used by the local provider, the demo and the tests.
+"""What runs on a GPU node: the node agent, and the simulated ASR server the local fleet runs behind it.
 
-Run it as ``python -m autoscaler.node --port P --instance-id ID --pool NAME --model-version V``; it
-answers ``POST /api/predict/`` like a Fun-ASR WebUI node, ``GET /healthz`` once its model has
-"loaded", and ``GET /metrics`` with DCGM-style GPU memory gauges and stream counters.
+- ``agent``: ``autoscaler node-agent``, the reverse proxy in front of a node's ASR server that
+  counts, queues and limits its streams and serves ``/healthz`` and ``/metrics`` (docs/node.md);
+- ``server``: a simulated Fun-ASR server (``POST /api/predict/``, a readiness ``/healthz``,
+  DCGM-style GPU memory gauges);
+- ``python -m autoscaler.node --port P --instance-id ID --pool NAME --model-version V``: one
+  simulated node, the simulated server on an internal port behind the real agent on ``P``.
 """
 
 from autoscaler.node.server import (

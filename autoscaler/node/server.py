@@ -1,21 +1,28 @@
-"""A simulated Fun-ASR node: the Gradio-style predict endpoint, a health check and Prometheus metrics.
+"""A simulated Fun-ASR server: the Gradio-style predict endpoint, a readiness check and GPU metrics.
 
-It stands in for a GPU node in tests and in the local demo. A transcription "takes" the audio's
-duration times the real-time factor; at most ``streams`` run at once and the rest wait in arrival
-order, so latency climbs under overload as it does on a real GPU. GPU memory is reported the way the
-DCGM exporter reports it, so the same PromQL works against the simulation and a real fleet.
+It stands in for the ASR server of a GPU node in tests and in the local demo, and runs behind the
+real node agent (``autoscaler.node.agent``), exactly as a real server does on a real node: the agent
+counts, queues and limits the streams and exports the ``asr_*`` metrics; this server only
+transcribes. A transcription "takes" the audio's duration times the real-time factor. Like a GPU it
+has room for ``streams`` transcriptions at once: one more fails with a CUDA-style out-of-memory
+error (the agent in front never lets that happen). GPU memory is reported the way the DCGM exporter
+reports it, so the same PromQL works against the simulation and a real fleet.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import logging
 import math
+import select
+import socket
 import threading
 import time
 import uuid
 import wave
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,18 +32,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.exposition import generate_latest
+
+from autoscaler.node.agent import DURATION_BUCKETS, AgentConfig, BackgroundAgent
 
 logger = logging.getLogger("autoscaler.node")
 
-#: Transcriptions run from sub-second clips to recordings of several minutes.
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-#: A request body carries a path or a number, never audio bytes; anything larger is a mistake.
-MAX_BODY_BYTES = 1 << 20
+#: A body carries a path, a number or the audio itself (base64, as Gradio 3 clients send it).
+MAX_BODY_BYTES = 64 << 20
 #: Longest audio the simulation accepts (a day), so a typo cannot park a stream forever.
 MAX_AUDIO_SECONDS = 86_400.0
-PREDICT_PATHS = frozenset({"/api/predict", "/api/predict/"})
+PREDICT_PATHS = frozenset({"/api/predict", "/api/predict/", "/run/predict", "/run/predict/"})
+#: How often a running transcription checks whether its client is still there.
+CANCEL_CHECK_S = 0.05
+#: Status logged for a transcription whose client left (nginx's convention; never sent).
+CLIENT_GONE = 499
+#: How often the agent in front of a simulated server asks it whether the model is loaded.
+PROBE_INTERVAL_S = 0.5
+
+__all__ = ["DURATION_BUCKETS"]  # re-exported: tests bucket latencies the way the agent does
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class NodeConfig:
     pool: str
     model_version: str
     streams: int = 10
+    max_queue: int = 100
     load_delay_s: float = 5.0
     gpu_memory_mib: int = 24576
     model_memory_mib: int = 3400
@@ -57,6 +73,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if self.streams < 1:
             raise ValueError("streams must be at least 1")
+        if self.max_queue < 0:
+            raise ValueError("max_queue cannot be negative")
         if not math.isfinite(self.load_delay_s) or self.load_delay_s < 0:
             raise ValueError("load_delay_s must be a finite number >= 0")
         if not math.isfinite(self.real_time_factor) or self.real_time_factor <= 0:
@@ -79,63 +97,11 @@ class Transcription:
     itn: bool
 
 
-class StreamGate:
-    """FIFO admission control: at most ``capacity`` holders at once, the others wait in arrival order.
-
-    ``threading.Semaphore`` does not promise FIFO wake-ups, and a GPU serving queue does, so
-    latency under overload grows with the queue position rather than with luck.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._cond = threading.Condition()
-        self._waiting: deque[object] = deque()
-        self._active = 0
-        self._closed = False
-
-    @property
-    def active(self) -> int:
-        """Streams holding a slot."""
-        return self._active
-
-    @property
-    def queued(self) -> int:
-        """Streams waiting for a slot."""
-        return len(self._waiting)
-
-    def acquire(self) -> bool:
-        """Wait for a slot in arrival order; False when the gate was closed while waiting."""
-        ticket = object()
-        with self._cond:
-            self._waiting.append(ticket)
-            try:
-                while not self._closed and not (self._waiting[0] is ticket and self._active < self._capacity):
-                    self._cond.wait()
-                if self._closed:
-                    return False
-                self._active += 1
-                return True
-            finally:
-                self._waiting.remove(ticket)
-                # The head changed (or a slot may still be free): let the next waiter re-check.
-                self._cond.notify_all()
-
-    def release(self) -> None:
-        """Give a slot back."""
-        with self._cond:
-            self._active -= 1
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wake every waiter with a refusal (shutdown)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
 def _audio_seconds(value: Any) -> float:
-    """Seconds of audio named by the first ``data`` item: a number, a numeric string or a WAV path."""
-    if isinstance(value, dict):  # Gradio file objects: {"path": ...} (4.x) or {"name": ...} (3.x)
+    """Seconds of audio in the first ``data`` item: a number, a numeric string, a WAV path or WAV data."""
+    if isinstance(value, dict):  # Gradio file objects: {"path": ...} (4.x) or {"name", "data"} (3.x)
+        if isinstance(value.get("data"), str):
+            return _checked_seconds(_wav_data_seconds(value["data"]))
         value = value.get("path") or value.get("name")
     if isinstance(value, bool) or value is None:
         raise PredictRequestError("audio must be a number of seconds, a numeric string or a WAV file path")
@@ -148,9 +114,27 @@ def _audio_seconds(value: Any) -> float:
             seconds = _wav_seconds(Path(value))
     else:
         raise PredictRequestError("audio must be a number of seconds, a numeric string or a WAV file path")
+    return _checked_seconds(seconds)
+
+
+def _checked_seconds(seconds: float) -> float:
     if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_AUDIO_SECONDS:
         raise PredictRequestError(f"audio duration must be between 0 and {MAX_AUDIO_SECONDS:.0f} seconds")
     return seconds
+
+
+def _wav_data_seconds(data: str) -> float:
+    """Duration of a WAV sent inline as ``data:audio/wav;base64,...`` (or bare base64)."""
+    _, _, encoded = data.rpartition("base64,")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PredictRequestError(f"audio data is not base64: {exc}") from exc
+    try:
+        with wave.open(io.BytesIO(raw), "rb") as wav:
+            return wav.getnframes() / wav.getframerate()
+    except (wave.Error, EOFError, ZeroDivisionError) as exc:
+        raise PredictRequestError(f"audio data is not a readable WAV file ({exc})") from exc
 
 
 def _wav_seconds(path: Path) -> float:
@@ -196,46 +180,45 @@ def parse_predict(body: bytes) -> Transcription:
 
 
 class AsrNode:
-    """The node's state and behaviour, independent of HTTP (the handler only translates)."""
+    """The simulated server's state and behaviour, independent of HTTP (the handler only translates)."""
 
     def __init__(self, config: NodeConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
         self._started = clock()
-        self._gate = StreamGate(config.streams)
         self._stopping = threading.Event()
-        self._stats_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._busy = 0
         self._served = 0
         self._served_seconds = 0.0
         self.registry = CollectorRegistry()
-        self._requests, self._durations = self._register_metrics()
+        self._requests = self._register_metrics()
+
+    def load_delay_s(self) -> float:
+        """Seconds from start until the model is loaded: the one place the load time is decided."""
+        return self.config.load_delay_s
 
     @property
     def loaded(self) -> bool:
         """True once the model has finished loading (never with ``never_ready``)."""
         if self.config.never_ready:
             return False
-        return self._clock() - self._started >= self.config.load_delay_s
+        return self._clock() - self._started >= self.load_delay_s()
 
     @property
     def active_streams(self) -> int:
-        """Transcriptions being processed now."""
-        return self._gate.active
-
-    @property
-    def queued_streams(self) -> int:
-        """Transcriptions waiting for a free stream."""
-        return self._gate.queued
+        """Transcriptions this server is processing now (on its simulated GPU)."""
+        return self._busy
 
     def gpu_memory_used_mib(self) -> float:
         """Model weights plus each active stream's share once loaded, capped at the card's size."""
         if not self.loaded:
             return 0.0
         cfg = self.config
-        used = cfg.model_memory_mib + cfg.stream_memory_mib * self._gate.active
+        used = cfg.model_memory_mib + cfg.stream_memory_mib * self._busy
         return float(min(cfg.gpu_memory_mib, used))
 
-    def _register_metrics(self) -> tuple[Counter, Histogram]:
+    def _register_metrics(self) -> Counter:
         cfg = self.config
         own = {"instance_id": cfg.instance_id, "pool": cfg.pool}
         reg = self.registry
@@ -246,54 +229,57 @@ class AsrNode:
         used.labels(**gpu).set_function(self.gpu_memory_used_mib)
         free = Gauge("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", list(gpu), registry=reg)
         free.labels(**gpu).set_function(lambda: cfg.gpu_memory_mib - self.gpu_memory_used_mib())
-
-        gauges: dict[str, tuple[str, Callable[[], float]]] = {
-            "asr_active_streams": ("Transcriptions being processed.", lambda: float(self._gate.active)),
-            "asr_queued_streams": ("Transcriptions waiting for a stream.", lambda: float(self._gate.queued)),
-            "asr_stream_capacity": ("Concurrent streams this node serves.", lambda: float(cfg.streams)),
-            "asr_model_loaded": ("1 once the model is loaded.", lambda: float(self.loaded)),
-        }
-        for name, (doc, read) in gauges.items():
-            Gauge(name, doc, list(own), registry=reg).labels(**own).set_function(read)
         Info("asr_model", "The model this node serves.", list(own), registry=reg).labels(**own).info(
             {"model_version": cfg.model_version}
         )
-        requests = Counter("asr_requests", "Predict requests by HTTP status.", [*own, "code"], registry=reg)
-        durations = Histogram(
-            "asr_request_duration_seconds", "Wall time of successful transcriptions, queueing included.",
-            list(own), buckets=DURATION_BUCKETS, registry=reg,
-        )
-        return requests, durations
+        return Counter("asr_server_predictions", "Predict requests the ASR server answered, by status.",
+                       [*own, "code"], registry=reg)
 
     def metrics(self) -> bytes:
-        """The Prometheus text exposition of this node's registry."""
+        """The Prometheus text exposition of the simulated server (GPU memory, model)."""
         return generate_latest(self.registry)
 
-    def predict(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Run one transcription; return the HTTP status and the JSON payload."""
-        status, payload = self._predict(body)
+    def predict(
+        self, body: bytes, client_gone: Callable[[], bool] = lambda: False
+    ) -> tuple[int, dict[str, Any]]:
+        """Run one transcription; return the HTTP status and the JSON payload.
+
+        ``client_gone`` is asked as the work runs: a server that notices its caller left stops the
+        stream and frees its GPU memory (499), as inference servers that abort on disconnect do.
+        """
+        status, payload = self._predict(body, client_gone)
         self._requests.labels(self.config.instance_id, self.config.pool, str(status)).inc()
         return status, payload
 
-    def _predict(self, body: bytes) -> tuple[int, dict[str, Any]]:
+    def _predict(self, body: bytes, client_gone: Callable[[], bool]) -> tuple[int, dict[str, Any]]:
         if not self.loaded:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "model is not loaded yet"}
         try:
             request = parse_predict(body)
         except PredictRequestError as exc:
             return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
-        start = time.monotonic()
-        if not self._gate.acquire():
+        if self._stopping.is_set():
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "node is shutting down"}
+        with self._lock:
+            if self._busy >= self.config.streams:
+                # What a GPU does when one stream too many is started on it.
+                return HTTPStatus.INTERNAL_SERVER_ERROR, {
+                    "error": f"CUDA out of memory: {self._busy} streams already on the GPU"}
+            self._busy += 1
+        start = time.monotonic()
         try:
-            # Event.wait doubles as an interruptible sleep: shutdown ends in-flight work at once.
-            if self._stopping.wait(request.audio_seconds * self.config.real_time_factor):
-                return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "node is shutting down"}
+            deadline = start + request.audio_seconds * self.config.real_time_factor
+            while (left := deadline - time.monotonic()) > 0:
+                # Event.wait doubles as an interruptible sleep: shutdown ends in-flight work at once.
+                if self._stopping.wait(min(left, CANCEL_CHECK_S)):
+                    return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "node is shutting down"}
+                if client_gone():
+                    return CLIENT_GONE, {"error": "client went away"}
         finally:
-            self._gate.release()
+            with self._lock:
+                self._busy -= 1
         spent = time.monotonic() - start
-        self._durations.labels(self.config.instance_id, self.config.pool).observe(spent)
-        with self._stats_lock:
+        with self._lock:
             self._served += 1
             self._served_seconds += spent
             average = self._served_seconds / self._served
@@ -313,9 +299,8 @@ class AsrNode:
         return text if request.itn else text + " (no ITN)"
 
     def close(self) -> None:
-        """Refuse queued work and cut in-flight transcriptions short (SIGTERM)."""
+        """Cut in-flight transcriptions short and refuse new ones (SIGTERM)."""
         self._stopping.set()
-        self._gate.close()
 
 
 class NodeRequestHandler(BaseHTTPRequestHandler):
@@ -356,8 +341,17 @@ class NodeRequestHandler(BaseHTTPRequestHandler):
             too_large = {"error": f"body over {MAX_BODY_BYTES} bytes"}
             self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_large)
             return
-        status, payload = self.node.predict(self.rfile.read(length))
-        self._send_json(status, payload)
+        status, payload = self.node.predict(self.rfile.read(length), self._client_gone)
+        if status != CLIENT_GONE:
+            self._send_json(status, payload)
+
+    def _client_gone(self) -> bool:
+        """True once the caller closed its connection (readable with nothing to read: EOF)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
@@ -373,7 +367,9 @@ class NodeRequestHandler(BaseHTTPRequestHandler):
             logger.info("client went away before the %s answer", status)
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Access log through ``logging`` instead of raw stderr."""
+        """Access log through ``logging`` instead of raw stderr (the agent's probes and scrapes left out)."""
+        if self.command == "GET" and urlsplit(self.path).path in ("/healthz", "/metrics"):
+            return
         logger.info("%s %s", self.address_string(), format % args)
 
 
@@ -391,25 +387,57 @@ def make_server(node: AsrNode, host: str, port: int) -> NodeServer:
     return NodeServer((host, port), partial(NodeRequestHandler, node=node))
 
 
+def agent_config_for(config: NodeConfig, server_url: str, host: str, port: int) -> AgentConfig:
+    """The node agent a simulated node runs in front of its server: the production agent's settings
+    with the node's streams, its identity as labels, and the server's GPU metrics merged in."""
+    return AgentConfig(
+        listen_host=host, listen_port=port, upstream=server_url, max_streams=config.streams,
+        max_queue=config.max_queue, probe_path="/healthz", probe_interval_s=PROBE_INTERVAL_S,
+        probe_timeout_s=2.0, labels={"instance_id": config.instance_id, "pool": config.pool},
+        upstream_metrics_path="/metrics",
+    )
+
+
 class BackgroundNode:
-    """A node served from a background thread of this process (tests, demos); ``stop()`` ends it."""
+    """A simulated node in background threads of this process (tests, demos): the simulated server on
+    an internal port behind a real node agent on ``host:port``; ``stop()`` ends both."""
 
     def __init__(self, config: NodeConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         self.node = AsrNode(config)
-        self.server = make_server(self.node, host, port)
-        bound_host, bound_port = self.server.server_address[:2]
-        self.host, self.port = str(bound_host), int(bound_port)
+        self.server = make_server(self.node, "127.0.0.1", 0)
+        self.server_url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"node-{config.instance_id}", daemon=True)
         self._thread.start()
+        try:
+            self.agent = BackgroundAgent(agent_config_for(config, self.server_url, host, port))
+        except BaseException:
+            self._stop_server()
+            raise
+        self.host, self.port = self.agent.host, self.agent.port
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the node."""
+        """``http://host:port`` of the node (its agent)."""
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def queued_streams(self) -> int:
+        """Transcriptions waiting in the node's agent."""
+        return self.agent.gate.queued
+
+    @property
+    def active_streams(self) -> int:
+        """Transcriptions the node's agent has let through to the server."""
+        return self.agent.gate.active
+
     def stop(self) -> None:
-        """Refuse new work, stop serving and release the port."""
+        """Cut in-flight work short, stop serving and release both ports."""
+        self.node.close()
+        self.agent.stop()
+        self._stop_server()
+
+    def _stop_server(self) -> None:
         self.node.close()
         self.server.shutdown()
         self.server.server_close()

@@ -345,6 +345,20 @@ def load_policy(path: str | os.PathLike[str]) -> PoolPolicy:
     return policy
 
 
+def load_policy_data(path: str | os.PathLike[str]) -> tuple[PoolPolicy, dict[str, Any]]:
+    """Read and validate one policy file; return the policy and the plain data it was validated from.
+
+    The data is the file's mapping as plain dicts, lists and scalars (dates left as text), the
+    structure a tool edits to derive variants of the policy (``autoscaler dry-run --sweep``).
+    Raises ``PolicyError`` like ``load_policy``.
+    """
+    source = Path(path)
+    text = _read(source)
+    policy = parse_policy(text, str(source))
+    data = _plain(_yaml().load(text.decode("utf-8")), (), _Positions(), [_MAX_VALUES])
+    return policy, data
+
+
 def _read(path: Path) -> bytes:
     source = str(path)
     try:

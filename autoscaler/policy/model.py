@@ -94,7 +94,8 @@ class StrictModel(BaseModel):
 
 # --------------------------------------------------------------------------------------------- provider
 class LocalProviderConfig(StrictModel):
-    """Instances are processes on 127.0.0.1 running the simulated ASR node (``autoscaler.node``)."""
+    """Instances are processes on 127.0.0.1 running a node (``autoscaler.node``): the node agent in
+    front of the simulated ASR server, or of the real one ``server_command`` names."""
 
     kind: Literal["local"] = "local"
     state_dir: str = Field(
@@ -108,6 +109,15 @@ class LocalProviderConfig(StrictModel):
     model_memory_mib: int = Field(default=3400, gt=0, description="GPU memory the model weights take.")
     stream_memory_mib: int = Field(default=1900, gt=0, description="GPU memory each active stream takes.")
     real_time_factor: float = Field(default=1.0, gt=0, description="Processing seconds per second of audio.")
+    server_command: list[str] | None = Field(
+        default=None, min_length=1,
+        description="A real ASR server each node runs behind its node agent instead of the simulated "
+        "one: the command's words, with '{port}' (its internal port) and '{streams}' filled in.",
+    )
+    server_probe_path: str = Field(
+        default="/healthz", pattern=r"^/",
+        description="Readiness path the node agent asks that server (200 = model loaded).",
+    )
 
     @field_validator("host")
     @classmethod

@@ -14,6 +14,7 @@ recycled pid is not mistaken for a node.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -305,6 +306,9 @@ class LocalProvider:
             "--stream-memory-mib", str(cfg.stream_memory_mib),
             "--real-time-factor", str(cfg.real_time_factor),
         ]
+        if cfg.server_command:  # a real ASR server behind the node's agent instead of the simulated one
+            command += ["--server-command", json.dumps(cfg.server_command),
+                        "--server-probe-path", cfg.server_probe_path]
         log_path = self.log_path(instance_id)
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@
     autoscaler dry-run --scenario scenarios/twitter-7d.yaml --out out/twitter
     autoscaler dry-run --scenario scenarios/twitter-7d.yaml --out out/cmp \\
         --compare policies/asr-aws.yaml policies/hpa-like.yaml
+    autoscaler dry-run --sweep scenarios/sweep-asr.yaml --out out/sweep     # the policy tuner
 
 Every failure the operator can cause (a missing or malformed scenario, trace or policy, a window
 outside the trace, an unwritable folder, an unreachable Prometheus) prints ``error: ...`` and exits
@@ -35,9 +36,6 @@ def register(app: typer.Typer) -> None:
 
     @app.command("dry-run")
     def dry_run_command(
-        scenario: Annotated[
-            Path, typer.Option("--scenario", "-s", help="The scenario file (YAML).", show_default=False)
-        ],
         out: Annotated[
             Path,
             typer.Option(
@@ -47,6 +45,10 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ],
+        scenario: Annotated[
+            Path | None,
+            typer.Option("--scenario", "-s", help="The scenario file (YAML).", show_default=False),
+        ] = None,
         compare: Annotated[
             bool,
             typer.Option(
@@ -58,12 +60,38 @@ def register(app: typer.Typer) -> None:
         policies: Annotated[
             list[Path] | None, typer.Argument(help="Policy files for --compare.", show_default=False)
         ] = None,
+        sweep: Annotated[
+            Path | None,
+            typer.Option(
+                "--sweep",
+                help="Tune instead: replay every variant of the sweep file's parameters on its scenarios "
+                "and seeds, on all cores, and write the Pareto frontier (docs/dry-run.md).",
+                show_default=False,
+            ),
+        ] = None,
+        jobs: Annotated[
+            int | None,
+            typer.Option("--jobs", "-j", min=1, help="--sweep: worker processes (default: every core)."),
+        ] = None,
     ) -> None:
         """Replay a scenario's demand through the policy's decision engine against a simulated fleet.
 
         Writes report.html (plots, the summary against static-peak, HPA-like and oracle baselines,
         recommendations), summary.json and timeline.csv. Exit status 2 on any error.
         """
+        if sweep is not None:
+            if scenario is not None or compare or policies:
+                typer.echo(
+                    "error: --sweep names its scenarios in the sweep file; drop --scenario/--compare",
+                    err=True,
+                )
+                raise typer.Exit(code=2)
+            from autoscaler.simulate.sweep_run import run_sweep
+
+            raise typer.Exit(code=run_sweep(sweep, out, jobs=jobs, echo=typer.echo))
+        if scenario is None:
+            typer.echo("error: give --scenario (or --sweep)", err=True)
+            raise typer.Exit(code=2)
         if policies and not compare:
             typer.echo("error: policy files given without --compare", err=True)
             raise typer.Exit(code=2)

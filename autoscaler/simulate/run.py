@@ -157,16 +157,26 @@ def _tick_of(scenario: Scenario, policy: PoolPolicy) -> int:
     return max(1, round(tick.total_seconds()))
 
 
-def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress | None = None) -> DryRun:
+def dry_run(
+    scenario: Scenario,
+    compare: Sequence[Path] = (),
+    progress: Progress | None = None,
+    *,
+    policies: Sequence[tuple[str, PoolPolicy]] = (),
+    reuse: DryRun | None = None,
+) -> DryRun:
     """Replay the scenario's policy (or each policy of ``compare``) and the baselines on one demand.
 
-    Raises ``ScenarioError`` for an unusable scenario, trace, window or policy.
+    ``policies`` (label, policy) replays already-loaded policies instead (the sweep's variants).
+    ``reuse``, an earlier dry run of the same scenario and seed, lends its demand and its HPA-like
+    run instead of building and replaying them again (a sweep's workers replay many policies on one
+    demand). Raises ``ScenarioError`` for an unusable scenario, trace, window or policy.
     """
     fleet = resolve_fleet(scenario)
     pool = scenario.spec.pool
     base = fit_policy(scenario.policy, fleet, min_nodes=pool.min_nodes, max_nodes=pool.max_nodes)
     min_nodes, max_nodes = base.scaling.min_nodes, base.scaling.max_nodes
-    demand = build_demand(scenario, fleet.streams_per_node)
+    demand = reuse.demand if reuse is not None else build_demand(scenario, fleet.streams_per_node)
     law = ServiceLaw(scenario.spec.workload)
     seed = scenario.spec.seed
 
@@ -188,13 +198,17 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
         figures = summarize(result, demand, oracle_for(policy.scaling.min_nodes).node_seconds)
         return Run(label=label, source=source, replay=result, summary=figures)
 
-    if compare:
-        policies = [(path, load_policy_for_scenario(path, f"--compare {path}")) for path in compare]
+    if policies:
+        chosen: list[tuple[str, Path | None, PoolPolicy]] = [(lbl, None, p) for lbl, p in policies]
     else:
-        policies = [(scenario.policy_path, scenario.policy)]
-    labels = _labels([p for p, _ in policies])
+        if compare:
+            loaded = [(path, load_policy_for_scenario(path, f"--compare {path}")) for path in compare]
+        else:
+            loaded = [(scenario.policy_path, scenario.policy)]
+        labels = _labels([p for p, _ in loaded])
+        chosen = [(lbl, path, p) for (path, p), lbl in zip(loaded, labels, strict=True)]
     runs = []
-    for (path, policy), label in zip(policies, labels, strict=True):
+    for label, path, policy in chosen:
         fitted = fit_policy(policy, fleet, min_nodes=pool.min_nodes, max_nodes=pool.max_nodes)
         runs.append(run(label, path, fitted))
 
@@ -210,7 +224,7 @@ def dry_run(scenario: Scenario, compare: Sequence[Path] = (), progress: Progress
         min_nodes=min_nodes,
         max_nodes=max_nodes,
     )
-    hpa = run("hpa_like", hpa_path, hpa_policy)
+    hpa = reuse.hpa_like if reuse is not None else run("hpa_like", hpa_path, hpa_policy)
     # Which target the baseline tracked, so summary.json says what it was compared at.
     tracked = {c.name: c.target for c in hpa_policy.scaling.checks if isinstance(c, TargetTrackingCheck)}
     hpa = replace(hpa, summary=hpa.summary | {"targets": tracked})

@@ -80,6 +80,37 @@ variable "node_stop_grace_seconds" {
   description = "How long `systemctl stop` lets in-flight transcriptions finish (match the policy's drain.timeout)."
 }
 
+# ------------------------------------------------------------------------------------- the node agent
+variable "node_agent_wheel_dir" {
+  type        = string
+  default     = ""
+  description = "A local directory holding the gpu_autoscaler wheel (pip wheel --no-deps -w <dir> .), uploaded to /tmp/asr-agent/ (default: ./agent-wheel)."
+}
+
+variable "asr_server_port" {
+  type        = number
+  default     = 7861
+  description = "Internal port the ASR server container is published on (127.0.0.1 only); the node agent owns node_port."
+}
+
+variable "node_streams" {
+  type        = number
+  default     = 10
+  description = "Transcriptions the node agent lets reach the GPU at once (the pool's instance_types[].streams)."
+}
+
+variable "node_max_queue" {
+  type        = number
+  default     = 100
+  description = "Transcriptions the node agent queues beyond node_streams before answering 429."
+}
+
+variable "agent_probe_path" {
+  type        = string
+  default     = "/"
+  description = "Readiness path on the ASR server the agent asks (200 = model loaded); /healthz is 200 only then."
+}
+
 variable "image_name_prefix" {
   type    = string
   default = "asr-node"
@@ -166,6 +197,7 @@ locals {
   build_time = formatdate("YYYYMMDDhhmmss", timestamp())
   image_name = "${var.image_name_prefix}-${var.model_version}-${local.build_time}"
   upload_dir = var.model_upload_dir != "" ? var.model_upload_dir : "${path.root}/model-upload"
+  agent_dir  = var.node_agent_wheel_dir != "" ? var.node_agent_wheel_dir : "${path.root}/agent-wheel"
 
   # The tag the providers look images up by (autoscaler.domain.TAG_MODEL_VERSION), plus the
   # managed-by tag (autoscaler.domain.TAG_MANAGED_BY / MANAGED_BY_VALUE).
@@ -246,13 +278,19 @@ build {
 
   # The file provisioner uploads a directory's contents only into a directory that exists.
   provisioner "shell" {
-    inline = ["mkdir -p /tmp/asr-image /tmp/asr-model-upload"]
+    inline = ["mkdir -p /tmp/asr-image /tmp/asr-model-upload /tmp/asr-agent"]
   }
 
   # The systemd units, the history-DSN helper and the example user data.
   provisioner "file" {
     source      = "${path.root}/files/"
     destination = "/tmp/asr-image"
+  }
+
+  # The node agent's wheel (see node_agent_wheel_dir).
+  provisioner "file" {
+    source      = "${local.agent_dir}/"
+    destination = "/tmp/asr-agent"
   }
 
   # Optional local model archive (see model_source).
@@ -273,6 +311,11 @@ build {
       "NODE_PORT=${var.node_port}",
       "NODE_STOP_GRACE_SECONDS=${var.node_stop_grace_seconds}",
       "ASSETS_DIR=/tmp/asr-image",
+      "AGENT_DIR=/tmp/asr-agent",
+      "ASR_SERVER_PORT=${var.asr_server_port}",
+      "NODE_STREAMS=${var.node_streams}",
+      "NODE_MAX_QUEUE=${var.node_max_queue}",
+      "AGENT_PROBE_PATH=${var.agent_probe_path}",
       "CLOUD=${source.type == "amazon-ebs" ? "aws" : "alibaba"}",
     ]
   }

@@ -5,12 +5,15 @@
 #   2. the model weights, fetched from MODEL_SOURCE into /opt/asr/models/$MODEL_VERSION (read-only);
 #   3. the node and DCGM exporter container images, pulled now so a node never needs a registry
 #      to boot (the units run them with --pull=never);
-#   4. the systemd units and /etc/asr-node/node.env; the node's history DSN is NOT baked: it comes
+#   4. the node agent (`autoscaler node-agent`, from the wheel in $AGENT_DIR) in its own virtual
+#      environment: it owns the node port and proxies to the ASR server on an internal port;
+#   5. the systemd units and /etc/asr-node/node.env; the node's history DSN is NOT baked: it comes
 #      from each instance's user data or the cloud's secret store (asr-node-ctl prepare);
-#   5. clean-up so every instance launched from the image starts fresh (cloud-init, machine-id).
+#   6. clean-up so every instance launched from the image starts fresh (cloud-init, machine-id).
 #
 # Environment (set by the template): MODEL_VERSION, MODEL_SOURCE, MODEL_SHA256 (may be empty),
-# NODE_IMAGE, DCGM_EXPORTER_IMAGE, NODE_PORT, NODE_STOP_GRACE_SECONDS, ASSETS_DIR, CLOUD (aws|alibaba).
+# NODE_IMAGE, DCGM_EXPORTER_IMAGE, NODE_PORT, NODE_STOP_GRACE_SECONDS, ASSETS_DIR, CLOUD (aws|alibaba),
+# ASR_SERVER_PORT, NODE_STREAMS, NODE_MAX_QUEUE, AGENT_PROBE_PATH, AGENT_DIR (the uploaded agent wheel).
 # Optional: ALLOW_NO_GPU_AT_BAKE=1 to bake on a build VM without a GPU (the driver is then not
 # checked), DOCKER_RPM_REPO, NVIDIA_CONTAINER_REPO_BASE, ALIYUN_CLI_URL.
 set -euo pipefail
@@ -19,7 +22,13 @@ set -euo pipefail
 MODEL_SHA256="${MODEL_SHA256:-}"
 NODE_PORT="${NODE_PORT:-7860}"
 NODE_STOP_GRACE_SECONDS="${NODE_STOP_GRACE_SECONDS:-300}"
+ASR_SERVER_PORT="${ASR_SERVER_PORT:-7861}"
+NODE_STREAMS="${NODE_STREAMS:-10}"
+NODE_MAX_QUEUE="${NODE_MAX_QUEUE:-100}"
+AGENT_PROBE_PATH="${AGENT_PROBE_PATH:-/}"
 ASSETS_DIR="${ASSETS_DIR:-/tmp/asr-image}"
+AGENT_DIR="${AGENT_DIR:-/tmp/asr-agent}"
+AGENT_VENV=/opt/asr/node-agent
 DOCKER_RPM_REPO="${DOCKER_RPM_REPO:-https://download.docker.com/linux/centos/docker-ce.repo}"
 NVIDIA_CONTAINER_REPO_BASE="${NVIDIA_CONTAINER_REPO_BASE:-https://nvidia.github.io/libnvidia-container}"
 ALIYUN_CLI_URL="${ALIYUN_CLI_URL:-https://aliyuncli.alicdn.com/aliyun-cli-linux-latest-amd64.tgz}"
@@ -56,7 +65,10 @@ install_base() {
     if [[ $PKG == apt ]]; then
         apt-get update -y
     fi
-    pkg_install ca-certificates curl jq tar gzip unzip
+    pkg_install ca-certificates curl jq tar gzip unzip python3
+    if [[ $PKG == apt ]]; then
+        pkg_install python3-venv
+    fi
     if ! command -v docker >/dev/null; then
         log "installing Docker"
         if [[ $PKG == apt ]]; then
@@ -188,12 +200,24 @@ pull_images() {
     docker pull "$DCGM_EXPORTER_IMAGE"
 }
 
+# ------------------------------------------------------------------------------------- node agent
+install_agent() {
+    local wheels=("$AGENT_DIR"/gpu_autoscaler-*.whl)
+    [[ -f "${wheels[0]}" ]] || die "no gpu_autoscaler wheel in $AGENT_DIR (build it: see README.md, node_agent_wheel_dir)"
+    log "installing the node agent from ${wheels[0]##*/}"
+    python3 -m venv "$AGENT_VENV"
+    "$AGENT_VENV/bin/pip" install --quiet --upgrade pip
+    "$AGENT_VENV/bin/pip" install --quiet "${wheels[0]}"
+    "$AGENT_VENV/bin/autoscaler" node-agent --help >/dev/null || die "the node agent does not run"
+}
+
 # ----------------------------------------------------------------------------------- node service
 install_service() {
     log "installing the node and exporter services"
     install -d -m 0755 "$LIB_DIR" "$CONF_DIR" /usr/local/share/asr-node
     install -m 0755 "$ASSETS_DIR/asr-node-ctl" "$LIB_DIR/asr-node-ctl"
     install -m 0644 "$ASSETS_DIR/asr-node.service" /etc/systemd/system/asr-node.service
+    install -m 0644 "$ASSETS_DIR/asr-node-agent.service" /etc/systemd/system/asr-node-agent.service
     install -m 0644 "$ASSETS_DIR/dcgm-exporter.service" /etc/systemd/system/dcgm-exporter.service
     install -m 0644 "$ASSETS_DIR/user-data.example.yaml" /usr/local/share/asr-node/user-data.example.yaml
 
@@ -205,6 +229,11 @@ MODEL_DIR=$MODEL_DIR
 NODE_IMAGE=$NODE_IMAGE
 DCGM_EXPORTER_IMAGE=$DCGM_EXPORTER_IMAGE
 NODE_PORT=$NODE_PORT
+ASR_SERVER_PORT=$ASR_SERVER_PORT
+NODE_STREAMS=$NODE_STREAMS
+NODE_MAX_QUEUE=$NODE_MAX_QUEUE
+AGENT_PROBE_PATH=$AGENT_PROBE_PATH
+AGENT_EXTRA_ARGS=
 GPU_DEVICE=0
 NODE_STOP_GRACE_SECONDS=$NODE_STOP_GRACE_SECONDS
 EOF
@@ -217,12 +246,22 @@ EOF
 # The container's grace period plus time for docker itself.
 TimeoutStopSec=$((NODE_STOP_GRACE_SECONDS + 30))
 EOF
+    install -d -m 0755 /etc/systemd/system/asr-node-agent.service.d
+    cat > /etc/systemd/system/asr-node-agent.service.d/10-stop-timeout.conf <<EOF
+[Service]
+# The agent's drain (--drain-timeout) plus a margin.
+TimeoutStopSec=$((NODE_STOP_GRACE_SECONDS + 30))
+EOF
 
     cat > /usr/local/share/asr-node/README.md <<EOF
 # ASR node image ($MODEL_VERSION)
 
 - asr-node.service runs $NODE_IMAGE on GPU \$GPU_DEVICE (default 0) with the model read-only from
-  $MODEL_DIR, serving on port \$NODE_PORT (default $NODE_PORT). Logs: journalctl -u asr-node.
+  $MODEL_DIR, serving on 127.0.0.1:\$ASR_SERVER_PORT (default $ASR_SERVER_PORT) only. Logs: journalctl -u asr-node.
+- asr-node-agent.service (the node agent) serves the node port \$NODE_PORT (default $NODE_PORT):
+  it proxies to the ASR server, runs at most \$NODE_STREAMS transcriptions at once, queues up to
+  \$NODE_MAX_QUEUE, and answers /healthz and /metrics. Check it: curl -i localhost:$NODE_PORT/healthz;
+  curl -s localhost:$NODE_PORT/metrics | grep ^asr_. Logs: journalctl -u asr-node-agent.
 - dcgm-exporter.service exports GPU metrics on :9400.
 - Settings: $CONF_DIR/node.env (baked), $CONF_DIR/instance.env (user data; see
   user-data.example.yaml): ASR_HISTORY_DSN or ASR_HISTORY_DSN_SECRET (the pool's PostgreSQL),
@@ -230,7 +269,7 @@ EOF
 EOF
 
     systemctl daemon-reload
-    systemctl enable asr-node.service dcgm-exporter.service
+    systemctl enable asr-node.service asr-node-agent.service dcgm-exporter.service
 }
 
 # ---------------------------------------------------------------------------------------- cleanup
@@ -242,7 +281,7 @@ clean_up() {
     else
         dnf clean all
     fi
-    rm -rf /tmp/asr-model-upload "$ASSETS_DIR"
+    rm -rf /tmp/asr-model-upload "$ASSETS_DIR" "$AGENT_DIR"
     # Each instance must run cloud-init (its user data) and get its own machine id.
     if command -v cloud-init >/dev/null; then
         cloud-init clean --logs
@@ -256,6 +295,7 @@ install_gpu_runtime
 install_cloud_cli
 fetch_model
 pull_images
+install_agent
 install_service
 clean_up
 log "done: model $MODEL_VERSION, node image $NODE_IMAGE"

@@ -86,7 +86,8 @@ def test_provisioning_uses_files_that_exist(template: dict[str, Any]) -> None:
     assert scripts == ["${path.root}/provision.sh"]
     provision = (IMAGE_DIR / "provision.sh").read_text()
     assets = set(re.findall(r"\$ASSETS_DIR/([\w.-]+)", provision))
-    assert assets == {"asr-node-ctl", "asr-node.service", "dcgm-exporter.service", "user-data.example.yaml"}
+    assert assets == {"asr-node-ctl", "asr-node.service", "asr-node-agent.service", "dcgm-exporter.service",
+                      "user-data.example.yaml"}
     for asset in assets:
         assert (IMAGE_DIR / "files" / asset).is_file(), asset
 
@@ -106,6 +107,37 @@ def test_node_unit_runs_the_ctl_script_and_dcgm_runs_on_9400() -> None:
     assert "WantedBy=multi-user.target" in node
     dcgm = (IMAGE_DIR / "files" / "dcgm-exporter.service").read_text()
     assert "--publish 9400:9400" in dcgm and "${DCGM_EXPORTER_IMAGE}" in dcgm
+
+
+def test_agent_unit_owns_the_node_port_and_proxies_to_the_internal_server() -> None:
+    """asr-node-agent.service runs `autoscaler node-agent` on $NODE_PORT in front of the server on
+    127.0.0.1:$ASR_SERVER_PORT with the node's streams, and is enabled and stopped before the server."""
+    unit = (IMAGE_DIR / "files" / "asr-node-agent.service").read_text()
+    command = " ".join(unit.split("ExecStart=", 1)[1].split("\\\n")).split("\n")[0]
+    words = command.split()
+    assert words[:2] == ["/opt/asr/node-agent/bin/autoscaler", "node-agent"]
+    assert words[words.index("--listen") + 1] == "0.0.0.0:${NODE_PORT}"
+    assert words[words.index("--upstream") + 1] == "http://127.0.0.1:${ASR_SERVER_PORT}"
+    assert words[words.index("--max-streams") + 1] == "${NODE_STREAMS}"
+    assert words[words.index("--probe-path") + 1] == "${AGENT_PROBE_PATH}"
+    assert "After=network-online.target asr-node.service" in unit  # so it stops (drains) first
+    assert "KillSignal=SIGTERM" in unit and "WantedBy=multi-user.target" in unit
+    provision = (IMAGE_DIR / "provision.sh").read_text()
+    assert "systemctl enable asr-node.service asr-node-agent.service dcgm-exporter.service" in provision
+    for setting in ("ASR_SERVER_PORT", "NODE_STREAMS", "NODE_MAX_QUEUE", "AGENT_PROBE_PATH"):
+        assert f"{setting}=${setting}" in provision, setting
+
+
+def test_agent_unit_flags_are_flags_the_agent_has() -> None:
+    """Every flag the unit passes is one `autoscaler node-agent --help` lists."""
+    from typer.testing import CliRunner
+
+    from autoscaler.cli import app
+
+    unit = (IMAGE_DIR / "files" / "asr-node-agent.service").read_text()
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", unit.split("ExecStart=", 1)[1].split("KillSignal")[0]))
+    help_text = CliRunner().invoke(app, ["node-agent", "--help"], terminal_width=200).output
+    assert flags and all(flag in help_text for flag in flags), flags
 
 
 # ---------------------------------------------------------------------------------- asr-node-ctl
@@ -194,14 +226,15 @@ def test_prepare_refuses_a_model_of_another_version(node: Node) -> None:
 
 
 def test_run_starts_one_container_on_one_gpu_with_the_model_read_only(node: Node) -> None:
-    """run execs docker with --gpus device=N, the user data's port, the model mounted read-only, no pull."""
-    assert node.ctl("prepare", "ASR_HISTORY=off\nNODE_PORT=7861\nGPU_DEVICE=1\n").returncode == 0
+    """run execs docker with --gpus device=N, the internal port on loopback only (the node agent owns
+    the node port), the model mounted read-only, no pull."""
+    assert node.ctl("prepare", "ASR_HISTORY=off\nASR_SERVER_PORT=7871\nGPU_DEVICE=1\n").returncode == 0
     assert node.ctl("run").returncode == 0
     args = node.docker_args()
     assert args[:2] == ["run", "--rm"]
     assert "--pull=never" in args
     assert args[args.index("--gpus") + 1] == "device=1"
-    assert args[args.index("--publish") + 1] == "7861:7860"
+    assert args[args.index("--publish") + 1] == "127.0.0.1:7871:7860"
     assert args[args.index("--volume") + 1] == f"{node.model_dir}:/models/fun-asr-nano-2512:ro"
     assert args[args.index("--env-file") + 1] == str(node.run_dir / "container.env")
     assert args[-1] == "registry.example.com/fun-asr-node:1.4.0"

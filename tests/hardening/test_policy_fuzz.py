@@ -2,7 +2,7 @@
 numbers, wrong types, unicode, truncated YAML, a valid policy with one value replaced) never crash,
 never escape as anything but ``PolicyError``, and every rejection names a place in the file.
 
-The default suite runs a few hundred documents per property; ``pytest -m slow`` runs 10,000.
+The default suite runs a few hundred documents per property; ``pytest -m long`` runs 10,000.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_policy_loader_fuzz_short() -> None:
     assert _run(SHORT) >= 300
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(1800)  # 691 s measured on a loaded 2-core machine
 def test_policy_loader_fuzz_10k() -> None:
     """At least 10,000 generated documents: no crash, no traceback, every rejection names a place."""

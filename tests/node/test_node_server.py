@@ -1,4 +1,5 @@
-"""The simulated ASR node: health, the Gradio-style predict endpoint, stream limits and metrics."""
+"""The simulated ASR node (simulated server behind the real node agent): health, the Gradio-style
+predict endpoint, stream limits and metrics."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import wave
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.node import BackgroundNode, NodeConfig
-from autoscaler.node.server import StreamGate
 from autoscaler.testing import read_metric, wait_until
 
 # What the start_node fixture configures.
@@ -152,23 +150,21 @@ def test_a_file_that_is_not_wav_is_400(start_node: StartNode, tmp_path: Path) ->
 
 
 def test_stream_limit_queues_the_excess(start_node: StartNode) -> None:
-    """With 2 streams, 4 requests of 0.5 s take about 1 s; 2 wait in the queue meanwhile."""
+    """With 2 streams, 4 requests of 0.5 s take two rounds; 2 wait in the queue meanwhile."""
     node = start_node(streams=2)
-    queued_seen: list[float] = []
-    active_seen: list[float] = []
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(predict, node.url, [0.5]) for _ in range(4)]
-        time.sleep(0.2)
-        queued_seen.append(metric(node, "asr_queued_streams", instance_id=INSTANCE_ID, pool=POOL))
-        active_seen.append(metric(node, "asr_active_streams", instance_id=INSTANCE_ID, pool=POOL))
+        wait_until(lambda: node.queued_streams == 2, timeout_s=5, message="two queued")
+        assert metric(node, "asr_queued_streams", instance_id=INSTANCE_ID, pool=POOL) in (1, 2)
+        assert metric(node, "asr_active_streams", instance_id=INSTANCE_ID, pool=POOL) == 2
         responses = [f.result() for f in futures]
     elapsed = time.monotonic() - started
     assert [r.status_code for r in responses] == [200] * 4
-    assert 0.95 <= elapsed < 1.9  # two rounds of 0.5 s, plus slack for a busy CI machine
-    assert queued_seen == [2]
-    assert active_seen == [2]
-    assert sorted(r.json()["duration"] for r in responses)[-1] >= 0.95  # the queued ones waited
+    assert elapsed >= 0.95  # two rounds of 0.5 s: never all four at once
+    assert max(r.elapsed.total_seconds() for r in responses) >= 0.95  # the queued ones waited
+    # The agent's histogram times transcriptions from arrival, so the wait in its queue counts.
+    assert metric(node, "asr_request_duration_seconds_sum") >= 2 * 0.5 + 2 * 0.95
 
 
 def test_health_and_metrics_answer_while_sixty_streams_are_in(start_node: StartNode) -> None:
@@ -176,7 +172,7 @@ def test_health_and_metrics_answer_while_sixty_streams_are_in(start_node: StartN
     node = start_node(streams=10)
     with ThreadPoolExecutor(max_workers=60) as pool:
         futures = [pool.submit(predict, node.url, [0.4], 30.0) for _ in range(60)]
-        wait_until(lambda: node.node.queued_streams >= 30, timeout_s=5, message="requests queued")
+        wait_until(lambda: node.queued_streams >= 30, timeout_s=5, message="requests queued")
         probe_started = time.monotonic()
         assert httpx.get(f"{node.url}/healthz", timeout=2).status_code == 200
         assert metric(node, "asr_active_streams") == 10
@@ -189,14 +185,14 @@ def test_health_and_metrics_answer_while_sixty_streams_are_in(start_node: StartN
 
 def test_gpu_memory_follows_active_streams(start_node: StartNode) -> None:
     """FB_USED is 0 before load, then weights plus per-stream memory; FB_FREE is the rest."""
-    node = start_node(load_delay_s=0.3, gpu_memory_mib=24576, model_memory_mib=3400, stream_memory_mib=1900)
+    node = start_node(load_delay_s=2.0, gpu_memory_mib=24576, model_memory_mib=3400, stream_memory_mib=1900)
     assert metric(node, "DCGM_FI_DEV_FB_USED", gpu="0", Hostname=INSTANCE_ID) == 0
     assert metric(node, "DCGM_FI_DEV_FB_FREE") == 24576
     wait_until(lambda: node.node.loaded, timeout_s=3, message="model loaded")
     assert metric(node, "DCGM_FI_DEV_FB_USED") == 3400
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(predict, node.url, [1.0]) for _ in range(3)]
-        wait_until(lambda: node.node.active_streams == 3, timeout_s=3, message="3 active streams")
+        futures = [pool.submit(predict, node.url, [3.0]) for _ in range(3)]
+        wait_until(lambda: node.node.active_streams == 3, timeout_s=10, message="3 active streams")
         assert metric(node, "asr_active_streams") == 3
         assert metric(node, "DCGM_FI_DEV_FB_USED", pool=POOL, instance_id=INSTANCE_ID) == 3400 + 3 * 1900
         assert metric(node, "DCGM_FI_DEV_FB_FREE") == 24576 - 3400 - 3 * 1900
@@ -208,8 +204,8 @@ def test_gpu_memory_used_is_capped_at_the_card_size(start_node: StartNode) -> No
     """More streams than the card holds report a full card, never more than its size."""
     node = start_node(gpu_memory_mib=8000, model_memory_mib=3400, stream_memory_mib=1900, streams=4)
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(predict, node.url, [0.6]) for _ in range(3)]
-        wait_until(lambda: node.node.active_streams == 3, timeout_s=3, message="3 active streams")
+        futures = [pool.submit(predict, node.url, [3.0]) for _ in range(3)]
+        wait_until(lambda: node.node.active_streams == 3, timeout_s=10, message="3 active streams")
         assert metric(node, "DCGM_FI_DEV_FB_USED") == 8000
         assert metric(node, "DCGM_FI_DEV_FB_FREE") == 0
         assert all(f.result().status_code == 200 for f in futures)
@@ -233,42 +229,6 @@ def test_every_node_series_carries_instance_and_pool(start_node: StartNode) -> N
     assert metric(node, "asr_stream_capacity") == 7
     buckets = {s.labels["le"] for s in samples if s.name == "asr_request_duration_seconds_bucket"}
     assert {"0.1", "600.0", "+Inf"} <= buckets
-
-
-def test_stream_gate_admits_waiters_in_arrival_order() -> None:
-    """Waiters get a freed stream in the order they arrived."""
-    gate = StreamGate(1)
-    assert gate.acquire()
-    order: list[int] = []
-
-    def wait_turn(n: int) -> None:
-        assert gate.acquire()
-        order.append(n)
-        gate.release()
-
-    threads = []
-    for n in range(5):
-        thread = threading.Thread(target=wait_turn, args=(n,))
-        thread.start()
-        threads.append(thread)
-        wait_until(partial(lambda k: gate.queued == k, n + 1), timeout_s=2, message=f"waiter {n} queued")
-    gate.release()
-    for thread in threads:
-        thread.join(timeout=2)
-    assert order == [0, 1, 2, 3, 4]
-
-
-def test_closing_the_gate_refuses_waiters() -> None:
-    """close() wakes every waiter with a refusal instead of a stream."""
-    gate = StreamGate(1)
-    assert gate.acquire()
-    results: list[bool] = []
-    waiter = threading.Thread(target=lambda: results.append(gate.acquire()))
-    waiter.start()
-    wait_until(lambda: gate.queued == 1, timeout_s=2, message="waiter queued")
-    gate.close()
-    waiter.join(timeout=2)
-    assert results == [False]
 
 
 def test_config_rejects_impossible_values() -> None:
@@ -318,3 +278,20 @@ def test_cli_node_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
             process.wait(timeout=5)
         log.close()
     assert "stopping node cli-node" in (tmp_path / "node.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "message"),
+    [("{oops", 2, "--server-command"), ('["x", 3]', 2, "list of strings"),
+     ('["/no/such/asr-server", "--port", "{port}"]', 1, "cannot start the ASR server")],
+)
+def test_cli_node_refuses_a_bad_server_command(command: str, status: int, message: str) -> None:
+    """A --server-command that is not a JSON list of words, or cannot start, is a clear error."""
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler.node", "--port", "0", "--instance-id", "bad", "--pool", POOL,
+         "--model-version", MODEL_VERSION, "--server-command", command],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == status, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
