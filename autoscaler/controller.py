@@ -25,7 +25,7 @@ engine's inputs and the engine's answer back into calls, safely:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +46,7 @@ from autoscaler.domain import (
     StartOutcome,
     StopOutcome,
     TerminateOutcome,
+    backend_problem,
 )
 from autoscaler.errors import (
     AutoscalerError,
@@ -55,7 +56,9 @@ from autoscaler.errors import (
     QuotaExceeded,
     StoreError,
 )
+from autoscaler.leader import Leadership, SingleController
 from autoscaler.metrics.history import ForecastCache, ForecastState
+from autoscaler.metrics.plausible import bounds_for, plausible, plausible_streams
 from autoscaler.policy.engine import EngineMemory, Evaluation, decide
 from autoscaler.policy.model import PoolPolicy
 from autoscaler.protocols import Balancer, Clock, HistorySource, MetricsSource, NodeProbe, Provider, Store
@@ -103,6 +106,8 @@ class NodeState:
     active_streams: float | None = None
     #: What the engine is told when it differs (a warm instance still stopping is not startable yet).
     engine_lifecycle: Lifecycle | None = None
+    #: False for a healthy node the balancer has not accepted yet: it is not serving capacity.
+    joined: bool = True
 
 
 def _sample_record(sample: Sample) -> dict[str, Any]:
@@ -125,6 +130,8 @@ class Observation:
     prepared: list[Instance] = field(default_factory=list)
     restop: list[Instance] = field(default_factory=list)
     restart: list[Instance] = field(default_factory=list)
+    #: Nodes that cannot be a balancer backend (a hostile address, port or id), and why.
+    refused: dict[str, str] = field(default_factory=dict)
     forecast: ForecastState | None = None
 
     def inputs(self) -> dict[str, Any]:
@@ -144,6 +151,7 @@ class Observation:
             },
             "replaced": {i.id: reason for i, reason in self.replace},
             "prepared": [i.id for i in self.prepared],
+            "refused": dict(self.refused),
         }
 
 
@@ -221,11 +229,16 @@ class Controller:
         adapters: Adapters,
         telemetry: ControllerMetrics | None = None,
         policy_error: Callable[[], str | None] | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self._policy = policy
+        #: Whether this controller is the pool's one actor (a PostgreSQL lock; always with SQLite).
+        self.leadership: Leadership = leadership or SingleController()
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
         self.telemetry = telemetry or ControllerMetrics()
+        #: Failed health checks in a row per serving node (the grace count of ``health.unhealthy_after``).
+        self._failed_probes: dict[str, int] = {}
         #: The pool's seasonal forecast, re-read from history at most every ``forecast.refresh``.
         self.forecasts = ForecastCache(adapters.history)
 
@@ -244,7 +257,17 @@ class Controller:
             outcome.notes.append(f"policy file is invalid, keeping the last valid policy: {reload_error}")
             log.warning("policy_invalid_kept_last_valid", pool=policy.pool, error=reload_error)
         try:
-            self._tick(policy, now, outcome)
+            leader = self.leadership.may_act()
+            self.telemetry.leader(policy.pool, leader)
+            if leader:
+                self._tick(policy, now, outcome)
+            else:
+                self._follow(policy, now, outcome)
+        except StoreError as exc:
+            # Nothing is done that the store could not record: the tick stops where the store failed.
+            outcome.errors.append(f"StoreError: {exc}")
+            self.telemetry.store_error(policy.pool)
+            log.error("store_fault", pool=policy.pool, error=str(exc))
         except AutoscalerError as exc:
             outcome.errors.append(f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # the tick boundary: the service stays up whatever happened
@@ -272,25 +295,36 @@ class Controller:
         store = self.adapters.store
         observation = self.observe(policy, now)
         states = observation.states
-        # Housekeeping the observation found: lifecycle changes, nodes that failed to boot.
+        # Lifecycle changes the observation found (writes only: a store that cannot take them stops
+        # the tick here, before anything in the world changed).
         for instance_id, lifecycle, detail in observation.transitions:
             store.record_lifecycle(policy.pool, instance_id, lifecycle, now, detail)
+        for instance_id, problem in observation.refused.items():
+            outcome.errors.append(f"node {instance_id!r} left out of the balancer: {problem}")
         if policy.paused:  # nodes stay as they are: one that would be replaced counts as booting
             for instance, reason in observation.replace:
                 states[instance.id] = NodeState(instance, Lifecycle.BOOTING, now)
                 outcome.notes.append(f"paused: {instance.id} not replaced ({reason})")
-        for instance, reason in [] if policy.paused else observation.replace:
-            self._terminate(policy, instance, now, outcome, reason)
-            if reason.startswith(BOOT_TIMEOUT_REASON):
-                self.telemetry.boot_failure(policy.pool)
         for name, sample in observation.samples.items():
             self.telemetry.check_sample(policy.pool, name, sample)
+            if not sample.has_data:
+                log.warning("check_no_data", pool=policy.pool, check=name, reason=sample.error)
+        boot_failed = [] if policy.paused else [
+            r for _, r in observation.replace if r.startswith(BOOT_TIMEOUT_REASON)
+        ]
         evaluation = self.evaluate(policy, observation, now)
-        decision = self._hold_launches_after_boot_failures(policy, evaluation.decision, now, outcome)
+        decision = self._hold_launches_after_boot_failures(
+            policy, evaluation.decision, now, outcome, boot_failed
+        )
         outcome.decision = decision
         forecast = observation.forecast.forecast if observation.forecast is not None else None
         self.telemetry.forecast(policy, forecast, decision)
-        # ---- record (before acting, so the launch's client token comes from the recorded decision)
+        if not self.leadership.still_leader():
+            outcome.errors.append("lost the pool's leader lock before acting: nothing recorded or done")
+            log.error("leadership_lost_before_acting", pool=policy.pool)
+            return
+        # ---- record the intent (the decision, and the nodes to replace) before any world change: a
+        # store that cannot record it acts on nothing. The launch's client token names this record.
         tick_id = store.record_tick(
             policy.pool,
             now,
@@ -299,6 +333,11 @@ class Controller:
             evaluation.memory.model_dump(mode="json"),
         )
         outcome.tick_id = tick_id
+        # Nodes that failed to boot (or run another model version) are replaced, unless paused.
+        for instance, reason in [] if policy.paused else observation.replace:
+            self._terminate(policy, instance, now, outcome, reason)
+            if reason.startswith(BOOT_TIMEOUT_REASON):
+                self.telemetry.boot_failure(policy.pool)
         # ---- act (a paused pool is observed and recorded; nothing is acted on, nodes stay as they are)
         try:
             if not policy.paused:
@@ -320,6 +359,15 @@ class Controller:
             except StoreError as exc:
                 outcome.errors.append(f"could not record the outcome: {exc}")
 
+    def _follow(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
+        """A follower's tick: observe and decide (telemetry, logs), record and change nothing."""
+        observation = self.observe(policy, now)
+        for name, sample in observation.samples.items():
+            self.telemetry.check_sample(policy.pool, name, sample)
+        outcome.decision = self.evaluate(policy, observation, now).decision
+        outcome.nodes = {i: s.lifecycle.value for i, s in observation.states.items()}
+        outcome.notes.append("follower: another controller holds the pool's leader lock; observing only")
+
     def boot_failures(self, pool: str) -> tuple[int, datetime | None]:
         """Nodes replaced for failing to boot since a node last joined, and when the last one was."""
         failures, last = 0, None
@@ -334,13 +382,20 @@ class Controller:
         return failures, last
 
     def _hold_launches_after_boot_failures(
-        self, policy: PoolPolicy, decision: Decision, now: datetime, outcome: TickOutcome
+        self,
+        policy: PoolPolicy,
+        decision: Decision,
+        now: datetime,
+        outcome: TickOutcome,
+        boot_failed: Sequence[str] = (),
     ) -> Decision:
-        """Back off launching (and preparing warm instances) when new nodes keep failing to boot (a
-        broken image, a bad zone). Starts of warm instances, which booted fine before, go ahead."""
+        """Back off launching when new nodes keep failing to boot (a broken image, a bad zone).
+
+        ``boot_failed`` are the reasons of the nodes this tick replaces for not booting.
+        """
         failures, last = self.boot_failures(policy.pool)
-        failures += sum(r.startswith(BOOT_TIMEOUT_REASON) for r in outcome.terminated.values())
-        if any(r.startswith(BOOT_TIMEOUT_REASON) for r in outcome.terminated.values()):
+        failures += len(boot_failed)
+        if boot_failed:
             last = now
         self.telemetry.boot_failures_in_a_row(policy.pool, failures)
         if decision.launch + decision.prepare == 0 or failures < BOOT_FAILURES_BEFORE_BACKOFF or last is None:
@@ -454,11 +509,28 @@ class Controller:
                 )
             else:
                 self._observe_running(policy, instance, lifecycle, since, now, observation)
-        observation.samples = {
-            check.name: self.adapters.metrics.query(check.query, now=now) for check in policy.scaling.checks
-        }
+        live = {i.id for i in instances if i.state not in (CloudState.TERMINATED, CloudState.STOPPING)}
+        for gone in set(self._failed_probes) - live:
+            del self._failed_probes[gone]
+        for check in policy.scaling.checks:
+            raw = self.adapters.metrics.query(check.query, now=now)
+            low, high = bounds_for(check.signal, check.valid_min, check.valid_max)
+            observation.samples[check.name] = plausible(raw, low, high)
         observation.forecast = self.forecasts.current(policy, now)
         return observation
+
+    def _streams(self, policy: PoolPolicy, instance: Instance) -> float | None:
+        """The node's own stream count, or unknown when it is one no node can have (negative, NaN,
+        absurdly large): a drain never ends early on an impossible zero-or-less."""
+        return plausible_streams(
+            self.adapters.probe.active_streams(instance), policy.streams_of(instance.instance_type)
+        )
+
+    @staticmethod
+    def _backend_problem(instance: Instance) -> str | None:
+        if not instance.address:
+            return None  # no address yet: still booting
+        return backend_problem(Backend(address=instance.address, port=instance.port, instance_id=instance.id))
 
     def _observe_powered_off(
         self,
@@ -523,7 +595,7 @@ class Controller:
         keep_running = warm is not None and warm.state == "running"
         if lifecycle == Lifecycle.DRAINING:
             observation.states[instance.id] = NodeState(
-                instance, Lifecycle.DRAINING, since, active_streams=probe.active_streams(instance)
+                instance, Lifecycle.DRAINING, since, active_streams=self._streams(policy, instance)
             )
             return
         if lifecycle == Lifecycle.STOPPED:
@@ -538,7 +610,22 @@ class Controller:
                 engine_lifecycle=Lifecycle.STOPPED if keep_running else Lifecycle.PREPARING,
             )
             return
-        healthy = instance.state == CloudState.RUNNING and probe.healthy(instance)
+        problem = self._backend_problem(instance)
+        if problem:
+            # Its inventory says something no balancer may be given: never probed, never joined,
+            # replaced like a node that does not boot.
+            observation.refused[instance.id] = problem
+            log.error("node_refused_as_backend", pool=policy.pool, instance=instance.id, reason=problem)
+        healthy = problem is None and instance.state == CloudState.RUNNING and probe.healthy(instance)
+        if lifecycle == Lifecycle.SERVING and problem is None and instance.state == CloudState.RUNNING:
+            failed = 0 if healthy else self._failed_probes.get(instance.id, 0) + 1
+            self._failed_probes[instance.id] = failed
+            if 0 < failed < policy.health.unhealthy_after:
+                # Within the grace count: it stays in the balancer (nginx's own max_fails keeps
+                # requests off it meanwhile).
+                log.warning("health_check_failed", pool=policy.pool, instance=instance.id,
+                            in_a_row=failed, grace=policy.health.unhealthy_after)
+                healthy = True
         if lifecycle == Lifecycle.PREPARING:
             if healthy:
                 # Model loaded: into the warm pool (stopped this tick), never into the balancer.
@@ -578,7 +665,8 @@ class Controller:
                 Lifecycle.SERVING,
                 since if lifecycle == Lifecycle.SERVING else now,
                 healthy=True,
-                active_streams=probe.active_streams(instance),
+                active_streams=self._streams(policy, instance),
+                joined=lifecycle == Lifecycle.SERVING,
             )
             return
         if lifecycle == Lifecycle.STARTING:
@@ -610,9 +698,12 @@ class Controller:
 
     def _as_engine_node(self, policy: PoolPolicy, state: NodeState) -> Node:
         instance = state.instance
+        lifecycle = state.engine_lifecycle or state.lifecycle
+        if lifecycle == Lifecycle.SERVING and not state.joined:
+            lifecycle = Lifecycle.BOOTING  # healthy but not in the balancer: no traffic reaches it
         return Node(
             id=instance.id,
-            lifecycle=state.engine_lifecycle or state.lifecycle,
+            lifecycle=lifecycle,
             instance_type=instance.instance_type,
             capacity_streams=policy.streams_of(instance.instance_type),
             model_version=instance.model_version,
@@ -894,7 +985,10 @@ class Controller:
             (
                 s.instance
                 for s in states.values()
-                if s.lifecycle == Lifecycle.SERVING and s.healthy and s.instance.address
+                if s.lifecycle == Lifecycle.SERVING
+                and s.healthy
+                and s.instance.address
+                and not self._backend_problem(s.instance)  # reported by observe
             ),
             key=lambda i: (i.launched_at, i.id),
         )
@@ -925,15 +1019,24 @@ class Controller:
     ) -> bool:
         backends = self.backends_for(policy, states)
         try:
-            before = {b.instance_id for b in self.adapters.balancer.current()}
+            before: set[str] | None = {b.instance_id for b in self.adapters.balancer.current()}
+        except BalancerError as exc:
+            # Changed by hand, unreadable: the list this controller decided is written over it.
+            outcome.notes.append(f"the balancer's current list is unreadable and is rewritten: {exc}")
+            log.error("balancer_list_unreadable", pool=policy.pool, error=str(exc))
+            before = None
+        try:
             self.adapters.balancer.apply(backends)
         except BalancerError as exc:
             outcome.errors.append(f"balancer rejected the change, previous backends still serve: {exc}")
             self.telemetry.balancer_error(policy.pool)
+            log.error("balancer_error", pool=policy.pool, error=str(exc))
             return False
         outcome.backends = [b.endpoint for b in backends]
         for backend in backends:
-            if backend.instance_id not in before:
+            state = states.get(backend.instance_id)
+            new = backend.instance_id not in before if before is not None else not (state and state.joined)
+            if new:
                 outcome.joined.append(backend.instance_id)
             self.adapters.store.record_lifecycle(policy.pool, backend.instance_id, Lifecycle.SERVING, now)
         return True

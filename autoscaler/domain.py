@@ -4,7 +4,9 @@ and what a decision says. No I/O, no SDK imports: the engine and the simulator d
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -146,6 +148,51 @@ class Backend:
     def endpoint(self) -> str:
         """``host:port`` of the backend."""
         return f"{self.address}:{self.port}"
+
+
+#: Instance ids of every supported cloud (``i-0abc``, ``local-3f2a``...): letters, digits, ``._-``.
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def backend_problem(backend: Backend) -> str | None:
+    """Why ``backend`` must not reach a balancer's configuration, or None when it may.
+
+    Everything in a ``Backend`` comes from outside (the provider's inventory, instance tags), so
+    each field is checked against the few shapes it can legitimately take: an IP address, a port
+    1-65535, an instance id of letters, digits and ``._-``, small non-negative integers for the
+    server parameters. Anything else (``;``, braces, whitespace, a NUL, quotes,
+    ``-1``, ``70000``) is refused here, so no value can add a directive to a rendered file.
+    """
+    address = backend.address
+    if not isinstance(address, str) or not address:
+        return f"address {address!r} is empty"
+    try:
+        # An IPv6 scope (``fe80::1%eth0``) may hold any text: never a backend's address.
+        if "%" in address:
+            raise ValueError(address)
+        ipaddress.ip_address(address)
+    except ValueError:
+        # Providers report IP addresses. A host name would make nginx resolve it at every reload,
+        # and one that does not resolve fails `nginx -t` for the whole pool.
+        return f"address {address!r} is not an IP address"
+    if not _is_int(backend.port) or not 1 <= backend.port <= 65535:
+        return f"port {backend.port!r} is not in 1-65535"
+    if not isinstance(backend.instance_id, str) or not _INSTANCE_ID.fullmatch(backend.instance_id):
+        return f"instance id {backend.instance_id!r} is not letters, digits and ._- (at most 128)"
+    for name, value, low, high in (
+        ("weight", backend.weight, 1, 1000),
+        ("max_fails", backend.max_fails, 0, 1000),
+        ("fail_timeout", backend.fail_timeout_s, 0, 86_400),
+    ):
+        if not _is_int(value) or not low <= value <= high:
+            return f"{name} {value!r} is not an integer in {low}-{high}"
+    if not isinstance(backend.backup, bool):
+        return f"backup {backend.backup!r} is not a boolean"
+    return None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from autoscaler.domain import Decision, Sample
+from autoscaler.metrics.plausible import IMPLAUSIBLE
 
 if TYPE_CHECKING:
     from autoscaler.controller import TickOutcome
@@ -239,10 +240,22 @@ class ControllerMetrics:
         self.balancer_errors = Counter(
             "autoscaler_balancer_errors", "Balancer changes rejected.", ["pool"], registry=r
         )
+        self.store_errors = Counter(
+            "autoscaler_store_errors", "Ticks stopped because the store failed.", ["pool"], registry=r
+        )
+        self.is_leader = Gauge(
+            "autoscaler_leader", "1 while this controller is the pool's one actor.", ["pool"], registry=r
+        )
         self.missing = Gauge(
             "autoscaler_check_missing_data",
             "1 when a check had no data last tick.",
             ["pool", "check"],
+            registry=r,
+        )
+        self.no_data = Counter(
+            "autoscaler_check_no_data",
+            "Ticks a check had no data, by kind: implausible (a value the signal cannot take) or missing.",
+            ["pool", "check", "kind"],
             registry=r,
         )
         self.check_value = Gauge(
@@ -279,6 +292,9 @@ class ControllerMetrics:
     def check_sample(self, pool: str, check: str, sample: Sample) -> None:
         """A check's reading this tick."""
         self.missing.labels(pool, check).set(0 if sample.has_data else 1)
+        if not sample.has_data:
+            kind = "implausible" if (sample.error or "").startswith(IMPLAUSIBLE) else "missing"
+            self.no_data.labels(pool, check, kind).inc()
         if sample.has_data and sample.value is not None:
             self.check_value.labels(pool, check).set(sample.value)
 
@@ -328,6 +344,14 @@ class ControllerMetrics:
         """The balancer rejected a change."""
         self.balancer_errors.labels(pool).inc()
 
+    def leader(self, pool: str, leader: bool) -> None:
+        """Whether this controller acts on the pool this tick."""
+        self.is_leader.labels(pool).set(1 if leader else 0)
+
+    def store_error(self, pool: str) -> None:
+        """The store could not be read or written; the tick acted on nothing further."""
+        self.store_errors.labels(pool).inc()
+
     def notification(self, pool: str, event: str, result: str) -> None:
         """A webhook notification was sent, failed or dropped."""
         self.notifications.labels(pool, event, result).inc()
@@ -347,6 +371,7 @@ class ControllerMetrics:
         for result in ("ok", "error"):
             self.ticks.labels(pool, result)
         self.balancer_errors.labels(pool)
+        self.store_errors.labels(pool)
         self.boot_failures.labels(pool)
         self.launches.labels(pool)
         self.last_success.labels(pool).set(self.started)

@@ -14,6 +14,7 @@ from typing import Any
 from autoscaler.clock import SystemClock
 from autoscaler.controller import Adapters, Controller, TickOutcome
 from autoscaler.domain import Instance
+from autoscaler.leader import leadership_for
 from autoscaler.metrics.file_sd import write_targets
 from autoscaler.metrics.prometheus import PrometheusSource
 from autoscaler.notify import Notification, WebhookNotifier
@@ -133,8 +134,11 @@ def build_runtime(
         error = watcher.last_error
         return "; ".join(error.problems) or str(error) if error else None
 
-    controller = Controller(watcher.current, adapters, telemetry=telemetry, policy_error=policy_error)
-    closers: list[Any] = [metrics, probe]
+    leadership = leadership_for(store_url, policy.pool)
+    controller = Controller(
+        watcher.current, adapters, telemetry=telemetry, policy_error=policy_error, leadership=leadership
+    )
+    closers: list[Any] = [metrics, probe, leadership]
     if hasattr(real_store, "close"):
         closers.append(real_store)
     notifier = None

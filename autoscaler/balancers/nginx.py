@@ -6,7 +6,10 @@ name (see ``infra/nginx/nginx.conf.template``). Every ``apply``:
 1. renders the block in the reference deployment's format (``zone``, ``least_conn``, one
    ``server`` line per backend, each ending in a ``# instance_id=...`` comment so ``current`` can
    read the file back), servers sorted so that the same set always renders the same text;
-2. does nothing when that text is already the file's content (no reload for an unchanged list);
+2. does nothing when that text is already the file's content and this process has reloaded nginx
+   since it started (no reload for an unchanged list); the first ``apply`` of a process always
+   checks and reloads, so a list written by a controller that crashed before its reload is put in
+   force on restart;
 3. writes the file atomically (temporary file, fsync, ``os.replace``), runs ``nginx -t`` on the
    whole configuration, then ``nginx -s reload`` (SIGHUP to the master: new workers take new
    connections, old workers finish the requests they hold);
@@ -24,9 +27,11 @@ Rendering decisions:
   refusing the whole configuration; ``current`` does not report it.
 - ``backup`` is rendered together with ``least_conn``: nginx rejects ``backup`` only with the
   ``hash``, ``ip_hash`` and ``random`` methods (checked with nginx 1.22).
-- Numbers (weight, max_fails, fail_timeout, zone size) are passed through; nginx is the judge of
-  their validity (``weight=0`` fails ``nginx -t`` and the old list stays). Text that could change
-  the file's structure (whitespace, ``;``, ``{``, ``}``, ``#``, quotes) is refused before writing.
+- Every backend field is checked by ``domain.backend_problem`` before rendering (an IP literal or
+  host name, a port 1-65535, an instance id of letters, digits and ``._-``, bounded integers), and
+  the upstream name and zone size by a token check, so text that could change the file's structure
+  (whitespace, ``;``, ``{``, ``}``, ``#``, quotes, NUL) never reaches the file. The controller
+  leaves such a backend out of the list (with the reason) so one bad node cannot block the pool.
 
 One process should own a given nginx: ``apply`` is serialised within a process, not across them.
 """
@@ -39,15 +44,16 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoscaler.domain import Backend
+from autoscaler.domain import Backend, backend_problem
 from autoscaler.errors import BalancerError
 from autoscaler.files import atomic_write
 from autoscaler.policy.model import NginxBalancerConfig
+from autoscaler.policy.safety import MANAGED_MARKER
 
 #: The line standing in for "no backends" (nginx refuses an upstream without servers).
 PLACEHOLDER_SERVER = "server 127.0.0.1:1 down;  # placeholder: no backends in force"
-_HEADER = "# Managed by gpu-autoscaler (nginx balancer): rewritten on every change, edits are lost.\n"
-_UNSAFE = re.compile(r"[\s;{}#'\"\\]")
+_HEADER = f"{MANAGED_MARKER} (nginx balancer): rewritten on every change, edits are lost.\n"
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f;{}#'\"\\]")
 _SERVER_LINE = re.compile(
     r"^server\s+(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^\s:;]+)):(?P<port>\d+)"
     r"(?P<params>(?:\s+[^\s;#]+)*)\s*;\s*#\s*instance_id=(?P<iid>\S+)\s*$"
@@ -69,8 +75,9 @@ def render_upstream(name: str, zone_size: str, backends: Sequence[Backend]) -> s
     seen_ids: set[str] = set()
     seen_endpoints: set[tuple[str, int]] = set()
     for backend in backends:
-        _check_token(backend.address, "backend address")
-        _check_token(backend.instance_id, "instance id")
+        problem = backend_problem(backend)
+        if problem:
+            raise BalancerError(f"backend {backend.instance_id!r} refused: {problem}")
         if backend.instance_id in seen_ids:
             raise BalancerError(f"instance {backend.instance_id} appears twice in the backend list")
         if (backend.address, backend.port) in seen_endpoints:
@@ -153,6 +160,10 @@ class NginxBalancer:
         self.upstream_file = Path(config.upstream_file)
         self.command_timeout_s = command_timeout_s
         self._lock = threading.Lock()
+        #: False until this process has had nginx reload the file once: the file may hold a list a
+        #: crashed predecessor wrote but never got nginx to load, so "the file already matches" proves
+        #: nothing about what nginx serves until then.
+        self._reloaded = False
 
     # ----------------------------------------------------------------------------------- protocol
     def current(self) -> list[Backend]:
@@ -172,15 +183,18 @@ class NginxBalancer:
         new_text = render_upstream(self.config.upstream, self.config.zone_size, backends)
         with self._lock:
             old_text = self._read()
-            if old_text == new_text:
+            if old_text == new_text and self._reloaded:
                 return
-            self._write(new_text)
+            if old_text != new_text:
+                self._write(new_text)
             try:
                 self._nginx("-t")
                 self._nginx("-s", "reload")
             except BalancerError:
-                self._restore(old_text)
+                if old_text != new_text:
+                    self._restore(old_text)
                 raise
+            self._reloaded = True
 
     # ------------------------------------------------------------------------------------ helpers
     def command(self, *args: str) -> list[str]:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
@@ -48,6 +49,19 @@ _MAX_REASON = 300
 #: Least time the freshness query is given, even when the first query used up the budget.
 _MIN_FOLLOW_UP_S = 0.1
 
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its user and password (``http://user:pw@host`` → ``http://***@host``), for
+    messages, logs and reports."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 class _QueryFailedError(Exception):
     """Internal: one query could not produce series; ``str()`` is the reason."""
@@ -172,7 +186,9 @@ class PrometheusSource:
                         best[at] = max(value, best.get(at, -math.inf))
         except _QUERY_ERRORS as exc:
             reason = _describe(exc, self._timeout_s)
-            raise MetricsUnavailable(f"range query {promql!r} failed at {self.config.url}: {reason}") from exc
+            raise MetricsUnavailable(
+                f"range query {promql!r} failed at {safe_url(self.config.url)}: {reason}"
+            ) from exc
         return sorted(best.items())
 
     # ------------------------------------------------------------------------------------ internals
@@ -216,7 +232,7 @@ class PrometheusSource:
             return _parse_instant(result)
         except _QUERY_ERRORS as exc:
             reason = _describe(exc, timeout_s)
-            raise _QueryFailedError(f"query failed at {self.config.url}: {reason}") from exc
+            raise _QueryFailedError(f"query failed at {safe_url(self.config.url)}: {reason}") from exc
 
 
 def _parse_instant(result: Any) -> tuple[str, list[_Series]]:

@@ -103,7 +103,13 @@ def _plain(node: Any, loc: Loc, pos: _Positions, budget: list[int]) -> Any:
 def _loc_text(loc: Iterable[str | int]) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        name = str(part)
+        if not name or not name.isprintable() or any(c in name for c in " .[]:"):
+            name = repr(name)  # a key with a newline, a CR or nothing in it stays visible, on one line
+        text += f".{name}" if text else name
     return text or _DOC
 
 

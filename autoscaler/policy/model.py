@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from autoscaler.policy import safety
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -120,6 +122,16 @@ class LocalProviderConfig(StrictModel):
         default="/healthz", pattern=r"^/",
         description="Readiness path the node agent asks that server (200 = model loaded).",
     )
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_an_address(cls, value: str) -> str:
+        return safety.check_bind_host(value)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_plain(cls, value: str) -> str:
+        return safety.check_no_control(value)
 
 
 class AwsProviderConfig(StrictModel):
@@ -241,6 +253,21 @@ class NginxBalancerConfig(StrictModel):
     fail_timeout: Duration = timedelta(seconds=30)
     backup_nodes: int = Field(default=0, ge=0, description="How many nodes stand as `backup`.")
 
+    @field_validator("nginx_binary")
+    @classmethod
+    def _really_nginx(cls, value: str) -> str:
+        return safety.check_nginx_binary(value)
+
+    @field_validator("upstream_file")
+    @classmethod
+    def _writable_managed_file(cls, value: str) -> str:
+        return safety.check_written_file(value, managed_marker=safety.MANAGED_MARKER)
+
+    @field_validator("nginx_conf", "nginx_prefix")
+    @classmethod
+    def _plain_path(cls, value: str | None) -> str | None:
+        return None if value is None else safety.check_no_control(value)
+
 
 class AlbBalancerConfig(StrictModel):
     """An AWS ALB target group; deregistration delay is the drain."""
@@ -275,6 +302,11 @@ class PrometheusConfig(StrictModel):
         default=None, description="Where to write the file_sd target list of nodes."
     )
 
+    @field_validator("file_sd_path")
+    @classmethod
+    def _writable_target_file(cls, value: str | None) -> str | None:
+        return None if value is None else safety.check_written_file(value, json_list=True)
+
 
 class HealthConfig(StrictModel):
     """How a node proves it can serve before it joins the balancer."""
@@ -283,6 +315,11 @@ class HealthConfig(StrictModel):
     timeout: Duration = timedelta(seconds=2)
     boot_timeout: Duration = Field(
         default=timedelta(minutes=10), description="Not healthy by then: replaced."
+    )
+    unhealthy_after: int = Field(
+        default=2, ge=1, le=100,
+        description="Failed health checks in a row before a serving node leaves the balancer (a grace "
+        "count, as nginx's max_fails): one lost probe does not throw a flapping node out.",
     )
 
 
@@ -306,6 +343,15 @@ class _CheckBase(StrictModel):
         default=None,
         description="What the query measures, so the dry-run simulator can stand in for Prometheus.",
     )
+    valid_min: float | None = Field(
+        default=None,
+        description="A reading below this is no data (implausible), not a signal; default 0.",
+    )
+    valid_max: float | None = Field(
+        default=None,
+        description="A reading above this is no data (implausible); default 100 for "
+        "gpu_memory_utilization, 86400 for p95_latency_seconds, else 1e6.",
+    )
 
     # A field validator (not a model validator) so a blank query is reported together with the
     # check's other errors: pydantic skips model validators once any field has failed.
@@ -314,6 +360,14 @@ class _CheckBase(StrictModel):
     def _query_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank (only spaces)")
+        return value
+
+    @field_validator("valid_max")
+    @classmethod
+    def _range_ordered(cls, value: float | None, info: ValidationInfo) -> float | None:
+        low = info.data.get("valid_min")
+        if value is not None and low is not None and value <= low:
+            raise ValueError(f"must be greater than valid_min ({low:g})")
         return value
 
 

@@ -441,9 +441,12 @@ class LocalProvider:
         # The node binds right after it starts; skipping ports of recorded nodes avoids handing
         # one out twice while its owner is still importing.
         for _ in range(50):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.bind((self.config.host, 0))
-                port: int = probe.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((self.config.host, 0))
+                    port: int = probe.getsockname()[1]
+            except OSError as exc:  # socket.gaierror included: a host that is not an address here
+                raise ProviderError(f"cannot bind a port on {self.config.host!r}: {exc}") from exc
             if port not in taken:
                 return port
         raise ProviderError(f"no free port on {self.config.host}")

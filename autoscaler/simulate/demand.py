@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from autoscaler.errors import MetricsUnavailable, ScenarioError
-from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.metrics.prometheus import PrometheusSource, safe_url
 from autoscaler.policy.model import PrometheusConfig
 from autoscaler.simulate.scenario import DemandSpec, Scenario
 from autoscaler.simulate.traces import (
@@ -60,6 +60,10 @@ from autoscaler.simulate.workload import ServiceLaw
 DEFAULT_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 #: Arrivals processed per chunk when building concurrency (bounds memory for unscaled traces).
 _CHUNK_ARRIVALS = 4_000_000
+#: Most arrivals one replay simulates (minutes of work); more is a scale typo, refused up front.
+MAX_ARRIVALS = 1_000_000_000
+#: Most concurrent streams a replayed second may hold (a hundred million nodes' worth of load).
+MAX_STREAMS = 1_000_000_000
 #: Rounds of the peak_nodes correction.
 _PEAK_ROUNDS = 8
 #: Prometheus answers at most 11,000 points per series; stay below it.
@@ -386,7 +390,7 @@ def _prometheus_series(spec: DemandSpec, warmup: int) -> tuple[NDArray[np.float6
     window_seen = seen[warmup:]
     if not window_seen.any():
         raise ScenarioError(
-            f"demand: Prometheus at {spec.url} has no data for {spec.query!r} "
+            f"demand: Prometheus at {safe_url(spec.url or '')} has no data for {spec.query!r} "
             f"between {start.isoformat()} and {(start + spec.duration).isoformat()}"
         )
     return values, begin, int((~window_seen).sum())
@@ -439,7 +443,7 @@ def build_demand(scenario: Scenario, streams_per_node: int) -> Demand:
             )
         epoch: datetime | None = begin
         offset = warmup
-        description = f"Prometheus {spec.url}: {spec.query}"
+        description = f"Prometheus {safe_url(spec.url or '')}: {spec.query}"
         source: _ArrivalSource | SeriesTrace = (
             _Rates(values, begin)
             if spec.value_kind == "arrivals"
@@ -464,6 +468,11 @@ def build_demand(scenario: Scenario, streams_per_node: int) -> Demand:
         window = source.values[offset : offset + duration]
         peak = float(window.max()) if len(window) else 0.0
         scale = _fixed_scale(spec, peak, streams_per_node)
+        if not math.isfinite(peak * scale) or peak * scale > MAX_STREAMS:
+            raise ScenarioError(
+                f"demand: scale {scale:g} makes the peak {peak * scale:.3g} concurrent streams; a replay "
+                f"holds at most {MAX_STREAMS:.0e}: lower demand.scale or peak_nodes"
+            )
         streams = np.floor(window * scale + 0.5).astype(np.int64)
         return Demand(
             streams=streams,
@@ -474,7 +483,10 @@ def build_demand(scenario: Scenario, streams_per_node: int) -> Demand:
             notes=tuple(notes),
         )
 
+    expected_window = source.expected(max(offset - warmup, 0), offset + duration)
+
     def realise(scale: float) -> tuple[NDArray[np.int64], int]:
+        _check_size(expected_window, scale)
         rng = np.random.default_rng([seed, 1])
         counts = _with_warmup(source, offset, duration, warmup, scale, rng)
         assert counts.dtype == np.int64
@@ -516,6 +528,19 @@ def build_demand(scenario: Scenario, streams_per_node: int) -> Demand:
         description=description,
         notes=tuple(notes),
     )
+
+
+def _check_size(expected: NDArray[np.float64], scale: float) -> None:
+    """Refuse a replay whose arrivals would not fit: before any per-arrival array is allocated."""
+    total = float(expected.sum()) * scale if len(expected) else 0.0
+    busiest = float(expected.max()) * scale if len(expected) else 0.0
+    finite = math.isfinite(total) and math.isfinite(busiest)
+    if not finite or total > MAX_ARRIVALS or busiest > _CHUNK_ARRIVALS:
+        raise ScenarioError(
+            f"demand: scale {scale:g} means about {total:.3g} arrivals ({busiest:.3g} in the busiest "
+            f"second); a replay simulates at most {MAX_ARRIVALS:.0e} ({_CHUNK_ARRIVALS:.0e} in one "
+            "second): lower demand.scale or peak_nodes, or shorten the window"
+        )
 
 
 def _fixed_scale(spec: DemandSpec, peak: float, streams_per_node: int) -> float:

@@ -30,6 +30,9 @@ from numpy.typing import NDArray
 
 from autoscaler.errors import ScenarioError
 
+#: The longest span a trace may cover: one number per second of it is held in memory (~280 MB).
+MAX_TRACE_SECONDS = 400 * 86_400
+
 #: The twitter archive starts on 2021-08-01 00:00 UTC (the README's best reading of window 0).
 TWITTER_EPOCH = datetime(2021, 8, 1, tzinfo=UTC)
 #: Runs of zero arrivals at least this long are archive gaps, not idle time (twitter: ~28 min a day).
@@ -329,9 +332,20 @@ def read_azure(path: Path) -> CountsTrace:
     if (np.diff(seconds) < 0).any():
         bad = int(np.flatnonzero(np.diff(seconds) < 0)[0])
         raise ScenarioError(f"{path}:{first_line + bad + 1}: timestamps go backwards")
+    _check_span(path, float(seconds[-1] - seconds[0]))
     origin = math.floor(seconds[0])
     counts = np.bincount((seconds - origin).astype(np.int64)).astype(np.int64)
     return CountsTrace(counts=counts, epoch=datetime.fromtimestamp(origin, UTC))
+
+
+def _check_span(path: Path, seconds: float) -> None:
+    """Refuse a trace whose timestamps span more than ``MAX_TRACE_SECONDS`` before allocating one
+    value per second of it (a typo'd year would otherwise ask for terabytes)."""
+    if not math.isfinite(seconds) or seconds > MAX_TRACE_SECONDS:
+        raise ScenarioError(
+            f"{path}: timestamps span {seconds / 86_400:.3g} days; a trace may span at most "
+            f"{MAX_TRACE_SECONDS // 86_400} days (one value per second is held in memory)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- csv
@@ -387,10 +401,12 @@ def read_csv(path: Path) -> SeriesTrace:
     if len(stamps) > 1 and (np.diff(stamps) <= 0).any():
         bad = int(np.flatnonzero(np.diff(stamps) <= 0)[0]) + 1
         raise ScenarioError(f"{path}:{rows[bad][0]}: timestamps must increase")
+    _check_span(path, float(stamps[-1] - stamps[0]))
     origin = math.floor(stamps[0])
     offsets = np.floor(stamps - origin).astype(np.int64)
     step = int(np.median(np.diff(offsets))) if len(offsets) > 1 else 1
     step = max(step, 1)
+    _check_span(path, float(offsets[-1] + step))
     ends = np.append(offsets[1:], offsets[-1] + step)
     per_second = np.repeat(values, ends - offsets)
     absolute = (not numeric) or stamps[0] >= _UNIX_FROM

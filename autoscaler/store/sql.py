@@ -4,6 +4,9 @@ Three tables: ``tick`` (every tick's inputs, decision, reasons and error), ``ins
 lifecycle transition of each instance) and ``engine_memory`` (the engine's memory per pool, written
 in the same transaction as the tick it follows). The schema is Alembic's (``store/migrations``):
 opening a store for writing brings it to the newest revision; ``prune`` bounds its size.
+
+SQLite serves one controller: nothing stops two processes on one file from both acting. Several
+controllers share a PostgreSQL store, where ``autoscaler.leader`` lets exactly one act per pool.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,10 @@ class SqlStore:
         self.url = url or default_store_url()
         self.readonly = readonly
         path = sqlite_path(self.url)
+        #: The SQLite file, watched so a deleted or replaced file is a fault, not silent writes into
+        #: an unlinked inode nobody will ever read.
+        self.sqlite_path: Path | None = path
+        self._sqlite_identity: tuple[int, int] | None = None
         connect_url = self.url
         if path is not None and readonly:
             if not path.exists():
@@ -161,6 +168,25 @@ class SqlStore:
                 upgrade(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self.safe_url}: {_first_line(exc)}") from exc
+        if self.sqlite_path is not None:
+            self._sqlite_identity = _identity(self.sqlite_path)
+            if not readonly:
+                _owner_only(self.sqlite_path)
+
+    def _check_sqlite_file(self) -> None:
+        """Raise ``StoreError`` while the SQLite file is missing; reconnect when it was replaced
+        (restored from a backup), so the store resumes on the file that is there now."""
+        if self.sqlite_path is None:
+            return
+        identity = _identity(self.sqlite_path)
+        if identity is None:
+            raise StoreError(
+                f"the SQLite file {self.sqlite_path} is gone (deleted?); nothing is done until it is "
+                "restored or the controller restarted"
+            )
+        if identity != self._sqlite_identity:
+            self.engine.dispose()  # connections still hold the old inode open
+            self._sqlite_identity = identity
 
     def _require_tables(self) -> None:
         tables = set(inspect(self.engine).get_table_names())
@@ -180,6 +206,7 @@ class SqlStore:
 
     @contextmanager
     def _session(self, what: str) -> Iterator[Session]:
+        self._check_sqlite_file()
         try:
             with Session(self.engine) as session, session.begin():
                 yield session
@@ -385,6 +412,21 @@ class SqlStore:
         self.engine.dispose()
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _owner_only(path: Path) -> None:
+    """The store holds the pool's whole history: readable by its owner only (SQLite gives its
+    journal the database file's mode)."""
+    with suppress(OSError):
+        path.chmod(0o600)
+
+
 def _first_line(exc: SQLAlchemyError) -> str:
     """The driver's message without SQLAlchemy's SQL echo and background link."""
     original = getattr(exc, "orig", None)
@@ -398,11 +440,15 @@ def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets `autoscaler history` read while `autoscaler run` writes; a busy timeout instead of
-    # an immediate "database is locked" when two processes touch the file at once.
+    # A rollback journal, not WAL, and no memory map: WAL maps the -shm file with MAP_SHARED, and a
+    # write to that mapping when the file cannot be written (made immutable, on a filesystem gone
+    # read-only) kills the process with SIGBUS instead of returning an error. With a journal
+    # every failed write is an SQLite error the controller reports. Readers (`autoscaler history`)
+    # wait on the busy timeout while a tick writes, which takes milliseconds.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA journal_mode=DELETE")
+    cursor.execute("PRAGMA mmap_size=0")
     cursor.close()
 
 

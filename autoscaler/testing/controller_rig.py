@@ -13,7 +13,7 @@ from autoscaler.domain import CloudState, Instance
 from autoscaler.metrics.fake import FakeMetricsSource
 from autoscaler.policy.load import parse_policy
 from autoscaler.policy.model import PoolPolicy
-from autoscaler.protocols import HistorySource, MetricsSource
+from autoscaler.protocols import HistorySource, MetricsSource, Store
 from autoscaler.providers.fake import FakeProvider
 from autoscaler.store import MemoryStore
 
@@ -79,7 +79,7 @@ class Rig:
     provider: FakeProvider
     balancer: FakeBalancer
     metrics: Any
-    store: MemoryStore
+    store: Any
     probe: FakeProbe
     clock: MovableClock
     policy: PoolPolicy
@@ -99,13 +99,16 @@ class Rig:
             self.probe.streams.setdefault(instance_id, 0)
 
 
-def make_rig(metrics: MetricsSource | None = None, policy_text: str = POLICY) -> Rig:
+def make_rig(
+    metrics: MetricsSource | None = None, policy_text: str = POLICY, store: Store | None = None
+) -> Rig:
     """A controller on fakes (or on ``metrics``, e.g. a real Prometheus source, which also serves the
-    forecast's history), with a movable clock."""
+    forecast's history, and ``store``, e.g. a real database), with a movable clock."""
     clock = MovableClock()
     policy = parse_policy(policy_text.encode(), "unit.yaml")
     provider = FakeProvider(clock=clock)
-    balancer, store, probe = FakeBalancer(), MemoryStore(), FakeProbe()
+    balancer, probe = FakeBalancer(), FakeProbe()
+    store = store if store is not None else MemoryStore()
     metrics = metrics or FakeMetricsSource()
     # The fake and PrometheusSource both read history too (the forecast's range queries).
     history = metrics if isinstance(metrics, HistorySource) else None
