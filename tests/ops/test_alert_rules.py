@@ -37,7 +37,7 @@ provider: {{kind: local, state_dir: "{tmp}/fleet"}}
 launch:
   model_version: v1
   instance_types: [{{name: local-gpu, streams: 10, price_per_hour: 0.5}}]
-balancer: {{kind: nginx, nginx_binary: /bin/false, upstream_file: "{tmp}/upstream.conf"}}
+balancer: {{kind: nginx, upstream_file: "{tmp}/upstream.conf", nginx_conf: "{tmp}/nginx.conf"}}
 metrics: {{url: "http://127.0.0.1:1", timeout: 1s}}
 scaling: {{min_nodes: 0, max_nodes: 2, tick: 1s}}
 """
@@ -139,6 +139,8 @@ def test_balancer_rejection_alert_reaches_the_webhook(tmp_path: Path, receiver: 
         require_binary("prometheus-alertmanager")
     policy = tmp_path / "broken.yaml"
     policy.write_text(FAILING_POLICY.format(tmp=tmp_path))
+    # The real nginx, whose config check fails on every change: the balancer rejects each tick.
+    (tmp_path / "nginx.conf").write_text("this is not an nginx directive;\n")
     rules = tmp_path / "alerts.yml"
     shutil.copy(RULES, rules)
     metrics_port = free_port()
