@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "infra" / "prometheus" / "alerts.yml"
 RULE_TESTS = REPO / "infra" / "prometheus" / "alerts.test.yml"
 
-#: A pool whose every tick fails: the balancer's `nginx -t` is /bin/false.
+#: A pool whose every tick fails: the real nginx, checking a config that is not one.
 FAILING_POLICY = """
 pool: broken
 provider: {{kind: local, state_dir: "{tmp}/fleet"}}

@@ -20,14 +20,14 @@ from autoscaler.testing import read_metric, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: A pool whose every tick fails: the balancer's `nginx -t` is /bin/false.
+#: A pool whose every tick fails: the real nginx, checking a config that is not one.
 FAILING_POLICY = """
 pool: broken
 provider: {{kind: local, state_dir: "{tmp}/fleet"}}
 launch:
   model_version: v1
   instance_types: [{{name: local-gpu, streams: 10, price_per_hour: 0.5}}]
-balancer: {{kind: nginx, nginx_binary: /bin/false, upstream_file: "{tmp}/upstream.conf"}}
+balancer: {{kind: nginx, upstream_file: "{tmp}/upstream.conf", nginx_conf: "{tmp}/nginx.conf"}}
 metrics: {{url: "http://127.0.0.1:1", timeout: 1s}}
 scaling: {{min_nodes: 0, max_nodes: 2, tick: 1s}}
 """
@@ -100,6 +100,8 @@ def test_run_healthz_turns_503_when_every_tick_fails(tmp_path: Path) -> None:
     N=2 tick periods, and the ticks are counted as errors."""
     policy = tmp_path / "broken.yaml"
     policy.write_text(FAILING_POLICY.format(tmp=tmp_path))
+    # The real nginx, whose config check fails on every change: every tick's balancer apply fails.
+    (tmp_path / "nginx.conf").write_text("this is not an nginx directive;\n")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
