@@ -172,6 +172,27 @@ def _figures(
     }
 
 
+def _oracle_figures(
+    best: Oracle, demand: Demand, fleet: FleetModel, min_nodes: int, reference_seconds: int
+) -> dict[str, Any]:
+    """The figures of an oracle schedule: never waits, bills ``best``'s running and stopped seconds."""
+    return _figures(
+        duration=demand.duration_s,
+        tick_s=1,
+        fleet=fleet,
+        min_nodes=min_nodes,
+        max_nodes=best.peak_nodes,
+        node_seconds=best.node_seconds,
+        violation=0,
+        unmet=0,
+        peak=best.peak_nodes,
+        launches=best.launches,
+        terminations=0,
+        oracle_seconds=reference_seconds,
+        stopped_seconds=best.stopped_seconds,
+    )
+
+
 def summarize(result: Replay, demand: Demand, oracle_seconds: int) -> dict[str, Any]:
     """The figures of one replay (the contract fields of ``summary.json``, and a few more)."""
     scaling = result.policy.scaling
@@ -317,39 +338,12 @@ def dry_run(
         terminations=0,
         oracle_seconds=base_oracle.node_seconds,
     )
-    oracle_figures = _figures(
-        duration=demand.duration_s,
-        tick_s=1,
-        fleet=fleet,
-        min_nodes=min_nodes,
-        max_nodes=base_oracle.peak_nodes,
-        node_seconds=base_oracle.node_seconds,
-        violation=0,
-        unmet=0,
-        peak=base_oracle.peak_nodes,
-        launches=base_oracle.launches,
-        terminations=0,
-        oracle_seconds=base_oracle.node_seconds,
-    )
+    oracle_figures = _oracle_figures(base_oracle, demand, fleet, min_nodes, base_oracle.node_seconds)
     oracle_figures["terminations"] = None  # the oracle's bill does not depend on them; not counted
     warm_oracle = oracle(required, fleet.boot_s, warm_start_s=fleet.warm_start_s,
                          stopped_ratio=fleet.stopped_price_per_hour / fleet.price_per_hour
                          if fleet.price_per_hour else 0.0)
-    oracle_warm = _figures(
-        duration=demand.duration_s,
-        tick_s=1,
-        fleet=fleet,
-        min_nodes=min_nodes,
-        max_nodes=warm_oracle.peak_nodes,
-        node_seconds=warm_oracle.node_seconds,
-        violation=0,
-        unmet=0,
-        peak=warm_oracle.peak_nodes,
-        launches=warm_oracle.launches,
-        terminations=0,
-        oracle_seconds=base_oracle.node_seconds,
-        stopped_seconds=warm_oracle.stopped_seconds,
-    )
+    oracle_warm = _oracle_figures(warm_oracle, demand, fleet, min_nodes, base_oracle.node_seconds)
     oracle_warm["terminations"] = None
     oracle_warm["warm_starts"] = warm_oracle.warm_starts
     return DryRun(
