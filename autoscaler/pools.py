@@ -292,7 +292,7 @@ class PoolSet:
 
     def close(self) -> None:
         """Retire every pool (after its current tick). Changes no node."""
-        for entry in self.entries.values():
+        entries, self.entries = list(self.entries.values()), {}
+        for entry in entries:
             entry.retire()
-        self.entries.clear()
 

@@ -89,6 +89,7 @@ class PoolService:
         self._scheduled: dict[str, _Scheduled] = {}  # by pool
         self._retiring: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._stop_lock = threading.Lock()
         self._serial = itertools.count(1)
 
     # ------------------------------------------------------------------------------- pool jobs
@@ -221,12 +222,17 @@ class PoolService:
     def stop(self) -> None:
         """Stop scheduling; wait for ticks in progress to finish; retire every pool (no node is
         touched)."""
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
-        for thread in list(self._retiring):
-            thread.join()
-        self.pools.close()
-        self.stopped.set()
+        # Called from the signal handler's thread and by ``run`` once the scheduler returns: the
+        # second caller waits for the first and finds everything done.
+        with self._stop_lock:
+            if self.stopped.is_set():
+                return
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=True)
+            for thread in list(self._retiring):
+                thread.join()
+            self.pools.close()
+            self.stopped.set()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the service cleanly between ticks."""
