@@ -87,7 +87,8 @@ class Health:
                 state.failures_in_a_row += 1
 
     def report(self) -> tuple[bool, dict[str, Any]]:
-        """``(healthy, details)``; details per pool: last success, seconds since, limit, failures."""
+        """``(healthy, details)``: unhealthy when ANY pool is late; details name the ``failing`` pools
+        and give per pool its last success, seconds since, limit and failures in a row."""
         now = self._clock()
         pools: dict[str, Any] = {}
         healthy = True
@@ -104,7 +105,8 @@ class Health:
                     "limit_s": limit,
                     "failed_ticks_in_a_row": state.failures_in_a_row,
                 }
-        return healthy, {"status": "ok" if healthy else "unhealthy", "pools": pools}
+        failing = [pool for pool, state in pools.items() if not state["healthy"]]
+        return healthy, {"status": "ok" if healthy else "unhealthy", "failing": failing, "pools": pools}
 
 
 class _QuietHandler(WSGIRequestHandler):

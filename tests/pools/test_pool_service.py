@@ -66,7 +66,7 @@ def test_a_hung_cloud_holds_only_its_own_pool(
     wait_until(lambda: service.ticks_of("b") >= b_before + 8, timeout_s=10, message="b keeps ticking")
     assert service.ticks_of("a") == 0  # still inside its first tick; never overlapped
     healthy, report = fakes.telemetry.health.report()
-    assert not healthy
+    assert not healthy and report["failing"] == ["a"]
     assert report["pools"]["a"]["healthy"] is False and report["pools"]["b"]["healthy"] is True
     fakes.fleet("a").provider.gate.set()
     wait_until(lambda: service.ticks_of("a") >= 2, timeout_s=5, message="a ticks again")

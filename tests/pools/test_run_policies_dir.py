@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 LOCAL_POOL = """
 pool: {pool}
-provider: {{kind: local, state_dir: "{fleet}", load_delay: 1s}}
+provider: {{kind: local, state_dir: "{fleet}", load_delay: 0.2s}}
 launch:
   model_version: v1
   instance_types: [{{name: local-gpu, streams: 10, price_per_hour: 0.5}}]
@@ -33,7 +33,7 @@ balancer: {balancer}
 metrics: {{url: "http://127.0.0.1:1", timeout: 1s}}
 health: {{boot_timeout: 60s, timeout: 1s}}
 scaling:
-  min_nodes: 1
+  min_nodes: {min_nodes}
   max_nodes: 2
   tick: 1s
   checks:
@@ -62,9 +62,11 @@ def test_removing_a_file_stops_managing_the_pool_and_leaves_its_nodes(
         f'nginx_conf: "{nginx.conf_path}", nginx_prefix: "{nginx.root}/"}}'
     )
     gone = policies / "gone.yaml"
-    gone.write_text(LOCAL_POOL.format(pool="gone", fleet=tmp_path / "fleet-gone", balancer=balancer))
+    gone.write_text(
+        LOCAL_POOL.format(pool="gone", fleet=tmp_path / "fleet-gone", balancer=balancer, min_nodes=1)
+    )
     (policies / "kept.yaml").write_text(
-        LOCAL_POOL.format(pool="kept", fleet=tmp_path / "fleet-kept", balancer="{kind: none}")
+        LOCAL_POOL.format(pool="kept", fleet=tmp_path / "fleet-kept", balancer="{kind: none}", min_nodes=0)
     )
     fleets = {p: LocalProvider.for_policy(load_policy(policies / f"{p}.yaml")) for p in ("gone", "kept")}
     port = free_port()
