@@ -3,8 +3,10 @@
 Each pool has its own job on its own single-thread executor: ``max_instances=1`` so a slow tick is
 never overlapped by the next, ``coalesce=True`` so ticks missed while one ran become one tick, not a
 burst, and a pool whose cloud call hangs holds only its own thread, so the other pools tick on time.
-A scan job re-reads the selected policy files every ``rescan_s`` (polling modification times:
-no inotify, so it also works on network and container-mounted volumes) and starts or retires
+First ticks are spread over the period (a stable offset from the pool's name) so that many pools
+do not all tick at the same instant. A scan job re-reads the selected policy files every
+``rescan_s`` (polling modification times: no inotify, so it also works on network and
+container-mounted volumes) and starts or retires
 pools; a retired pool's job is removed at once, its adapters are closed after its current tick, and
 its nodes are left as they are. SIGTERM/SIGINT shut the scheduler down between ticks (ticks in
 progress finish first), as kube-downscaler does.
@@ -16,9 +18,10 @@ import contextlib
 import itertools
 import signal
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Protocol
 
@@ -76,8 +79,10 @@ class PoolService:
         on_tick: Callable[[TickOutcome], None] | None = None,
         interval_s: float | None = None,
         rescan_s: float | None = RESCAN_S,
+        spread: bool = True,
     ) -> None:
         self.pools = pools
+        self._spread = spread
         self._on_tick = on_tick
         self._fixed_interval = interval_s
         self._rescan_s = rescan_s
@@ -120,6 +125,7 @@ class PoolService:
         # One thread per pool: its tick never waits for another pool's, however slow that one is.
         self.scheduler.add_executor(ThreadPoolExecutor(1), alias=scheduled.executor)
         entry.runtime.controller.telemetry.health.expect(entry.pool, scheduled.interval_s)
+        first = datetime.now(UTC) + timedelta(seconds=self._offset(entry.pool, scheduled.interval_s))
         self.scheduler.add_job(
             self._tick,
             "interval",
@@ -130,9 +136,17 @@ class PoolService:
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(1, int(scheduled.interval_s)),
-            next_run_time=datetime.now(UTC),
+            next_run_time=first,
         )
         log.info("pool_scheduled", pool=entry.pool, file=str(entry.path), interval_s=scheduled.interval_s)
+
+    def _offset(self, pool: str, interval_s: float) -> float:
+        """Seconds before a new pool's first tick: a stable share of its period from its name, so
+        many pools do not all tick at the same instant every period (one core serves them in turn
+        instead of queueing them all at once); 0 without ``spread``."""
+        if not self._spread:
+            return 0.0
+        return zlib.crc32(pool.encode()) / 2**32 * interval_s
 
     def _tick(self, scheduled: _Scheduled) -> None:
         entry = scheduled.entry
@@ -276,4 +290,4 @@ class TickService(PoolService):
     ) -> None:
         self.runtime = runtime
         super().__init__(_OnePool(runtime), blocking=blocking, on_tick=on_tick, interval_s=interval_s,
-                         rescan_s=None)
+                         rescan_s=None, spread=False)

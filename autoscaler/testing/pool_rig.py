@@ -101,13 +101,20 @@ class FakePools:
     """``build`` for a ``PoolSet``: a runtime on a fake fleet per pool, sharing ``telemetry``.
 
     ``load`` (streams per node) is what each pool's metrics report; each pool has its own
-    ``MemoryStore`` (a pool ticks on one thread at a time, and the fake store is not locked).
+    ``MemoryStore`` (a pool ticks on one thread at a time, and the fake store is not locked) unless
+    ``store`` (a real one, shared by every pool) is given.
     """
 
     def __init__(
-        self, telemetry: ControllerMetrics | None = None, *, clock: Clock | None = None, load: float = 7.0
+        self,
+        telemetry: ControllerMetrics | None = None,
+        *,
+        clock: Clock | None = None,
+        load: float = 7.0,
+        store: Store | None = None,
     ) -> None:
         self.telemetry = telemetry or ControllerMetrics()
+        self.store = store
         self.clock: Clock = clock or SystemClock()
         self.load = load
         self.fleets: dict[str, FakeFleet] = {}
@@ -118,6 +125,8 @@ class FakePools:
         with self._lock:
             if pool not in self.fleets:
                 fleet = FakeFleet(provider=GatedProvider(clock=self.clock))
+                if self.store is not None:
+                    fleet.store = self.store
                 fleet.metrics.set(STREAMS_QUERY, self.load)
                 self.fleets[pool] = fleet
             return self.fleets[pool]
