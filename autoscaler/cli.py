@@ -188,6 +188,10 @@ def run(
         shared_store.close()
         raise typer.Exit(2)
     _report_problems(first.problems)
+    named = {e.pool for e in pools.entries.values()} | {p.pool for p in first.problems}
+    for name in sorted(set(pool or []) - named):
+        typer.echo(f"warning: --pool {name}: no selected file defines it yet (started when one does)",
+                   err=True)
     server = None
     if metrics_port is not None:
         try:

@@ -166,6 +166,10 @@ class PoolEntry:
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
 
+    def renamed(self) -> bool:
+        """The file's policy in force names another pool than the one this entry runs."""
+        return self.runtime.watcher.current().pool != self.pool
+
     def retire(self) -> None:
         """Close the pool's adapters after its current tick (if one runs). Changes no node."""
         with self.lock:
@@ -230,9 +234,17 @@ class PoolSet:
             return result
         keys = {p.resolve(): p for p in present}
         for key in list(self.entries):
+            entry = self.entries[key]
             if key not in keys:
-                entry = self.entries.pop(key)
+                del self.entries[key]
                 log.info("pool_removed", pool=entry.pool, file=str(entry.path),
+                         nodes="left as they are (not stopped, drained or terminated)")
+                result.removed.append(entry)
+            elif entry.renamed():
+                # The file now names another pool: the old pool is retired (its lock released) and
+                # the file starts afresh below under the new name, with the duplicate check.
+                del self.entries[key]
+                log.info("pool_removed", pool=entry.pool, file=str(entry.path), reason="renamed in its file",
                          nodes="left as they are (not stopped, drained or terminated)")
                 result.removed.append(entry)
         for key in list(self.problems):
@@ -287,6 +299,9 @@ class PoolSet:
         except AutoscalerError as exc:
             log.error("pool_not_started", pool=policy.pool, file=str(path), error=_problem(exc))
             return FileProblem(path, policy.pool, _problem(exc))
+        except Exception as exc:  # one pool's adapters failing to build must not stop the scan
+            log.exception("pool_not_started", pool=policy.pool, file=str(path))
+            return FileProblem(path, policy.pool, f"unexpected {type(exc).__name__}: {exc}")
         log.info("pool_added", pool=policy.pool, file=str(path))
         return PoolEntry(path=path, pool=policy.pool, runtime=runtime)
 

@@ -153,6 +153,11 @@ class PoolService:
         with entry.lock:
             if entry.closed:  # retired while this run was being submitted
                 return
+            if entry.renamed():
+                # Never act under another pool's name with this pool's leader lock: the next scan
+                # retires this entry and starts the file as the pool it now names.
+                log.warning("pool_renamed_tick_skipped", pool=entry.pool, file=str(entry.path))
+                return
             outcome = entry.runtime.controller.tick()
             entry.runtime.after_tick(outcome)
         with self._lock:

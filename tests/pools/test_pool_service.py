@@ -55,20 +55,24 @@ def service_for(fakes: FakePools) -> Iterator[StartService]:
 def test_a_hung_cloud_holds_only_its_own_pool(
     tmp_path: Path, fakes: FakePools, service_for: StartService
 ) -> None:
-    """Pool a's provider hangs for many tick periods: pool b keeps ticking on time meanwhile,
-    /healthz names a (and only a) as failing, and a resumes once its cloud answers."""
-    (tmp_path / "a.yaml").write_text(pool_policy("a"))
-    (tmp_path / "b.yaml").write_text(pool_policy("b"))
+    """Pools a and c hang in their provider for many tick periods (more hung pools than the
+    scheduler's default threads): pool b keeps ticking on time meanwhile, /healthz names a and c
+    (and only them) as failing, and they resume once their clouds answer."""
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.yaml").write_text(pool_policy(name))
     fakes.fleet("a").provider.gate.clear()
+    fakes.fleet("c").provider.gate.clear()
     service = service_for(tmp_path)
-    wait_until(lambda: fakes.fleet("a").provider.waiting == 1, timeout_s=5, message="a's tick hangs")
+    wait_until(lambda: fakes.fleet("a").provider.waiting == 1 and fakes.fleet("c").provider.waiting == 1,
+               timeout_s=5, message="a's and c's ticks hang")
     b_before = service.ticks_of("b")
     wait_until(lambda: service.ticks_of("b") >= b_before + 8, timeout_s=10, message="b keeps ticking")
     assert service.ticks_of("a") == 0  # still inside its first tick; never overlapped
     healthy, report = fakes.telemetry.health.report()
-    assert not healthy and report["failing"] == ["a"]
-    assert report["pools"]["a"]["healthy"] is False and report["pools"]["b"]["healthy"] is True
+    assert not healthy and report["failing"] == ["a", "c"]
+    assert report["pools"]["b"]["healthy"] is True
     fakes.fleet("a").provider.gate.set()
+    fakes.fleet("c").provider.gate.set()
     wait_until(lambda: service.ticks_of("a") >= 2, timeout_s=5, message="a ticks again")
     wait_until(lambda: fakes.telemetry.health.report()[0], timeout_s=5, message="healthy again")
 
@@ -128,3 +132,20 @@ def test_duplicate_and_broken_files_never_stop_the_others(
     d_then = service.ticks_of("d")
     wait_until(lambda: service.ticks_of("d") >= d_then + 2, timeout_s=5, message="d keeps ticking")
     assert service.running_pools() == ["a", "d"]
+
+
+def test_a_file_renamed_to_another_pool_retires_the_old_one(
+    tmp_path: Path, fakes: FakePools, service_for: StartService
+) -> None:
+    """Editing a running file's `pool:` never ticks the new name under the old pool's runtime: the
+    old pool is retired (adapters closed, nodes left) and the new one starts from the file."""
+    path = tmp_path / "a.yaml"
+    path.write_text(pool_policy("a", min_nodes=2))
+    service = service_for(tmp_path)
+    wait_until(lambda: len(fakes.fleet("a").balancer.current()) == 2, timeout_s=10, message="a serves 2")
+    path.write_text(pool_policy("renamed"))
+    wait_until(lambda: service.running_pools() == ["renamed"] and service.ticks_of("renamed") >= 1,
+               timeout_s=5, message="renamed runs")
+    wait_until(lambda: fakes.fleet("a").closed == 1, timeout_s=5, message="a closed")
+    assert fakes.fleet("a").provider.terminate_calls == [] and len(fakes.fleet("a").balancer.current()) == 2
+    assert len(fakes.fleet("renamed").provider.instances) == 1  # its own fleet, its own min_nodes
