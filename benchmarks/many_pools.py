@@ -14,11 +14,12 @@ controllers' clock runs C times faster than the wall clock (boot timeouts, stabi
 cool-downs see 15 s per tick). The work of a tick does not depend on the clock, so the CPU one round
 costs is what 15 s of schedule costs at real time; ``--compress 1`` runs in real time.
 
-Prints per round: wall time from its first due tick to its last finished one, and CPU seconds of
-the process; then CPU seconds per 15 s of schedule (mean and worst) as a share of one core, ticks
-missed (skipped by the scheduler: a pool's previous tick still running, or past the misfire grace)
-and late (started more than 10 % of the interval after they were due). Exit status 1 when it does
-not keep up: a tick missed, or the worst round needing more CPU than 15 s of schedule allows.
+Prints per round (one tick period): ticks run, the wall time they took (sum, and the longest
+tick), and CPU seconds of the process; then CPU seconds per 15 s of schedule (mean and worst) as
+a share of one core, ticks missed (skipped by the scheduler: a pool's previous tick still
+running, or past the misfire grace) and late (started more than 10 % of the tick after it was
+due). Exit status 1 when it does not keep up: a tick missed, or the worst round needing more CPU
+than 15 s of schedule allows.
 """
 
 from __future__ import annotations
@@ -73,12 +74,15 @@ class ScaledClock:
 
 
 class Recorder:
-    """Scheduler events: when each tick was due, submitted and finished; missed and skipped ticks."""
+    """Scheduler events: when each tick was due, started (submitted to its pool's thread) and
+    finished; missed and skipped ticks."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.late_s: list[float] = []
-        self.ends: dict[str, list[tuple[float, float]]] = defaultdict(list)  # job → (due, end)
+        self._started: dict[tuple[str, float], float] = {}
+        #: Per job: (due, started, finished) of each tick.
+        self.ticks: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
         self.missed = 0
         self.skipped = 0
 
@@ -91,12 +95,16 @@ class Recorder:
             if event.code == EVENT_JOB_MAX_INSTANCES:  # a JobSubmissionEvent too: test it first
                 self.skipped += 1
             elif isinstance(event, JobSubmissionEvent):
-                self.late_s.extend(now - due.timestamp() for due in event.scheduled_run_times)
+                for due in event.scheduled_run_times:
+                    self.late_s.append(now - due.timestamp())
+                    self._started[(event.job_id, due.timestamp())] = now
             elif isinstance(event, JobExecutionEvent):
                 if event.code == EVENT_JOB_MISSED:
                     self.missed += 1
-                else:
-                    self.ends[event.job_id].append((event.scheduled_run_time.timestamp(), now))
+                    return
+                due = event.scheduled_run_time.timestamp()
+                started = self._started.pop((event.job_id, due), due)
+                self.ticks[event.job_id].append((due, started, now))
 
 
 def main() -> int:
@@ -155,23 +163,22 @@ def report(
     args: argparse.Namespace, interval: float, recorder: Recorder, cpu_marks: list[float], fakes: FakePools
 ) -> int:
     """Print the figures; 0 when every tick ran and the worst round fits in one core's 15 s."""
-    rounds: dict[int, tuple[float, float]] = {}
-    for ends in recorder.ends.values():
-        first_due = min(due for due, _end in ends)
-        for due, end in ends:
-            k = round((due - first_due) / interval)
-            lo, hi = rounds.get(k, (due, end))
-            rounds[k] = (min(lo, due), max(hi, end))
+    rounds: dict[int, list[float]] = defaultdict(list)  # round → wall seconds of each tick
+    for ticks in recorder.ticks.values():
+        first_due = min(due for due, _start, _end in ticks)
+        for due, start, end in ticks:
+            rounds[round((due - first_due) / interval)].append(end - start)
     cpu = [b - a for a, b in itertools.pairwise(cpu_marks)]
     print(f"{args.pools} pools, tick {TICK_S:.0f} s compressed {args.compress:g}x (every {interval:.2f} s of "
           f"wall time), one core (affinity {sorted(os.sched_getaffinity(0))}), "
           f"{'one SQLite store' if args.sqlite else 'in-memory stores'}")
-    print("round  wall s (first due → last done)  CPU s")
+    print("round  ticks  wall s in ticks (sum)  longest tick ms  process CPU s")
     for k in sorted(rounds)[: args.rounds + 1]:
-        lo, hi = rounds[k]
-        print(f"{k:5d}  {hi - lo:30.3f}  {cpu[k] if k < len(cpu) else float('nan'):5.3f}")
+        walls = rounds[k]
+        used = f"{cpu[k]:13.3f}" if k < len(cpu) else "            -"
+        print(f"{k:5d}  {len(walls):5d}  {sum(walls):21.3f}  {max(walls) * 1000:15.1f}  {used}")
     steady = cpu[1: args.rounds + 1] or cpu
-    ticks = sum(len(e) for e in recorder.ends.values())
+    ticks = sum(len(t) for t in recorder.ticks.values())
     late = sum(1 for s in recorder.late_s if s > 0.1 * TICK_S)
     late_here = sum(1 for s in recorder.late_s if s > 0.1 * interval)
     nodes = sum(len(f.balancer.current()) for f in fakes.fleets.values())
