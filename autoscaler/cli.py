@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -15,6 +16,11 @@ from autoscaler.errors import AutoscalerError, PolicyError
 from autoscaler.logs import configure_logging
 from autoscaler.policy.explain import render_reasons
 from autoscaler.telemetry import UNHEALTHY_AFTER_TICKS, ControllerMetrics, Health, MetricsServer
+
+if TYPE_CHECKING:
+    from autoscaler.pools import FileProblem, Selection
+    from autoscaler.store import SqlStore
+    from autoscaler.wiring import Runtime
 
 app = typer.Typer(
     help="An autoscaler for GPU inference fleets. Start with `autoscaler demo`.",
@@ -72,7 +78,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _open_store(store: str | None) -> Any:
+def _open_store(store: str | None) -> SqlStore:
     """The store the selected pools share (one connection pool, however many pools)."""
     from autoscaler.store import open_store
 
@@ -82,7 +88,9 @@ def _open_store(store: str | None) -> Any:
         _fail(str(exc))
 
 
-def pool_builder(store: str | None, shared_store: Any, telemetry: ControllerMetrics | None = None) -> Any:
+def pool_builder(
+    store: str | None, shared_store: SqlStore, telemetry: ControllerMetrics | None = None
+) -> Callable[[Path], Runtime]:
     """How ``run`` and ``once`` build each selected pool's runtime: everything a run decides once for
     all its pools (store, telemetry; a mode such as shadow) is bound here."""
     from functools import partial
@@ -92,21 +100,19 @@ def pool_builder(store: str | None, shared_store: Any, telemetry: ControllerMetr
     return partial(build_runtime, store_url=store, telemetry=telemetry, store=shared_store)
 
 
-def _selection(
-    policies: list[Path] | None, policy: list[Path] | None, pool: list[str] | None, *, need_files: bool
-) -> Any:
+def _selection(policies: list[Path] | None, policy: list[Path] | None, pool: list[str] | None) -> Selection:
     """The selected pools' files loaded once; a selection that runs nothing is an error (exit 2),
     with every file's problem printed."""
     from autoscaler.errors import PoolSelectionError
     from autoscaler.pools import load_selection
 
-    if need_files and not policies and not policy:
+    if not policies and not policy:
         _fail("say which pools: --policy FILE (repeatable) or --policies DIR")
     try:
         selection = load_selection(policies or [], policy or [], pool or [])
     except PoolSelectionError as exc:
         _fail(str(exc))
-    if need_files and not selection.policies:
+    if not selection.policies:
         for problem in selection.problems:
             typer.echo(problem.error, err=True)
         if not selection.problems:
@@ -115,7 +121,7 @@ def _selection(
     return selection
 
 
-def _report_problems(problems: list[Any]) -> None:
+def _report_problems(problems: Sequence[FileProblem]) -> None:
     for problem in problems:
         typer.echo(f"pool {problem.pool} ({problem.path}): not run: {problem.error}", err=True)
 
@@ -224,12 +230,14 @@ def _outcome_json(outcome: TickOutcome) -> dict[str, Any]:
     return payload
 
 
-def _build_all(selection: Any, build: Any, runtimes: dict[str, Any]) -> list[Any]:
+def _build_all(
+    selection: Selection, build: Callable[[Path], Runtime], runtimes: dict[str, Runtime]
+) -> list[FileProblem]:
     """Each selected pool's runtime into ``runtimes`` (the caller closes them, also after a failure);
     the problems: files that did not load, pools whose adapters cannot be built."""
     from autoscaler.pools import FileProblem
 
-    problems: list[Any] = list(selection.problems)
+    problems: list[FileProblem] = list(selection.problems)
     for name, (path, _policy) in sorted(selection.policies.items()):
         try:
             runtimes[name] = build(path)
@@ -259,9 +267,9 @@ def once(
     from concurrent.futures import ThreadPoolExecutor
 
     configure_logging(json_lines=log_json, level="warning")
-    selection = _selection(policies, policy, pool, need_files=True)
+    selection = _selection(policies, policy, pool)
     shared_store = _open_store(store)
-    runtimes: dict[str, Any] = {}
+    runtimes: dict[str, Runtime] = {}
     try:
         problems = _build_all(selection, pool_builder(store, shared_store), runtimes)
         # Concurrently, so one pool's slow cloud does not hold up the others' ticks.
@@ -295,12 +303,12 @@ def explain(
     """Show the reason trail of the current tick of each selected pool: observe and decide, change
     nothing (status 1 if a pool could not be observed or a file could not run)."""
     configure_logging(level="warning")
-    selection = _selection(policies, policy, pool, need_files=True)
+    selection = _selection(policies, policy, pool)
     shared_store = _open_store(store)
     results: list[dict[str, Any]] = []
     texts: list[str] = []
     failed: list[str] = []
-    runtimes: dict[str, Any] = {}
+    runtimes: dict[str, Runtime] = {}
     try:
         problems = _build_all(selection, pool_builder(store, shared_store), runtimes)
         for name, runtime in runtimes.items():
@@ -346,13 +354,13 @@ def _read_store(store: str | None) -> Any:
 
 def _pools(
     policies: list[Path] | None, policy: list[Path] | None, pool: list[str] | None, reader: Any
-) -> tuple[list[str], dict[str, bool], list[Any]]:
+) -> tuple[list[str], dict[str, bool], list[FileProblem]]:
     """The pools a read command is about, the ``paused: true`` of their files, and the selected
     files that do not load: ``--pool`` names alone, the selected files' pools (narrowed by
     ``--pool``), or every pool the store has recorded."""
     if not policies and not policy:
         return (list(pool) if pool else list(reader.pools())), {}, []
-    selection = _selection(policies, policy, pool, need_files=True)
+    selection = _selection(policies, policy, pool)
     names = sorted(selection.policies)
     in_files = {name: p.paused for name, (_path, p) in selection.policies.items()}
     return names, in_files, selection.problems
