@@ -12,7 +12,8 @@ Rules, the same everywhere:
   0, under the ``pool:`` the file names when that much can be read, else the file's stem) and the
   other pools run;
 - two files naming the same pool: the first (in path order at start, or the one already running)
-  keeps the pool, the second is an error (``DuplicatePoolError``) until it is renamed or removed;
+  keeps the pool, the second is an error (``DuplicatePoolError``) until it is renamed or removed,
+  or until the first is removed (then the second takes the pool over at the next scan);
 - a file that disappears retires its pool: the pool is no longer ticked and its adapters are closed.
   Its nodes are left exactly as they are (running, stopped and in the balancer): retiring a pool
   changes nothing in the world;
@@ -93,6 +94,8 @@ class FileProblem:
     path: Path
     pool: str
     error: str
+    #: A valid file for a pool another file already defines (it may start once that one is gone).
+    duplicate: bool = False
 
     def to_dict(self) -> dict[str, str]:
         """JSON-ready form."""
@@ -132,7 +135,7 @@ def load_selection(
         if policy.pool in selection.policies:
             first = selection.policies[policy.pool][0]
             error = DuplicatePoolError(f"{path}: pool {policy.pool!r} is already defined by {first}")
-            selection.problems.append(FileProblem(path, policy.pool, str(error)))
+            selection.problems.append(FileProblem(path, policy.pool, str(error), duplicate=True))
             continue
         selection.policies[policy.pool] = (path, policy)
     named = {p.pool for p in selection.problems}
@@ -259,7 +262,10 @@ class PoolSet:
                 continue
             stamp = _stamp(path)
             if key in self.problems and self.problems[key][0] == stamp:
-                continue  # the same broken version: reported once already
+                tried = self.problems[key][1]
+                if not (tried.duplicate and tried.pool not in running):
+                    continue  # the same broken version, or the pool still run from another file
+
             entry_or_problem = self._start(path, running)
             if isinstance(entry_or_problem, FileProblem):
                 wanted = not self.only or entry_or_problem.pool in self.only
@@ -293,7 +299,7 @@ class PoolSet:
                 "this file is ignored until it names another pool or is removed"
             )
             log.error("pool_duplicate", pool=policy.pool, file=str(path), error=str(error))
-            return FileProblem(path, policy.pool, str(error))
+            return FileProblem(path, policy.pool, str(error), duplicate=True)
         try:
             runtime = self._build(path)
         except AutoscalerError as exc:

@@ -106,7 +106,8 @@ def test_files_added_changed_removed_without_restart(
 def test_duplicate_and_broken_files_never_stop_the_others(
     tmp_path: Path, fakes: FakePools, service_for: StartService
 ) -> None:
-    """A second file for a running pool is an error and the first keeps running; a broken file is
+    """A second file for a running pool is an error and the first keeps running (the second takes
+    over once the first is removed); a broken file is
     reported (policy_valid 0 under its pool) and starts once it is fixed; a broken edit of a
     running pool keeps its last valid policy."""
     (tmp_path / "a.yaml").write_text(pool_policy("a"))
@@ -122,6 +123,9 @@ def test_duplicate_and_broken_files_never_stop_the_others(
     a_then = service.ticks_of("a")
     wait_until(lambda: service.ticks_of("a") >= a_then + 3, timeout_s=5, message="a goes on")
     assert len(fakes.fleet("a").provider.instances) == 1  # the copy's min_nodes 3 never applied
+    # The first file removed: the second takes pool a over (its nodes, now its min_nodes 3).
+    (tmp_path / "a.yaml").unlink()
+    wait_until(lambda: len(fakes.fleet("a").provider.instances) == 3, timeout_s=5, message="copy takes a")
     # Fixed: the broken pool starts. Broken again while running: it keeps its last valid policy.
     (tmp_path / "d.yaml").write_text(pool_policy("d"))
     wait_until(lambda: service.ticks_of("d") >= 1, timeout_s=5, message="d starts once fixed")
