@@ -107,9 +107,8 @@ def test_duplicate_and_broken_files_never_stop_the_others(
     tmp_path: Path, fakes: FakePools, service_for: StartService
 ) -> None:
     """A second file for a running pool is an error and the first keeps running (the second takes
-    over once the first is removed); a broken file is
-    reported (policy_valid 0 under its pool) and starts once it is fixed; a broken edit of a
-    running pool keeps its last valid policy."""
+    over once the first is removed); a broken file is reported (policy_valid 0 under its pool) and
+    starts once it is fixed; a broken edit of a running pool keeps its last valid policy."""
     (tmp_path / "a.yaml").write_text(pool_policy("a"))
     (tmp_path / "d.yaml").write_text(pool_policy("d").replace("max_nodes: 20", "max_nodes: -1"))
     with capture_logs() as logs:
