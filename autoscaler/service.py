@@ -3,13 +3,13 @@
 Each pool has its own job on its own single-thread executor: ``max_instances=1`` so a slow tick is
 never overlapped by the next, ``coalesce=True`` so ticks missed while one ran become one tick, not a
 burst, and a pool whose cloud call hangs holds only its own thread, so the other pools tick on time.
-First ticks are spread over the period (a stable offset from the pool's name) so that many pools
-do not all tick at the same instant. A scan job re-reads the selected policy files every
-``rescan_s`` (polling modification times: no inotify, so it also works on network and
-container-mounted volumes) and starts or retires
-pools; a retired pool's job is removed at once, its adapters are closed after its current tick, and
-its nodes are left as they are. SIGTERM/SIGINT shut the scheduler down between ticks (ticks in
-progress finish first), as kube-downscaler does.
+First ticks are spread over the period (a stable offset from the pool's name; a pool alone ticks
+at once) so that many pools do not all tick at the same instant. A scan job re-reads the selected
+policy files every ``rescan_s`` (polling modification times: no inotify, so it also works on
+network and container-mounted volumes) and starts or retires pools; a retired pool's job is
+removed at once, its adapters are closed after its current tick, and its nodes are left as they
+are. SIGTERM/SIGINT shut the scheduler down between ticks (ticks in progress finish first), as
+kube-downscaler does.
 """
 
 from __future__ import annotations
@@ -143,9 +143,11 @@ class PoolService:
     def _offset(self, pool: str, interval_s: float) -> float:
         """Seconds before a new pool's first tick: a stable share of its period from its name, so
         many pools do not all tick at the same instant every period (one core serves them in turn
-        instead of queueing them all at once); 0 without ``spread``."""
-        if not self._spread:
-            return 0.0
+        instead of queueing them all at once); 0 without ``spread`` or for the only pool."""
+        with self._lock:
+            alone = list(self._scheduled) == [pool]
+        if not self._spread or alone:
+            return 0.0  # a single pool (`run --policy FILE`) ticks at once, as it always did
         return zlib.crc32(pool.encode()) / 2**32 * interval_s
 
     def _tick(self, scheduled: _Scheduled) -> None:
