@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -16,6 +17,11 @@ from autoscaler.logs import configure_logging
 from autoscaler.policy.explain import render_reasons
 from autoscaler.telemetry import UNHEALTHY_AFTER_TICKS, ControllerMetrics, Health, MetricsServer
 
+if TYPE_CHECKING:
+    from autoscaler.pools import FileProblem, Selection
+    from autoscaler.store import SqlStore
+    from autoscaler.wiring import Runtime
+
 app = typer.Typer(
     help="An autoscaler for GPU inference fleets. Start with `autoscaler demo`.",
     no_args_is_help=True,
@@ -23,7 +29,20 @@ app = typer.Typer(
     add_completion=False,
 )
 
-PolicyOption = Annotated[Path, typer.Option("--policy", "-p", help="The pool's policy file (YAML).")]
+PolicyFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--policy", "-p", help="A pool's policy file (YAML); repeat for several pools."),
+]
+PolicyDirs = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--policies",
+        help="A directory of policy files: every *.yaml / *.yml directly in it is one pool (repeatable).",
+    ),
+]
+PoolNames = Annotated[
+    list[str] | None, typer.Option("--pool", help="Only this pool of the selection (repeatable).")
+]
 StoreOption = Annotated[
     str | None,
     typer.Option(
@@ -59,17 +78,52 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _runtime(policy: Path, store: str | None, telemetry: ControllerMetrics | None = None) -> Any:
-    from autoscaler.wiring import build_runtime
+def _open_store(store: str | None) -> SqlStore:
+    """The store the selected pools share (one connection pool, however many pools)."""
+    from autoscaler.store import open_store
 
     try:
-        return build_runtime(policy, store, telemetry=telemetry)
-    except PolicyError as exc:
-        for problem in exc.problems or [str(exc)]:
-            typer.echo(problem, err=True)
-        raise typer.Exit(2) from exc
+        return open_store(store)
     except AutoscalerError as exc:
         _fail(str(exc))
+
+
+def pool_builder(
+    store: str | None, shared_store: SqlStore, telemetry: ControllerMetrics | None = None
+) -> Callable[[Path], Runtime]:
+    """How ``run`` and ``once`` build each selected pool's runtime: everything a run decides once for
+    all its pools (store, telemetry; a mode such as shadow) is bound here."""
+    from functools import partial
+
+    from autoscaler.wiring import build_runtime
+
+    return partial(build_runtime, store_url=store, telemetry=telemetry, store=shared_store)
+
+
+def _selection(policies: list[Path] | None, policy: list[Path] | None, pool: list[str] | None) -> Selection:
+    """The selected pools' files loaded once; a selection that runs nothing is an error (exit 2),
+    with every file's problem printed."""
+    from autoscaler.errors import PoolSelectionError
+    from autoscaler.pools import load_selection
+
+    if not policies and not policy:
+        _fail("say which pools: --policy FILE (repeatable) or --policies DIR")
+    try:
+        selection = load_selection(policies or [], policy or [], pool or [])
+    except PoolSelectionError as exc:
+        _fail(str(exc))
+    if not selection.policies:
+        for problem in selection.problems:
+            typer.echo(problem.error, err=True)
+        if not selection.problems:
+            _fail("no policy files selected (a --policies directory holds no *.yaml or *.yml)")
+        raise typer.Exit(2)
+    return selection
+
+
+def _report_problems(problems: Sequence[FileProblem]) -> None:
+    for problem in problems:
+        typer.echo(f"pool {problem.pool} ({problem.path}): not run: {problem.error}", err=True)
 
 
 def render_outcome(outcome: TickOutcome) -> str:
@@ -95,7 +149,9 @@ def render_outcome(outcome: TickOutcome) -> str:
 
 @app.command()
 def run(
-    policy: PolicyOption,
+    policy: PolicyFiles = None,
+    policies: PolicyDirs = None,
+    pool: PoolNames = None,
     store: StoreOption = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve the controller's metrics here.")] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
@@ -103,88 +159,187 @@ def run(
         int,
         typer.Option(min=1, help="/healthz fails (503) after this many tick periods with no good tick."),
     ] = UNHEALTHY_AFTER_TICKS,
+    rescan: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds between scans of the selected files for added or removed pools."),
+    ] = 2.0,
     log_json: JsonLogs = False,
 ) -> None:
-    """Run the controller: one tick every `scaling.tick`, until SIGTERM or SIGINT.
+    """Run the controller: every selected pool ticks every `scaling.tick`, until SIGTERM or SIGINT.
 
-    With --metrics-port: /metrics for Prometheus and /healthz for a supervisor on that port.
+    Files added to a --policies directory start pools, changed files are reloaded, removed files stop
+    managing their pool (its nodes are left as they are). With --metrics-port: /metrics for
+    Prometheus and /healthz for a supervisor on that port.
     """
-    from autoscaler.service import TickService
+    from autoscaler.errors import PoolSelectionError
+    from autoscaler.pools import PoolSet
+    from autoscaler.service import PoolService
 
     configure_logging(json_lines=log_json)
+    if not policies and not policy:
+        _fail("say which pools: --policy FILE (repeatable) or --policies DIR")
     telemetry = ControllerMetrics(health=Health(unhealthy_after=unhealthy_after))
-    runtime = _runtime(policy, store, telemetry)
+    shared_store = _open_store(store)
+    try:
+        pools = PoolSet(policies or [], policy or [], pool_builder(store, shared_store, telemetry),
+                        telemetry=telemetry, only=pool or [])
+    except PoolSelectionError as exc:
+        shared_store.close()
+        _fail(str(exc))
+    first = pools.scan()
+    if not pools.entries and first.problems:
+        # Nothing could start: a controller with no pool on a typo is worse than a clear exit.
+        for problem in first.problems:
+            typer.echo(problem.error, err=True)
+        shared_store.close()
+        raise typer.Exit(2)
+    _report_problems(first.problems)
+    named = {e.pool for e in pools.entries.values()} | {p.pool for p in first.problems}
+    for name in sorted(set(pool or []) - named):
+        typer.echo(f"warning: --pool {name}: no selected file defines it yet (started when one does)",
+                   err=True)
     server = None
     if metrics_port is not None:
         try:
             server = MetricsServer(telemetry, metrics_host, metrics_port).start()
         except OSError as exc:
-            runtime.close()
+            pools.close()
+            shared_store.close()
             _fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}")
-    service = TickService(runtime, blocking=True)
+    service = PoolService(pools, blocking=True, rescan_s=rescan)
     service.install_signal_handlers()
     try:
-        service.start()
+        service.start(first)
     finally:
-        runtime.close()
+        service.stop()
+        shared_store.close()
         if server is not None:
             server.close()
     typer.echo(f"stopped after {service.ticks} ticks", err=True)
 
 
+def _outcome_json(outcome: TickOutcome) -> dict[str, Any]:
+    payload = outcome.to_dict() | {
+        "pool": outcome.pool,
+        "at": outcome.at.isoformat(),
+        "tick_id": outcome.tick_id,
+        "ok": outcome.ok,
+    }
+    if outcome.decision is not None:
+        payload["decision"] = decision_record(outcome.decision)
+    return payload
+
+
+def _build_all(
+    selection: Selection, build: Callable[[Path], Runtime], runtimes: dict[str, Runtime]
+) -> list[FileProblem]:
+    """Each selected pool's runtime into ``runtimes`` (the caller closes them, also after a failure);
+    the problems: files that did not load, pools whose adapters cannot be built."""
+    from autoscaler.pools import FileProblem
+
+    problems: list[FileProblem] = list(selection.problems)
+    for name, (path, _policy) in sorted(selection.policies.items()):
+        try:
+            runtimes[name] = build(path)
+        except AutoscalerError as exc:
+            problems.append(FileProblem(path, name, "; ".join(getattr(exc, "problems", [])) or str(exc)))
+    return problems
+
+
+def _single(policies: list[Path] | None, policy: list[Path] | None) -> bool:
+    """One ``--policy`` file and no directory: the output keeps its one-pool shape (an object)."""
+    return not policies and len(policy or []) == 1
+
+
 @app.command()
 def once(
-    policy: PolicyOption,
+    policy: PolicyFiles = None,
+    policies: PolicyDirs = None,
+    pool: PoolNames = None,
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
     log_json: JsonLogs = False,
 ) -> None:
-    """Run one tick, print what it decided and did, and exit (status 1 if the tick had errors)."""
+    """Run one tick of each selected pool, print what each decided and did, and exit (status 1 if
+    any tick had errors or any selected file could not run).
+
+    With --json: the outcome object for a single --policy, else a list with one object per pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
     configure_logging(json_lines=log_json, level="warning")
-    runtime = _runtime(policy, store)
+    selection = _selection(policies, policy, pool)
+    shared_store = _open_store(store)
+    runtimes: dict[str, Runtime] = {}
     try:
-        outcome = runtime.controller.tick()
+        problems = _build_all(selection, pool_builder(store, shared_store), runtimes)
+        # Concurrently, so one pool's slow cloud does not hold up the others' ticks.
+        with ThreadPoolExecutor(max_workers=max(1, len(runtimes))) as threads:
+            futures = {name: threads.submit(r.controller.tick) for name, r in runtimes.items()}
+            outcomes = {name: future.result() for name, future in futures.items()}
     finally:
-        runtime.close()
+        for runtime in runtimes.values():
+            runtime.close()
+        shared_store.close()
+    ok = not problems and all(o.ok for o in outcomes.values())
     if as_json:
-        payload = outcome.to_dict() | {
-            "pool": outcome.pool,
-            "at": outcome.at.isoformat(),
-            "tick_id": outcome.tick_id,
-        }
-        if outcome.decision is not None:
-            payload["decision"] = decision_record(outcome.decision)
-        typer.echo(json.dumps(payload, indent=2, default=str))
+        items: list[dict[str, Any]] = [_outcome_json(o) for _n, o in sorted(outcomes.items())]
+        items += [p.to_dict() | {"ok": False} for p in problems]
+        shown: Any = items[0] if _single(policies, policy) and items else items
+        typer.echo(json.dumps(shown, indent=2, default=str))
     else:
-        typer.echo(render_outcome(outcome))
-    raise typer.Exit(0 if outcome.ok else 1)
+        typer.echo("\n\n".join(render_outcome(o) for _n, o in sorted(outcomes.items())))
+    _report_problems(problems)
+    raise typer.Exit(0 if ok else 1)
 
 
 @app.command()
 def explain(
-    policy: PolicyOption,
+    policy: PolicyFiles = None,
+    policies: PolicyDirs = None,
+    pool: PoolNames = None,
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the trail as JSON.")] = False,
 ) -> None:
-    """Show the reason trail of the current tick: observe and decide, change nothing."""
+    """Show the reason trail of the current tick of each selected pool: observe and decide, change
+    nothing (status 1 if a pool could not be observed or a file could not run)."""
     configure_logging(level="warning")
-    runtime = _runtime(policy, store)
+    selection = _selection(policies, policy, pool)
+    shared_store = _open_store(store)
+    results: list[dict[str, Any]] = []
+    texts: list[str] = []
+    failed: list[str] = []
+    runtimes: dict[str, Runtime] = {}
     try:
-        _policy, observation, decision = runtime.controller.explain()
-    except AutoscalerError as exc:
-        _fail(f"cannot observe the pool: {exc}", 1)
-    finally:
-        runtime.close()
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {"inputs": observation.inputs(), "decision": decision_record(decision)}, indent=2, default=str
+        problems = _build_all(selection, pool_builder(store, shared_store), runtimes)
+        for name, runtime in runtimes.items():
+            try:
+                _policy, observation, decision = runtime.controller.explain()
+            except AutoscalerError as exc:
+                failed.append(f"pool {name}: cannot observe the pool: {exc}")
+                continue
+            results.append(
+                {"pool": name, "inputs": observation.inputs(), "decision": decision_record(decision)}
             )
-        )
-    else:
-        typer.echo(render_reasons(decision))
-        if observation.forecast is not None:
-            typer.echo("\n".join(observation.forecast.describe()))
+            text = render_reasons(decision)
+            if observation.forecast is not None:
+                text += "\n" + "\n".join(observation.forecast.describe())
+            texts.append(text if _single(policies, policy) else f"== pool {name} ==\n{text}")
+    finally:
+        for runtime in runtimes.values():
+            runtime.close()
+        shared_store.close()
+    if as_json:
+        single = _single(policies, policy) and len(results) == 1
+        typer.echo(json.dumps(
+            {k: v for k, v in results[0].items() if k != "pool"} if single else results, indent=2, default=str
+        ))
+    elif texts:
+        typer.echo("\n\n".join(texts))
+    for line in failed:
+        typer.echo(f"error: {line}", err=True)
+    _report_problems(problems)
+    if failed or problems:
+        raise typer.Exit(1)
 
 
 def _read_store(store: str | None) -> Any:
@@ -197,39 +352,40 @@ def _read_store(store: str | None) -> Any:
         _fail(str(exc))
 
 
-def _pools(policy: Path | None, pool: str | None, reader: Any) -> list[str]:
-    """The pools a read command is about: ``--pool``, the ``--policy`` file's, or every recorded one."""
-    from autoscaler.policy.load import load_policy
-
-    if pool:
-        return [pool]
-    if policy is not None:
-        try:
-            return [load_policy(policy).pool]
-        except PolicyError as exc:
-            _fail("; ".join(exc.problems) or str(exc))
-    return list(reader.pools())
+def _pools(
+    policies: list[Path] | None, policy: list[Path] | None, pool: list[str] | None, reader: Any
+) -> tuple[list[str], dict[str, bool], list[FileProblem]]:
+    """The pools a read command is about, the ``paused: true`` of their files, and the selected
+    files that do not load: ``--pool`` names alone, the selected files' pools (narrowed by
+    ``--pool``), or every pool the store has recorded."""
+    if not policies and not policy:
+        return (list(pool) if pool else list(reader.pools())), {}, []
+    selection = _selection(policies, policy, pool)
+    names = sorted(selection.policies)
+    in_files = {name: p.paused for name, (_path, p) in selection.policies.items()}
+    return names, in_files, selection.problems
 
 
 @app.command()
 def history(
-    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="The pool's policy file.")] = None,
-    pool: Annotated[str | None, typer.Option("--pool", help="The pool's name (instead of --policy).")] = None,
+    policy: PolicyFiles = None,
+    policies: PolicyDirs = None,
+    pool: PoolNames = None,
     store: StoreOption = None,
     since: Annotated[
         str | None, typer.Option(help="Only ticks this recent: 90s, 30m, 2h, 1d.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many ticks.")] = 20,
+    limit: Annotated[int, typer.Option(help="At most this many ticks per pool.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ticks as JSON.")] = False,
 ) -> None:
-    """Print a pool's recorded ticks, newest first (reads the store; never creates one)."""
+    """Print the selected pools' recorded ticks, newest first (reads the store; never creates one)."""
     from datetime import UTC, datetime
 
     from autoscaler.policy.model import parse_duration
     from autoscaler.terminal import history_rows, history_table, print_table
 
-    if policy is None and pool is None:
-        _fail("say which pool: --pool NAME or --policy FILE")
+    if not policy and not policies and not pool:
+        _fail("say which pools: --pool NAME, --policy FILE or --policies DIR")
     cutoff = None
     if since is not None:
         try:
@@ -238,38 +394,42 @@ def history(
             _fail(f"--since: {exc}")
     reader = _read_store(store)
     try:
-        (name,) = _pools(policy, pool, reader)
-        rows = history_rows(reader.recent_ticks(name, limit, since=cutoff))
+        names, _paused, problems = _pools(policies, policy, pool, reader)
+        rows = [row for name in names for row in history_rows(reader.recent_ticks(name, limit, since=cutoff))]
     except AutoscalerError as exc:
         _fail(str(exc))
     finally:
         reader.close()
+    rows.sort(key=lambda r: str(r["at"]), reverse=True)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
-        print_table(*history_table(rows))
+        print_table(*history_table(rows, with_pool=len(names) > 1))
+    _report_problems(problems)
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()
 def status(
-    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="Only this policy's pool.")] = None,
-    pool: Annotated[str | None, typer.Option("--pool", help="Only this pool.")] = None,
+    policy: PolicyFiles = None,
+    policies: PolicyDirs = None,
+    pool: PoolNames = None,
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    """Pools, their nodes by state, the last decision and its reason, paused, leader (reads the store)."""
+    """Pools, their nodes by state, the last decision and its reason, paused, and who leads each
+    (reads the store). Without a selection: every pool the store has recorded."""
+    from autoscaler.leader import leaders
     from autoscaler.terminal import print_table, status_rows, status_table
 
     reader = _read_store(store)
     try:
-        pools = _pools(policy, pool, reader)
-        paused = {p: bool((reader.pause_state(p) or {}).get("paused")) for p in pools}
-        if policy is not None:
-            from autoscaler.policy.load import load_policy
-
-            in_file = load_policy(policy)
-            paused[in_file.pool] = paused.get(in_file.pool, False) or in_file.paused
-        rows = status_rows(reader, pools, paused)
+        pools, in_files, problems = _pools(policies, policy, pool, reader)
+        paused = {
+            p: bool((reader.pause_state(p) or {}).get("paused")) or in_files.get(p, False) for p in pools
+        }
+        rows = status_rows(reader, pools, paused, leaders(store, pools))
     except AutoscalerError as exc:
         _fail(str(exc))
     finally:
@@ -280,6 +440,19 @@ def status(
         typer.echo("no pool has recorded anything in this store yet", err=True)
     else:
         print_table(*status_table(rows))
+    _report_problems(problems)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _policy_pool(policy: Path | None) -> str:
+    from autoscaler.policy.load import load_policy
+
+    assert policy is not None  # checked by the caller
+    try:
+        return load_policy(policy).pool
+    except PolicyError as exc:
+        _fail("; ".join(exc.problems) or str(exc))
 
 
 def _set_pause(
@@ -297,7 +470,7 @@ def _set_pause(
     except AutoscalerError as exc:
         _fail(str(exc))
     try:
-        (name,) = _pools(policy, pool, writer)
+        name = pool or _policy_pool(policy)
         writer.set_paused(name, paused, datetime.now(UTC), reason)
     except AutoscalerError as exc:
         _fail(str(exc))

@@ -20,6 +20,15 @@ class PolicyError(AutoscalerError):
         self.problems: list[str] = problems or []
 
 
+class PoolSelectionError(AutoscalerError):
+    """A ``--policies`` directory or ``--policy``/``--pool`` selection cannot be used (not a directory,
+    unreadable, or selecting nothing)."""
+
+
+class DuplicatePoolError(PolicyError):
+    """A second policy file names a pool that another selected file already defines."""
+
+
 class ScenarioError(AutoscalerError):
     """A dry-run scenario or its demand source is unusable (missing file, malformed trace, bad window)."""
 

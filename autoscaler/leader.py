@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import socket
 import threading
 from typing import Any, Protocol
 
@@ -77,20 +79,29 @@ def lock_key(pool: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def conninfo(url: str, application_name: str) -> dict[str, Any]:
+    """psycopg connection arguments for a dedicated session to the store at ``url``: short connect
+    timeout, and TCP keepalives so a vanished peer is noticed within ``KEEPALIVE_S``."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return {
+        "host": parsed.host or "127.0.0.1", "port": parsed.port or 5432, "dbname": parsed.database,
+        "user": parsed.username, "password": parsed.password, "connect_timeout": _CONNECT_TIMEOUT_S,
+        # PostgreSQL keeps 63 bytes of it.
+        "application_name": application_name.encode()[:63].decode(errors="ignore"),
+        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+        "tcp_user_timeout": KEEPALIVE_S * 1000,
+    }
+
+
 class PostgresLeaderLock:
     """``Leadership`` through ``pg_try_advisory_lock`` on a dedicated connection to ``url``."""
 
     def __init__(self, url: str, pool: str) -> None:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        self._conninfo: dict[str, Any] = {
-            "host": parsed.host or "127.0.0.1", "port": parsed.port or 5432, "dbname": parsed.database,
-            "user": parsed.username, "password": parsed.password, "connect_timeout": _CONNECT_TIMEOUT_S,
-            "application_name": f"gpu-autoscaler leader {pool} pid {os.getpid()}",
-            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-            "tcp_user_timeout": KEEPALIVE_S * 1000,
-        }
+        # The name says which controller holds the lock, for `autoscaler status` on any host.
+        name = f"gpu-autoscaler {socket.gethostname()} pid {os.getpid()} leader {pool}"
+        self._conninfo = conninfo(url, name)
         self.pool = pool
         self.key = lock_key(pool)
         self._conn: Any = None
@@ -169,3 +180,49 @@ def leadership_for(store_url: str | None, pool: str) -> Leadership:
     if store_url and store_url.startswith("postgresql"):
         return PostgresLeaderLock(store_url, pool)
     return SingleController()
+
+
+#: What ``status`` says of a pool on a store without leader locks (SQLite, memory).
+SINGLE_CONTROLLER = "single controller"
+_HOLDER = re.compile(r"^gpu-autoscaler (?P<host>\S+) pid (?P<pid>\d+) leader ")
+
+_LOCKS_SQL = """
+SELECT l.classid::bigint, l.objid::bigint, a.application_name, host(a.client_addr), l.pid
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def _holder(application_name: str | None, client: str | None, backend_pid: int) -> str:
+    match = _HOLDER.match(application_name or "")
+    where = f" from {client}" if client else ""
+    if match:
+        return f"{match['host']} pid {match['pid']}{where}"
+    return f"held by PostgreSQL backend {backend_pid}{where} (controller not recorded)"
+
+
+def leaders(store_url: str | None, pools: list[str]) -> dict[str, str]:
+    """Who leads each pool, for ``status``; never raises.
+
+    PostgreSQL store: the controller (host and pid, from its session's ``application_name``) holding
+    the pool's advisory lock (``lock_key``) in ``pg_locks``, or ``none`` when no controller holds it.
+    SQLite or memory: ``single controller``.
+    """
+    if not (store_url and store_url.startswith("postgresql")):
+        return dict.fromkeys(pools, SINGLE_CONTROLLER)
+    keys = {((lock_key(p) >> 32) & 0xFFFFFFFF, lock_key(p) & 0xFFFFFFFF): p for p in pools}
+    try:
+        import psycopg
+
+        args = {k: v for k, v in conninfo(store_url, "gpu-autoscaler status").items() if v is not None}
+        with psycopg.connect(autocommit=True, **args) as conn:
+            rows = conn.execute(_LOCKS_SQL).fetchall()
+    except Exception as exc:  # status reports what it cannot see; it never fails on it
+        return dict.fromkeys(pools, f"unknown (cannot read locks: {type(exc).__name__})")
+    found = dict.fromkeys(pools, "none")
+    for classid, objid, application_name, client, backend_pid in rows:
+        pool = keys.get((classid, objid))
+        if pool is not None:
+            found[pool] = _holder(application_name, client, backend_pid)
+    return found

@@ -87,7 +87,8 @@ class Health:
                 state.failures_in_a_row += 1
 
     def report(self) -> tuple[bool, dict[str, Any]]:
-        """``(healthy, details)``; details per pool: last success, seconds since, limit, failures."""
+        """``(healthy, details)``: unhealthy when ANY pool is late; details name the ``failing`` pools
+        and give per pool its last success, seconds since, limit and failures in a row."""
         now = self._clock()
         pools: dict[str, Any] = {}
         healthy = True
@@ -104,7 +105,8 @@ class Health:
                     "limit_s": limit,
                     "failed_ticks_in_a_row": state.failures_in_a_row,
                 }
-        return healthy, {"status": "ok" if healthy else "unhealthy", "pools": pools}
+        failing = [pool for pool, state in pools.items() if not state["healthy"]]
+        return healthy, {"status": "ok" if healthy else "unhealthy", "failing": failing, "pools": pools}
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -288,6 +290,29 @@ class ControllerMetrics:
     def policy_valid(self, pool: str, valid: bool) -> None:
         """Whether the file on disk is the policy in force."""
         self.policy_ok.labels(pool).set(1 if valid else 0)
+
+    def forget_policy(self, pool: str) -> None:
+        """A broken file that never ran was removed: drop its ``autoscaler_policy_valid`` series."""
+        with contextlib.suppress(KeyError):  # never set
+            self.policy_ok.remove(pool)
+
+    def forget(self, pool: str) -> None:
+        """``pool`` is no longer managed by this controller (its file was removed).
+
+        Its gauges are dropped, so alerts on a fleet at max or on an old last-successful-tick time
+        do not fire for a pool nobody manages here any more, and ``/healthz`` stops expecting its
+        ticks. Counters stay: their rate falls to zero and their totals remain true.
+        """
+        self.health.forget(pool)
+        self._seen.discard(pool)
+        self._modes.discard(pool)
+        for gauge in [m for m in vars(self).values() if isinstance(m, Gauge)]:
+            for family in gauge.collect():
+                for sample in family.samples:
+                    if sample.labels.get("pool") == pool:
+                        # Sample labels come in the gauge's label order.
+                        with contextlib.suppress(KeyError):  # removed with a sibling sample
+                            gauge.remove(*sample.labels.values())
 
     def check_sample(self, pool: str, check: str, sample: Sample) -> None:
         """A check's reading this tick."""

@@ -42,11 +42,14 @@ def final_reason(decision: dict[str, Any]) -> str:
 
 
 def status_rows(
-    store: Store, pools: Sequence[str], paused: dict[str, bool] | None = None
+    store: Store,
+    pools: Sequence[str],
+    paused: dict[str, bool] | None = None,
+    leaders: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One JSON-ready record per pool: nodes by state, the last tick, its decision and reason.
 
-    ``leader`` is ``n/a`` until controllers elect one; ``paused`` comes from the caller.
+    ``paused`` and ``leaders`` (``leader.leaders``: who holds each pool's lock) come from the caller.
     """
     rows = []
     for pool in pools:
@@ -63,7 +66,7 @@ def status_rows(
                 "reason": final_reason(decision) if tick else None,
                 "error": tick.get("error") if tick else None,
                 "paused": bool((paused or {}).get(pool, False)),
-                "leader": "n/a",
+                "leader": (leaders or {}).get(pool, "n/a"),
             }
         )
     return rows
@@ -116,10 +119,16 @@ def status_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
     return columns, cells
 
 
-def history_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Columns and cells of ``history``."""
+def history_table(
+    rows: Sequence[dict[str, Any]], *, with_pool: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Columns and cells of ``history`` (a pool column when several pools are shown)."""
     columns = ["at", "tick", "decision", "error"]
     cells = [[_short_time(r["at"]), f"#{r['id']}", r["summary"], r["error"] or ""] for r in rows]
+    if with_pool:
+        columns.insert(0, "pool")
+        for row, cell in zip(rows, cells, strict=True):
+            cell.insert(0, str(row["pool"]))
     return columns, cells
 
 

@@ -139,8 +139,8 @@ def build_runtime(
         watcher.current, adapters, telemetry=telemetry, policy_error=policy_error, leadership=leadership
     )
     closers: list[Any] = [metrics, probe, leadership]
-    if hasattr(real_store, "close"):
-        closers.append(real_store)
+    if store is None and hasattr(real_store, "close"):
+        closers.append(real_store)  # a store passed in is shared (several pools): its owner closes it
     notifier = None
     if policy.notifications.webhook is not None:
         counted = controller.telemetry

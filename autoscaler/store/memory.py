@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -108,12 +109,13 @@ class MemoryStore:
         self, pool: str, limit: int | None = 20, since: datetime | None = None
     ) -> list[dict[str, Any]]:
         """Newest ticks first; only those at or after ``since`` when given."""
-        ticks = [
-            copy.deepcopy(t)
-            for t in reversed(self.ticks)
+        matching = (
+            t for t in reversed(self.ticks)
             if t["pool"] == pool and (since is None or datetime.fromisoformat(t["at"]) >= since)
-        ]
-        return ticks if limit is None else ticks[:limit]
+        )
+        # Copy only what is returned: copying every recorded tick made each call (one per
+        # controller tick) grow with the store's age.
+        return [copy.deepcopy(t) for t in itertools.islice(matching, limit)]
 
     def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
         """Drop ticks before ``before`` and the records of instances terminated before it."""

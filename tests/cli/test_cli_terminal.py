@@ -86,7 +86,7 @@ def test_status_json_shows_nodes_decision_reason(recorded: str) -> None:
     asr = by_pool["asr"]
     assert asr["nodes"] == {"launching": 0, "booting": 1, "serving": 1, "draining": 0}
     assert asr["decision"] == "out to 3" and asr["reason"] == "streams above target: 3 nodes"
-    assert asr["paused"] is False and asr["leader"] == "n/a"
+    assert asr["paused"] is False and asr["leader"] == "single controller"  # a SQLite store
 
 
 def test_status_piped_is_plain_and_terminal_is_a_table(recorded: str) -> None:
