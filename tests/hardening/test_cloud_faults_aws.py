@@ -12,11 +12,14 @@ from cloud_fault_support import CloudRig, make_policy
 from autoscaler.domain import TAG_POOL
 from autoscaler.policy.model import AwsProviderConfig
 from autoscaler.providers.aws import AwsProvider
+from autoscaler.providers.offers import OfferBackoff
 from autoscaler.providers.retry import RetryBudget
 from autoscaler.testing import moto_server as moto_fixtures
 from autoscaler.testing.moto_server import (
     Ec2Sandbox,
+    RequestFaults,
     SeededEc2Faults,
+    aws_error_response,
     bake_model_image,
 )
 
@@ -109,3 +112,96 @@ def converges_without_duplicates(sandbox: Ec2Sandbox, *, seed: int, cycles: int,
     if cycles > 1:
         assert tally.total(tally.lost_replies) >= 1, "a change whose reply was lost must be in the run"
     assert all("Transient" in e or "Budget" in e for e in errors), errors
+
+
+def capacity_answer(no_stock: set[tuple[str, str]]) -> Any:
+    """A ``RequestFaults`` answer: ``InsufficientInstanceCapacity`` (HTTP 500, as EC2 sends it) for
+    RunInstances of the listed (type, subnet) offers; everything else reaches moto."""
+    def answer(_: int, params: dict[str, str]) -> Any:
+        if (params.get("InstanceType"), params.get("SubnetId")) in no_stock:
+            return aws_error_response("InsufficientInstanceCapacity",
+                                      "We currently do not have sufficient capacity.", status=500)
+        return None
+    return answer
+
+
+def rig_with_movable_offers(sandbox: Ec2Sandbox) -> CloudRig:
+    """An AWS rig whose offer backoff runs on the rig's clock (ticks 15 s apart, no waiting)."""
+    rig = aws_rig(sandbox)
+    assert isinstance(rig.provider, AwsProvider)
+    rig.provider.offers = OfferBackoff(clock=lambda: rig.clock.now().timestamp())
+    return rig
+
+
+def test_no_stock_for_one_type_and_zone_launches_elsewhere_and_stops_asking(ec2_sandbox: Ec2Sandbox) -> None:
+    """No g5 stock in the first subnet: the launch takes g5 from the second subnet in the same tick,
+    and the empty offer is not asked again on the next launches while its pause lasts."""
+    rig = rig_with_movable_offers(ec2_sandbox)
+    assert isinstance(rig.provider, AwsProvider)
+    empty = (TYPES[0], ec2_sandbox.subnets[0])
+    with RequestFaults(rig.provider.client, "RunInstances", capacity_answer({empty})) as faults:
+        rig.min_nodes = 2
+        rig.tick()
+        rig.min_nodes = 4
+        rig.tick()
+    asked = [(c["InstanceType"], c["SubnetId"]) for c in faults.calls]
+    print(f"\nRunInstances asked: {asked}")
+    assert len(rig.outcomes[0].launched) == 2 and len(rig.outcomes[1].launched) == 2
+    assert asked.count(empty) == 1, asked
+    zones = {i["InstanceId"]: (i["InstanceType"], i["SubnetId"])
+             for r in ec2_sandbox.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]
+             if i["State"]["Name"] != "terminated"}
+    assert all(offer == (TYPES[0], ec2_sandbox.subnets[1]) for offer in zones.values() if offer[0] in TYPES)
+
+
+@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "VcpuLimitExceeded"])
+def test_no_capacity_or_quota_anywhere_is_reported_and_backed_off(ec2_sandbox: Ec2Sandbox, code: str) -> None:
+    """Every offer refusing (no stock, or a quota) for 20 ticks (5 minutes): each tick reports the
+    refusal and the controller keeps ticking, the RunInstances sent fall from every offer per tick to
+    a doubling pause, and once the cloud has stock again the pool fills within the pause."""
+    refusals_backed_off(ec2_sandbox, code, ticks=20)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "VcpuLimitExceeded",
+                                  "InstanceLimitExceeded"])
+def test_an_hour_of_refusals_costs_a_handful_of_requests(ec2_sandbox: Ec2Sandbox, code: str) -> None:
+    """240 ticks (an hour at 15 s) of refusals: at most one round of requests per 10 minutes once the
+    pause is at its ceiling, every tick reported, and the pool fills once stock is back."""
+    refusals_backed_off(ec2_sandbox, code, ticks=240)
+
+
+def refusals_backed_off(ec2_sandbox: Ec2Sandbox, code: str, *, ticks: int) -> None:
+    """Refuse every RunInstances with ``code`` for ``ticks`` ticks, then lift it; assert (see the tests)."""
+    rig = rig_with_movable_offers(ec2_sandbox)
+    assert isinstance(rig.provider, AwsProvider)
+    status = 500 if code == "InsufficientInstanceCapacity" else 400
+
+    def refuse(_: int, params: dict[str, str]) -> Any:
+        return aws_error_response(code, f"injected {code}", status=status)
+
+    rig.min_nodes = 2
+    per_tick: list[int] = []
+    with RequestFaults(rig.provider.client, "RunInstances", refuse) as faults:
+        for _ in range(ticks):
+            before = len(faults.calls)
+            outcome = rig.tick()
+            per_tick.append(len(faults.calls) - before)
+            assert outcome.launched == [] and outcome.errors, outcome
+            word = "quota" if code != "InsufficientInstanceCapacity" else "capacity"
+            assert any(word in e.lower() for e in outcome.errors), outcome.errors
+    offers = len(TYPES) * len(ec2_sandbox.subnets)
+    rounds = sum(1 for n in per_tick if n)
+    print(f"\n{code}: {ticks} ticks ({ticks // 4} min), RunInstances per tick {per_tick}; total "
+          f"{sum(per_tick)} in {rounds} rounds (the first tick asked {per_tick[0]}, i.e. "
+          f"{ticks * per_tick[0]} if every tick asked)")
+    assert per_tick[0] == (offers if status == 500 else 1)
+    # Rounds at 0, 30, 90, 210, 450 s, then every 600 s (the pause doubles from 30 s up to 10 min).
+    assert rounds <= 5 + max(0, (ticks * 15 - 450) // 600 + 1), per_tick
+    assert all(n in (0, per_tick[0]) for n in per_tick), per_tick
+    recovered = 0
+    while len(rig.serving()) < 2:  # stock is back: within the current pause (at most 10 min = 40 ticks)
+        recovered += 1
+        assert recovered <= 42, rig.outcomes[-1].errors
+        rig.tick()
+    print(f"{code}: stock back, pool at 2 after {recovered} ticks")
