@@ -96,6 +96,6 @@ class OfferBackoff:
         with self._lock:
             previous = self._pauses.get(key)
             refusals = previous.refusals + 1 if previous else 1
-            pause = min(self.max_s, self.base_s * 2 ** (refusals - 1))
+            pause = float(min(self.max_s, self.base_s * 2 ** (refusals - 1)))
             self._pauses[key] = _Pause(refusals=refusals, until=self._clock() + pause, why=why)
             return pause
