@@ -111,7 +111,8 @@ def converges_without_duplicates(sandbox: Ec2Sandbox, *, seed: int, cycles: int,
     assert faulted >= 3 * cycles, "the injection must really have hit calls"
     if cycles > 1:
         assert tally.total(tally.lost_replies) >= 1, "a change whose reply was lost must be in the run"
-    assert all("Transient" in e or "Budget" in e for e in errors), errors
+    # Only the retry budget running out may surface: "... still failing after N round(s) ...".
+    assert all("still failing" in e or "Transient" in e for e in errors), errors
 
 
 def capacity_answer(no_stock: set[tuple[str, str]]) -> Any:
