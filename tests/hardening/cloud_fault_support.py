@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 from autoscaler.balancers.fake import FakeBalancer
 from autoscaler.controller import Adapters, Controller, TickOutcome
-from autoscaler.domain import CloudState
 from autoscaler.metrics.fake import FakeMetricsSource
 from autoscaler.policy.load import parse_policy
 from autoscaler.policy.model import PoolPolicy
@@ -76,15 +75,16 @@ class CloudRig:
         self.controller = Controller(lambda: self.policy_for(self.min_nodes, self.max_nodes), adapters)
 
     def tick(self, streams_per_node: float = 7.0) -> TickOutcome:
-        """One tick 15 s after the last: running instances answer their health check with no streams."""
+        """One tick 15 s after the last. Every node the controller saw answers its health check (with
+        no streams) from the next tick on: the instances boot in one tick. The rig reads no
+        inventory itself, so the injected faults hit the controller's calls only."""
         self.clock.advance(15)
         self.metrics.set(STREAMS_QUERY, streams_per_node, observed_at=self.clock.now())
-        for instance in self.provider.list_instances("faults"):
-            if instance.state == CloudState.RUNNING:
-                self.probe.health[instance.id] = True
-                self.probe.streams.setdefault(instance.id, 0.0)
         outcome = self.controller.tick()
         self.outcomes.append(outcome)
+        for instance_id in outcome.nodes:
+            self.probe.health[instance_id] = True
+            self.probe.streams.setdefault(instance_id, 0.0)
         return outcome
 
     def serving(self) -> set[str]:
