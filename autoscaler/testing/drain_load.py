@@ -5,6 +5,8 @@
 (``autoscaler.node`` processes, each a node agent in front of a simulated ASR server), and sends
 transcriptions through nginx from a closed-loop load generator whose concurrency swings between
 ``low`` and ``high`` every half ``period_s``, so the pool scales out and back in several times.
+``low`` is kept above one node's worth (12 streams against the demo policy's target of 7 per node)
+so that scale-in drains nodes that still carry streams: with an idle victim a drain proves nothing.
 
 Streams are of realistic length, compressed in time: audio lengths are drawn from a log-normal
 around ``audio_median_s`` (minutes of meeting audio) and the nodes transcribe at
@@ -184,7 +186,7 @@ class _Watch:
 
 
 def _policy(workdir: Path, nginx: EmbeddedNginx, prometheus: EmbeddedPrometheus, *, tick_s: float,
-            real_time_factor: float, max_nodes: int) -> Path:
+            real_time_factor: float, max_nodes: int, drain_timeout_s: float) -> Path:
     """The demo policy at a faster tempo, cold launches only, with this run's paths."""
     data = load_policy(BASE_POLICY).model_dump(mode="json", exclude_none=True)
     data.pop("warm_pool", None)  # every scale-in here ends in a termination: the case that can cut
@@ -198,7 +200,7 @@ def _policy(workdir: Path, nginx: EmbeddedNginx, prometheus: EmbeddedPrometheus,
     scaling = data["scaling"]
     scaling.update(tick=tick_s, max_nodes=max_nodes, min_nodes=1)
     scaling["behavior"]["scale_in"] = {"stabilization": 4.0, "policies": [{"nodes": 1, "period": 2.0}]}
-    data["drain"]["timeout"] = 60.0
+    data["drain"]["timeout"] = drain_timeout_s
     path = workdir / "policy.yaml"
     with path.open("w") as handle:
         YAML().dump(data, handle)
@@ -208,15 +210,16 @@ def _policy(workdir: Path, nginx: EmbeddedNginx, prometheus: EmbeddedPrometheus,
 def run_drain_under_load(
     *,
     duration_s: float = 25.0,
-    period_s: float = 12.0,
-    low: int = 3,
-    high: int = 28,
+    period_s: float = 24.0,
+    low: int = 12,
+    high: int = 30,
     audio_median_s: float = 180.0,
     real_time_factor: float = 0.02,
     tick_s: float = 1.0,
     max_nodes: int = 5,
     seed: int = 3,
     cycles: int | None = None,
+    drain_timeout_s: float = 60.0,
     progress: TextIO | None = None,
 ) -> DrainFigures:
     """Run the load for ``duration_s`` (after the first node serves), then let the streams finish.
@@ -224,8 +227,9 @@ def run_drain_under_load(
     Concurrency is ``high`` for the first half of every ``period_s`` and ``low`` for the second.
     With ``cycles``, the swing follows the pool instead of the clock (the short version): ``high``
     until the pool has scaled out to serve it, then ``low`` until a node has been drained and
-    terminated, ``cycles`` times; ``duration_s`` is then an upper bound. Raises ``RuntimeError``
-    when no node serves within 60 s.
+    terminated, ``cycles`` times; ``duration_s`` is then an upper bound. ``drain_timeout_s`` is the
+    policy's drain timeout (a tiny one terminates nodes with streams in flight: the negative control
+    that shows cuts are seen). Raises ``RuntimeError`` when no node serves within 60 s.
     """
     workdir = Path(tempfile.mkdtemp(prefix="autoscaler-drain-"))
     figures = DrainFigures(duration_s=duration_s)
@@ -259,7 +263,7 @@ def run_drain_under_load(
         ):
             runtime = build_runtime(
                 _policy(workdir, nginx, prometheus, tick_s=tick_s, real_time_factor=real_time_factor,
-                        max_nodes=max_nodes),
+                        max_nodes=max_nodes, drain_timeout_s=drain_timeout_s),
                 f"sqlite:///{workdir / 'autoscaler.db'}",
             )
             fleet = LocalProvider.for_policy(runtime.watcher.current())
