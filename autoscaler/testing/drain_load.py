@@ -84,6 +84,15 @@ class DrainFigures:
         return asdict(self)
 
 
+@dataclass
+class _Swing:
+    """Where an event-driven swing is: the high half, cycles done, terminations before the low half."""
+
+    high: bool = True
+    done: int = 0
+    terminated_before: int = 0
+
+
 class _Load:
     """A closed-loop generator: ``workers`` threads, of which ``active()`` are sending at any moment."""
 
@@ -236,25 +245,24 @@ def run_drain_under_load(
     service: TickService | None = None
     fleet: LocalProvider | None = None
     load_started = [0.0]
-    # Event-driven swings: [high phase?, cycles done, terminations seen when the low phase began].
-    swing = [True, 0, 0]
+    swing = _Swing()
     out_to = min(max_nodes, -(-high // 7))  # the demo policy's target: 7 streams per node
 
     def active() -> int:
         if not load_started[0]:
             return 0
         if cycles is not None:
-            return high if swing[0] else low
+            return high if swing.high else low
         phase = (time.monotonic() - load_started[0]) % period_s
         return high if phase < period_s / 2 else low
 
     def follow(outcome: TickOutcome) -> None:
         if cycles is None or not load_started[0]:
             return
-        if swing[0] and list(outcome.nodes.values()).count("serving") >= out_to:
-            swing[0], swing[2] = False, figures.terminated
-        elif not swing[0] and figures.terminated > swing[2]:
-            swing[0], swing[1] = True, int(swing[1]) + 1
+        if swing.high and list(outcome.nodes.values()).count("serving") >= out_to:
+            swing.high, swing.terminated_before = False, figures.terminated
+        elif not swing.high and figures.terminated > swing.terminated_before:
+            swing.high, swing.done = True, swing.done + 1
 
     try:
         with (
@@ -286,7 +294,7 @@ def run_drain_under_load(
             watch.under_load = True
             load.start()
             until = time.monotonic() + duration_s
-            while time.monotonic() < until and (cycles is None or swing[1] < cycles):
+            while time.monotonic() < until and (cycles is None or swing.done < cycles):
                 time.sleep(0.2)
             figures.duration_s = round(time.monotonic() - load_started[0], 1)
             watch.under_load = False

@@ -51,6 +51,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -412,8 +413,6 @@ class EcsEndpoint:
         answered with ``InternalError`` (the change happened, its reply was lost). ``ClientToken``
         idempotency applies to the retry as on ECS. ``clear_injections`` ends it.
         """
-        import random
-
         with self._lock:
             self._fraction = FractionFaults(rate=rate, lost_reply_share=lost_reply_share,
                                             random=random.Random(seed))

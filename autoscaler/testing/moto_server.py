@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -387,9 +389,6 @@ class SeededEc2Faults:
     """
 
     def __init__(self, client: Any, *, rate: float, seed: int, lost_reply_share: float = 0.25) -> None:
-        import random
-        import threading
-
         self.client = client
         self.rate = rate
         self.lost_reply_share = lost_reply_share

@@ -89,9 +89,8 @@ def test_many_cycles_under_faults_never_launch_twice(ec2_sandbox: Ec2Sandbox, se
     converges_without_duplicates(ec2_sandbox, seed=seed, cycles=3, top=5)
 
 
-def converges_without_duplicates(sandbox: Ec2Sandbox, *, seed: int, cycles: int, top: int) -> None:
+def converges_without_duplicates(ec2_sandbox: Ec2Sandbox, *, seed: int, cycles: int, top: int) -> None:
     """Cycle the pool under a seeded third of failing calls; assert the counts (see the tests)."""
-    ec2_sandbox = sandbox
     rig = aws_rig(ec2_sandbox)
     assert isinstance(rig.provider, AwsProvider)
     with SeededEc2Faults(rig.provider.client, rate=1 / 3, seed=seed, lost_reply_share=0.5) as faults:
