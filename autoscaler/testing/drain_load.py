@@ -75,6 +75,9 @@ class DrainFigures:
     launched: int = 0
     terminated: int = 0
     terminated_in_flight: int = 0
+    #: Seconds from leaving nginx to termination, per terminated node (longer than a tick or two:
+    #: the drain waited for streams in flight).
+    drain_seconds: list[float] = field(default_factory=list)
     peak_serving: int = 0
     min_serving_under_load: int | None = None
     tick_errors: list[str] = field(default_factory=list)
@@ -168,6 +171,7 @@ class _Watch:
         self.started = started
         self.serving = 0
         self.under_load = False
+        self.drained_at: dict[str, float] = {}
 
     def __call__(self, outcome: TickOutcome) -> None:
         f = self.figures
@@ -182,6 +186,10 @@ class _Watch:
         f.launched += len(outcome.launched)
         f.terminated += len(outcome.terminated)
         f.terminated_in_flight += sum(1 for why in outcome.terminated.values() if "no stream" not in why)
+        now = self.started()
+        self.drained_at.update(dict.fromkeys(outcome.drained, now))
+        f.drain_seconds += [round(now - self.drained_at.pop(i), 1) for i in outcome.terminated
+                            if i in self.drained_at]
         f.tick_errors.extend(outcome.errors)
         if self.progress is not None:
             events = [f"{what} {', '.join(ids)}" for what, ids in (
