@@ -52,6 +52,7 @@ role); nothing here reads, stores or logs them. ``config.endpoint_url`` (else bo
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +100,8 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import ReservationResponseTypeDef as RunInstancesReplyTypeDef
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 #: Tag holding the port the node serves on, so ``list_instances`` can report it after a restart.
 TAG_PORT = "autoscaler:port"
@@ -544,11 +547,17 @@ class AwsProvider:
                 progress.notes.append(f"{instance_type} in {subnet}: {code}: {_message(exc)}")
                 if code in QUOTA_CODES:
                     progress.quota = exc
-                    self.offers.quota(f"{code} for {instance_type} in {subnet}")
+                    pause = self.offers.quota(f"{code} for {instance_type} in {subnet}")
+                    logger.warning("EC2 quota stops launching for pool %s (%s); no RunInstances for %.0f s",
+                                   spec.pool, code, pause)
                     return False
                 if code in CAPACITY_CODES:
                     progress.capacity, progress.capacity_type = exc, instance_type
-                    self.offers.no_stock(instance_type, subnet, code)
+                    pause = self.offers.no_stock(instance_type, subnet, code)
+                    # Logged even when another subnet or type fills the launch: the tick's result
+                    # then has no shortfall to report.
+                    logger.warning("EC2 has no %s in %s for pool %s (%s); trying the next option, "
+                                   "this one again in %.0f s", instance_type, subnet, spec.pool, code, pause)
                     return True
                 progress.other = exc  # an unknown type: no other subnet has it either
                 return False

@@ -4,6 +4,7 @@ ticking a pool up and down."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -133,9 +134,13 @@ def rig_with_movable_offers(sandbox: Ec2Sandbox) -> CloudRig:
     return rig
 
 
-def test_no_stock_for_one_type_and_zone_launches_elsewhere_and_stops_asking(ec2_sandbox: Ec2Sandbox) -> None:
-    """No g5 stock in the first subnet: the launch takes g5 from the second subnet in the same tick,
-    and the empty offer is not asked again on the next launches while its pause lasts."""
+def test_no_stock_for_one_type_and_zone_launches_elsewhere_and_stops_asking(
+    ec2_sandbox: Ec2Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No g5 stock in the first subnet: the launch takes g5 from the second subnet in the same tick
+    (the refusal logged as a warning), and the empty offer is not asked again on the next launch
+    while its pause lasts."""
+    caplog.set_level(logging.WARNING, logger="autoscaler.providers.aws")
     rig = rig_with_movable_offers(ec2_sandbox)
     assert isinstance(rig.provider, AwsProvider)
     empty = (TYPES[0], ec2_sandbox.subnets[0])
@@ -148,6 +153,8 @@ def test_no_stock_for_one_type_and_zone_launches_elsewhere_and_stops_asking(ec2_
     print(f"\nRunInstances asked: {asked}")
     assert len(rig.outcomes[0].launched) == 2 and len(rig.outcomes[1].launched) == 2
     assert asked.count(empty) == 1, asked
+    assert any("InsufficientInstanceCapacity" in r.getMessage() and empty[1] in r.getMessage()
+               for r in caplog.records), caplog.records
     zones = {i["InstanceId"]: (i["InstanceType"], i["SubnetId"])
              for r in ec2_sandbox.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]
              if i["State"]["Name"] != "terminated"}
