@@ -29,7 +29,10 @@ exponential backoff and full jitter inside a ``RetryBudget`` (attempts from the 
 ``max_attempts``, and a wall-clock deadline per operation), then raised as
 ``TransientProviderError``. Stock and zone errors move the launch to the next vswitch, then the
 next type; quota and account errors stop the launch (``QuotaExceeded``, or a ``"quota"``
-shortfall when some instances exist). Anything else is an ``EcsError`` (a ``ProviderError``).
+shortfall when some instances exist). Both are remembered (``autoscaler.providers.offers``): a
+(type, vswitch) without stock is not asked again for 30 s, doubling per refusal in a row up to
+10 min, and a quota refusal pauses every launch the same way, so a shortage costs a few requests
+instead of one per offer per tick. Anything else is an ``EcsError`` (a ``ProviderError``).
 Every raise is chained to the SDK's exception.
 
 Credentials come only from the SDK's default credential chain (``alibabacloud_credentials``:
@@ -85,6 +88,7 @@ from autoscaler.errors import (
 )
 from autoscaler.policy.model import AlibabaProviderConfig, PoolPolicy
 from autoscaler.protocols import Clock
+from autoscaler.providers.offers import OfferBackoff
 from autoscaler.providers.retry import BudgetRun, RetryBudget
 
 logger = logging.getLogger(__name__)
@@ -199,7 +203,8 @@ class AlibabaProvider:
 
     ``budget`` bounds each operation's retries (default: ``config.max_attempts`` attempts per
     request, 30 s per operation); ``page_size`` is ``MaxResults`` of each describe;
-    ``sleep`` and ``clock`` are injectable for tests.
+    ``sleep`` and ``clock`` are injectable for tests; ``offers`` pauses a (type, vswitch) that had
+    no stock, and every launch after a quota refusal (30 s doubling to 10 min by default).
     """
 
     name = "alibaba"
@@ -214,10 +219,13 @@ class AlibabaProvider:
         read_timeout_s: float = 20.0,
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        offers: OfferBackoff | None = None,
     ) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
         self.config = config
+        #: No-stock and quota refusals remembered between launches (``autoscaler.providers.offers``).
+        self.offers = offers or OfferBackoff()
         self._budget = budget or RetryBudget(deadline_s=30.0, max_rounds=config.max_attempts)
         self._page_size = page_size
         self._clock: Clock = clock or SystemClock()
@@ -281,6 +289,12 @@ class AlibabaProvider:
                 if i.state in (CloudState.PENDING, CloudState.RUNNING, CloudState.STOPPED)]
             if len(have) >= count:
                 return LaunchResult(instances=tuple(have))
+            if (left := self.offers.quota_paused_for()) > 0:
+                message = (f"ECS quota refused a launch of {spec.pool} recently ({self.offers.quota_why()}); "
+                           f"no RunInstances for {left:.0f} s more")
+                if not have:
+                    raise QuotaExceeded(message)
+                return LaunchResult(instances=tuple(have), shortfall="quota", notes=(message,))
             image = spec.image or self.image_for_model_version(spec.model_version, run=run)
             launched: list[tuple[str, str]] = []  # (instance id, instance type)
             notes: list[str] = []
@@ -288,6 +302,11 @@ class AlibabaProvider:
             capacity_error: EcsError | None = None
             # Types in the pool's order of preference, and for each type the vswitches (zones) in order.
             for instance_type, vswitch in itertools.product(spec.instance_types, self.config.vswitches):
+                if count - len(have) - len(launched) > 0 and \
+                        (left := self.offers.paused_for(instance_type, vswitch)) > 0:
+                    notes.append(f"{instance_type} in {vswitch}: skipped for {left:.0f} s more after "
+                                 f"{self.offers.why(instance_type, vswitch)}")
+                    continue
                 while (need := count - len(have) - len(launched)) > 0:
                     amount = min(need, MAX_BATCH)
                     try:
@@ -297,16 +316,20 @@ class AlibabaProvider:
                         if is_capacity(err.code):
                             notes.append(f"{instance_type} in {vswitch}: {err.code}")
                             capacity_error = err
+                            self.offers.no_stock(instance_type, vswitch, err.code)
                             logger.warning("ECS has no %s in %s for pool %s (%s); trying the next option",
                                            instance_type, vswitch, spec.pool, err.code)
                             break
                         if is_quota(err.code):
                             notes.append(f"{instance_type} in {vswitch}: {err.code}")
                             quota_error = err
+                            self.offers.quota(f"{err.code} for {instance_type} in {vswitch}")
                             logger.warning("ECS quota stops the launch for pool %s: %s", spec.pool, err.code)
                             break
                         raise
                     launched.extend((iid, instance_type) for iid in ids)
+                    if ids:
+                        self.offers.served(instance_type, vswitch)
                     if len(ids) < amount:
                         notes.append(f"{instance_type} in {vswitch}: {len(ids)} of {amount} in stock")
                         break

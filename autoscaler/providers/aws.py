@@ -20,6 +20,11 @@ What a launch does (``AwsProvider.launch``):
    (``InstanceLimitExceeded``, ``VcpuLimitExceeded``, ``MaxSpotInstanceCountExceeded``) stops the
    launch at once. With nothing launched these raise ``InsufficientCapacity`` / ``QuotaExceeded``;
    otherwise ``LaunchResult.shortfall`` says ``"capacity"`` or ``"quota"``.
+5. **Back off** (``autoscaler.providers.offers``): a (type, subnet) that answered no stock is not
+   asked again until its pause ends (30 s, doubling per refusal in a row, at most 10 min), and a
+   quota refusal pauses every launch the same way, so a shortage costs a few requests, not four
+   per tick. A launch whose every offer is paused sends no ``RunInstances`` and raises
+   ``InsufficientCapacity`` / ``QuotaExceeded`` saying when the next attempt is due.
 
 Instances and their volumes are tagged (``TagSpecifications``) with the pool, the model version,
 ``managed-by``, the launch token, the serving port (``autoscaler:port``) and ``spec.tags``.
@@ -47,6 +52,7 @@ role); nothing here reads, stores or logs them. ``config.endpoint_url`` (else bo
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,6 +86,7 @@ from autoscaler.errors import (
     TransientProviderError,
 )
 from autoscaler.policy.model import AwsProviderConfig, PoolPolicy
+from autoscaler.providers.offers import OfferBackoff
 from autoscaler.providers.retry import BudgetRun, RetryBudget, active_run
 
 if TYPE_CHECKING:
@@ -93,6 +100,8 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import ReservationResponseTypeDef as RunInstancesReplyTypeDef
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 #: Tag holding the port the node serves on, so ``list_instances`` can report it after a restart.
 TAG_PORT = "autoscaler:port"
@@ -277,6 +286,8 @@ class _Progress:
     notes: list[str] = field(default_factory=list)
     quota: ClientError | None = None
     capacity: ClientError | None = None
+    #: Offers skipped because they refused recently (``OfferBackoff``).
+    paused: list[str] = field(default_factory=list)
     capacity_type: str | None = None
     other: ClientError | None = None
 
@@ -289,8 +300,9 @@ class AwsProvider:
     """A ``Provider`` on EC2 (see the module docstring for launch, retry and error behaviour).
 
     ``session`` is the boto3 session to resolve credentials from (default: a new one, i.e. the
-    standard chain); ``budget`` bounds each operation. The EC2 client is ``self.client``, so tests
-    and tools can register botocore event handlers on it. Not meant for concurrent use from
+    standard chain); ``budget`` bounds each operation; ``offers`` remembers no-stock and quota
+    refusals between launches (see the module docstring). The EC2 client is ``self.client``, so
+    tests and tools can register botocore event handlers on it. Not meant for concurrent use from
     several threads of one controller (the controller runs one tick at a time).
     """
 
@@ -302,11 +314,13 @@ class AwsProvider:
         *,
         session: boto3.Session | None = None,
         budget: RetryBudget | None = None,
+        offers: OfferBackoff | None = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 20.0,
     ) -> None:
         self.config = config
         self.budget = budget or RetryBudget()
+        self.offers = offers or OfferBackoff()
         self._client: EC2Client = make_client(
             session or boto3.Session(), "ec2", region=config.region, endpoint_url=config.endpoint_url,
             max_attempts=config.max_attempts,
@@ -356,6 +370,12 @@ class AwsProvider:
             have = [self._to_instance(r) for r in existing]
             if len(have) >= count:
                 return LaunchResult(instances=tuple(have))
+            if (left := self.offers.quota_paused_for()) > 0:
+                message = (f"EC2 quota refused a launch of {spec.pool} recently ({self.offers.quota_why()}); "
+                           f"no RunInstances for {left:.0f} s more")
+                if not have:
+                    raise QuotaExceeded(message)
+                return LaunchResult(instances=tuple(have), shortfall="quota", notes=(message,))
             image = self._resolve_image(run, spec)
             return self._launch_missing(run, spec, image, count, client_token, have)
 
@@ -479,19 +499,24 @@ class AwsProvider:
             for subnet in self.config.subnets:
                 if progress.missing() <= 0 or progress.quota is not None:
                     break
+                if (left := self.offers.paused_for(instance_type, subnet)) > 0:
+                    why = self.offers.why(instance_type, subnet)
+                    progress.paused.append(f"{instance_type} in {subnet}: skipped for {left:.0f} s more "
+                                           f"after {why}")
+                    continue
                 if not self._fill(run, spec, image, instance_type, subnet, tags, client_token, progress):
                     break  # this type cannot be launched anywhere (or a quota stopped everything)
             if progress.missing() <= 0 or progress.quota is not None:
                 break
         instances = tuple(have + progress.launched)
-        notes = tuple(progress.notes)
+        notes = tuple(progress.notes + progress.paused)
         if len(instances) >= count:
             return LaunchResult(instances=instances, notes=notes)
         tried = "; ".join(notes)
         if not instances:
             if progress.quota is not None:
                 raise QuotaExceeded(f"EC2 quota blocks launching {spec.pool}: {tried}") from progress.quota
-            if progress.capacity is not None:
+            if progress.capacity is not None or (progress.paused and progress.other is None):
                 raise InsufficientCapacity(f"no EC2 capacity for {spec.pool} in any type/subnet: {tried}",
                                            instance_type=progress.capacity_type) from progress.capacity
             raise ProviderError(f"no instance type of {spec.pool} can be launched: {tried}") \
@@ -522,9 +547,17 @@ class AwsProvider:
                 progress.notes.append(f"{instance_type} in {subnet}: {code}: {_message(exc)}")
                 if code in QUOTA_CODES:
                     progress.quota = exc
+                    pause = self.offers.quota(f"{code} for {instance_type} in {subnet}")
+                    logger.warning("EC2 quota stops launching for pool %s (%s); no RunInstances for %.0f s",
+                                   spec.pool, code, pause)
                     return False
                 if code in CAPACITY_CODES:
                     progress.capacity, progress.capacity_type = exc, instance_type
+                    pause = self.offers.no_stock(instance_type, subnet, code)
+                    # Logged even when another subnet or type fills the launch: the tick's result
+                    # then has no shortfall to report.
+                    logger.warning("EC2 has no %s in %s for pool %s (%s); trying the next option, "
+                                   "this one again in %.0f s", instance_type, subnet, spec.pool, code, pause)
                     return True
                 progress.other = exc  # an unknown type: no other subnet has it either
                 return False
@@ -533,6 +566,7 @@ class AwsProvider:
                 progress.notes.append(f"{instance_type} in {subnet}: EC2 launched none of {missing}")
                 return True
             progress.launched.extend(got)
+            self.offers.served(instance_type, subnet)
         return True
 
     def _run_instances(self, run: BudgetRun, request: RunInstancesRequestTypeDef) -> RunInstancesReplyTypeDef:

@@ -24,9 +24,11 @@ with ``OperationDenied.NoStock`` when there is none, as on ECS. ``visibility_del
 instance from ``DescribeInstances`` for a while, the eventual consistency ECS shows after a launch.
 
 Tests inject failures with ``inject`` (``Throttling.User`` twice, ``OperationDenied.NoStock``
-for one instance type, ...), limit capacity with ``set_stock`` and ``max_instances``, and read
-what the SDK sent with ``calls``. Signatures are checked for presence and form; given
-``credentials`` (access key id → secret), they are verified too.
+for one instance type, ...), fail a seeded fraction of all requests with ``inject_fraction``
+(throttling and 5xx answered instead, or a change carried out and its reply lost), limit capacity
+with ``set_stock`` and ``max_instances``, and read what the SDK sent with ``calls``. Signatures
+are checked for presence and form; given ``credentials`` (access key id → secret), they are
+verified too.
 
 Private addresses are handed out from the loopback range (``127.100.0.0/16`` by default): a
 test or demo that probes a launched "instance" must never send traffic off this machine.
@@ -49,6 +51,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -111,6 +114,42 @@ class Injection:
         if self.instance_type is not None and params.get("InstanceType") != self.instance_type:
             return False
         return self.vswitch is None or params.get("VSwitchId") == self.vswitch
+
+
+#: The transient answers ``inject_fraction`` picks from: (code, HTTP status, x-acs-retry-after ms).
+TRANSIENT_FAULTS: tuple[tuple[str, int, int | None], ...] = (
+    ("Throttling.User", 400, 100),
+    ("Throttling", 400, None),
+    ("ServiceUnavailable", 503, None),
+    ("InternalError", 500, None),
+)
+
+#: Actions that change the region: a lost reply means the change happened anyway.
+MUTATING_ACTIONS = frozenset({"RunInstances", "DeleteInstances", "StopInstances", "StartInstances"})
+
+
+@dataclass
+class FractionFaults:
+    """A seeded fraction of requests answered with a transient error (see ``EcsEndpoint.inject_fraction``)."""
+
+    rate: float
+    lost_reply_share: float
+    random: Any
+    requests: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+    lost_replies: dict[str, int] = field(default_factory=dict)
+
+    def draw(self, action: str) -> tuple[tuple[str, int, int | None] | None, bool]:
+        """Count the request; return the fault to answer (or None) and whether it comes after serving."""
+        self.requests[action] = self.requests.get(action, 0) + 1
+        if self.random.random() >= self.rate:
+            return None, False
+        fault = TRANSIENT_FAULTS[self.random.randrange(len(TRANSIENT_FAULTS))]
+        if action in MUTATING_ACTIONS and self.random.random() < self.lost_reply_share:
+            self.lost_replies[action] = self.lost_replies.get(action, 0) + 1
+            return ("InternalError", 500, None), True
+        self.faults[action] = self.faults.get(action, 0) + 1
+        return fault, False
 
 
 @dataclass
@@ -276,6 +315,7 @@ class EcsEndpoint:
         self._tokens: dict[str, tuple[str, list[str]]] = {}
         self._stock: dict[tuple[str, str], int] = {}
         self._injections: list[Injection] = []
+        self._fraction: FractionFaults | None = None
         self._calls: list[Call] = []
         self._seq = 0
         self._addresses = ipaddress.ip_network(address_network).hosts()
@@ -364,10 +404,25 @@ class EcsEndpoint:
                 retry_after_ms=retry_after_ms,
             ))
 
+    def inject_fraction(self, rate: float, *, seed: int, lost_reply_share: float = 0.25) -> FractionFaults:
+        """Fail a seeded ``rate`` of every request from now on; return the tally it keeps.
+
+        A failed request is answered with one of ``TRANSIENT_FAULTS`` (``Throttling.User`` with
+        ``x-acs-retry-after``, plain ``Throttling``, 503, 500) without being served; or, for a
+        ``MUTATING_ACTIONS`` request and with probability ``lost_reply_share``, served and then
+        answered with ``InternalError`` (the change happened, its reply was lost). ``ClientToken``
+        idempotency applies to the retry as on ECS. ``clear_injections`` ends it.
+        """
+        with self._lock:
+            self._fraction = FractionFaults(rate=rate, lost_reply_share=lost_reply_share,
+                                            random=random.Random(seed))
+            return self._fraction
+
     def clear_injections(self) -> None:
-        """Forget every pending injected failure."""
+        """Forget every pending injected failure (the ``inject_fraction`` one too)."""
         with self._lock:
             self._injections.clear()
+            self._fraction = None
 
     def set_stock(self, instance_type: str, zone: str, count: int | None) -> None:
         """Limit how many more ``instance_type`` instances ``zone`` can launch (None: unlimited)."""
@@ -406,6 +461,12 @@ class EcsEndpoint:
             self._sweep()
             return dict(self._instances)
 
+    def created_count(self) -> int:
+        """How many instances ``RunInstances`` ever created (released ones included; repeats of a
+        ``ClientToken`` create none)."""
+        with self._lock:
+            return self._seq
+
     def status_of(self, instance_id: str) -> str | None:
         """The status ``DescribeInstances`` reports for ``instance_id`` now, or None when gone."""
         with self._lock:
@@ -434,6 +495,16 @@ class EcsEndpoint:
                         injection.times -= 1
                     raise EcsApiError(injection.code, injection.message, injection.status,
                                       injection.retry_after_ms)
+            fault, after = self._fraction.draw(action) if self._fraction is not None else (None, False)
+            if fault is not None and not after:
+                raise EcsApiError(fault[0], f"injected {fault[0]}", fault[1], fault[2])
+            answer = self._serve(action, params)
+            if fault is not None:
+                raise EcsApiError(fault[0], "injected: the request ran, its reply was lost", fault[1])
+            return answer
+
+    def _serve(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
+        with self._lock:
             handlers: dict[str, Callable[[Mapping[str, str]], dict[str, Any]]] = {
                 "RunInstances": self._run_instances,
                 "DescribeInstances": self._describe_instances,

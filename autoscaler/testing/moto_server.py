@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -341,3 +343,111 @@ def run_plain_instances(sandbox: Ec2Sandbox, count: int) -> list[tuple[str, str]
     reply = sandbox.client("ec2").run_instances(ImageId=sandbox.base_image, InstanceType="t3.micro",
                                                 MinCount=count, MaxCount=count, SubnetId=sandbox.subnets[0])
     return [(i["InstanceId"], i["PrivateIpAddress"]) for i in reply["Instances"]]
+
+
+#: The transient answers ``SeededEc2Faults`` picks from: EC2's two throttling spellings and its 5xx.
+TRANSIENT_FAULTS: tuple[tuple[str, int], ...] = (
+    ("RequestLimitExceeded", 503),
+    ("Throttling", 400),
+    ("InternalError", 500),
+    ("Unavailable", 503),
+)
+
+#: Operations whose request may be carried out by the service before its reply is lost.
+_MUTATING = frozenset({"RunInstances", "TerminateInstances", "StopInstances", "StartInstances"})
+
+
+@dataclass
+class FaultTally:
+    """What ``SeededEc2Faults`` did to one client's requests, by operation."""
+
+    requests: dict[str, int]
+    faults: dict[str, int]
+    lost_replies: dict[str, int]
+    replayed: int = 0
+
+    def total(self, table: Mapping[str, int]) -> int:
+        """The sum of one of the tables."""
+        return sum(table.values())
+
+
+class SeededEc2Faults:
+    """Fail a seeded fraction of every EC2 request of one client, and honour ``ClientToken`` as EC2 does.
+
+    Registered on botocore's ``before-send.ec2`` event, so every operation of ``client`` (retries
+    included) is seen. Each request is, with probability ``rate`` (drawn from ``random.Random(seed)``):
+
+    - answered with a throttling or 5xx error from ``TRANSIENT_FAULTS`` before it reaches moto, or,
+      for ``RunInstances``/``TerminateInstances``/``StopInstances``/``StartInstances`` and with
+      probability ``lost_reply_share`` of the faults, carried out by moto and its reply replaced by
+      ``InternalError`` (HTTP 500): the reply EC2 sent got lost on the way back.
+
+    Everything else is forwarded to moto unchanged. moto ignores ``ClientToken`` (5.x), EC2 does
+    not: a ``RunInstances`` whose token was already served gets the first reservation back here,
+    so a lost reply followed by the SDK's retry behaves as on EC2. A provider that changed the
+    token between retries would launch twice, which the test then counts.
+    """
+
+    def __init__(self, client: Any, *, rate: float, seed: int, lost_reply_share: float = 0.25) -> None:
+        self.client = client
+        self.rate = rate
+        self.lost_reply_share = lost_reply_share
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._served_tokens: dict[str, tuple[int, bytes]] = {}
+        self.tally = FaultTally(requests={}, faults={}, lost_replies={})
+        self.enabled = True
+        self._id = f"autoscaler-seeded-faults-{id(self)}"
+        client.meta.events.register("before-send.ec2", self._before_send, unique_id=self._id)
+
+    def _before_send(self, request: Any, **_: Any) -> Any:
+        from urllib.parse import parse_qsl
+
+        body = request.body
+        text = body.decode() if isinstance(body, bytes) else str(body or "")
+        params = dict(parse_qsl(text))
+        operation = params.get("Action", "?")
+        with self._lock:
+            self.tally.requests[operation] = self.tally.requests.get(operation, 0) + 1
+            fault = self.enabled and self._random.random() < self.rate
+            lose = fault and operation in _MUTATING and self._random.random() < self.lost_reply_share
+            code, status = TRANSIENT_FAULTS[self._random.randrange(len(TRANSIENT_FAULTS))]
+            token = params.get("ClientToken") if operation == "RunInstances" else None
+            if token is not None and token in self._served_tokens:
+                # EC2's idempotency: the same token gets the first reservation back, nothing new.
+                self.tally.replayed += 1
+                replay_status, replay_body = self._served_tokens[token]
+                if not fault or lose:
+                    return _xml_response(replay_status, replay_body)
+            if fault and not lose:
+                self.tally.faults[operation] = self.tally.faults.get(operation, 0) + 1
+                return aws_error_response(code, f"injected {code}", status=status)
+        reply = httpx.post(request.url, content=body or b"", timeout=30.0,
+                           headers={k: v for k, v in request.headers.items()
+                                    if k.lower() not in ("content-length", "host")})
+        with self._lock:
+            if token is not None and reply.status_code == 200:
+                self._served_tokens.setdefault(token, (reply.status_code, reply.content))
+            if lose:
+                self.tally.lost_replies[operation] = self.tally.lost_replies.get(operation, 0) + 1
+                return aws_error_response("InternalError", "injected: reply lost after the request ran",
+                                          status=500)
+        return _xml_response(reply.status_code, reply.content)
+
+    def remove(self) -> None:
+        """Stop interfering: later requests go straight to moto."""
+        self.client.meta.events.unregister("before-send.ec2", unique_id=self._id)
+
+    def __enter__(self) -> SeededEc2Faults:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.remove()
+
+
+def _xml_response(status: int, body: bytes) -> Any:
+    from botocore.awsrequest import AWSResponse, HTTPHeaders
+
+    headers = HTTPHeaders()
+    headers["Content-Type"] = "text/xml"
+    return AWSResponse("https://moto.invalid/", status, headers, _Body(body))

@@ -54,3 +54,40 @@ def test_a_dead_node_leaves_the_balancer_and_is_replaced(
         launched += rig.controller.tick().launched
     assert len(launched) == 1, launched
     assert {b.instance_id for b in rig.balancer.current()} == {ids[1], launched[0]}
+
+
+def test_a_node_that_never_becomes_healthy_is_terminated_at_the_boot_timeout_and_replaced(
+    rig: Rig, serving_pool: Callable[[int], list[str]]
+) -> None:
+    """A launched node that never answers its health check never joins the balancer, is terminated
+    once the boot timeout (60 s) has passed, and one replacement is launched, which joins."""
+    ids = serving_pool(1)
+    rig.metrics.set(STREAMS_QUERY, 14.0)  # two nodes' worth: one launch
+    rig.clock.advance(15)
+    outcome = rig.controller.tick()
+    assert len(outcome.launched) == 1
+    stuck = outcome.launched[0]
+    rig.running()  # it runs, but its health check never passes (the probe's default)
+    terminated_after = None
+    launched: list[str] = []
+    for tick in range(1, 7):
+        rig.clock.advance(15)
+        outcome = rig.controller.tick()
+        assert stuck not in {b.instance_id for b in rig.balancer.current()}
+        launched += outcome.launched
+        if stuck in outcome.terminated:
+            terminated_after = tick * 15
+            assert "boot timeout" in outcome.terminated[stuck]
+            break
+    # The timeout runs from the BOOTING record, written on the first tick after the launch, so the
+    # node goes on the second tick past 60 s after its launch (90 s here), not the first (75 s).
+    assert terminated_after is not None and 60 < terminated_after <= 90, terminated_after
+    rig.metrics.set(STREAMS_QUERY, 7.0)  # the replacement takes its share: two nodes at target
+    for _ in range(3):
+        rig.clock.advance(15)
+        launched += rig.controller.tick().launched
+        rig.serve(*(i.id for i in rig.running() if i.id != stuck))
+    assert len(launched) == 1, launched
+    rig.clock.advance(15)
+    rig.controller.tick()
+    assert {b.instance_id for b in rig.balancer.current()} == {ids[0], launched[0]}
