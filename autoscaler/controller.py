@@ -344,6 +344,8 @@ class Controller:
                 self._follow(policy, now, outcome)
         except StoreError as exc:
             # Nothing is done that the store could not record: the tick stops where the store failed.
+            # An intent it could not complete stays open: settle it again once the store is back.
+            self._reconciled = False
             outcome.errors.append(f"StoreError: {exc}")
             self.telemetry.store_error(policy.pool)
             log.error("store_fault", pool=policy.pool, error=str(exc))

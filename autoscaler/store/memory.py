@@ -133,6 +133,13 @@ class MemoryStore:
         }
         events = [e for e in self.events if (e["pool"], e["instance_id"]) not in gone]
         removed_events, self.events = len(self.events) - len(events), events
+        # Completed intents go with the ticks they belong to; an open one is kept for reconcile.
+        self.intent_log = {
+            k: i for k, i in self.intent_log.items()
+            if (pool is not None and i.pool != pool)
+            or i.created_at >= before
+            or i.status == IntentStatus.OPEN
+        }
         return PruneResult(ticks=removed_ticks, instance_events=removed_events)
 
     def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
@@ -164,7 +171,7 @@ class MemoryStore:
     ) -> int:
         """Record an intent; return its id."""
         self._maybe_fail()
-        intent_id = len(self.intent_log) + 1
+        intent_id = max(self.intent_log, default=0) + 1
         self.intent_log[intent_id] = Intent(
             id=intent_id, pool=pool, kind=IntentKind(kind), created_at=at, status=IntentStatus(status),
             tick_id=tick_id, instance_ids=tuple(instance_ids), token=token, count=count,

@@ -414,6 +414,13 @@ class SqlStore:
                     )
                 )
                 removed_events += result.rowcount or 0  # type: ignore[attr-defined]
+            # Completed intents go with the ticks they belong to; an open one is kept for reconcile.
+            intents = delete(IntentRow).where(
+                col(IntentRow.created_at) < cutoff, col(IntentRow.status) != IntentStatus.OPEN.value
+            )
+            if pool is not None:
+                intents = intents.where(col(IntentRow.pool) == pool)
+            session.execute(intents)
         return PruneResult(ticks=removed_ticks, instance_events=removed_events)
 
     def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:

@@ -144,3 +144,13 @@ class StoreContract:
         """Closing an intent that does not exist raises StoreError."""
         with pytest.raises(StoreError):
             store.close_intent(987654, IntentStatus.OK, T0)
+
+    def test_prune_drops_old_completed_intents_and_keeps_open_ones(self, store: Store) -> None:
+        """prune deletes completed intents older than the cutoff; an open one (for reconcile) and recent
+        ones stay."""
+        old_done = store.open_intent("p", IntentKind.STOP, T0, instance_ids=("i-1",))
+        store.close_intent(old_done, IntentStatus.OK, T0)
+        old_open = store.open_intent("p", IntentKind.LAUNCH, T0, token="t", count=1)
+        recent = store.open_intent("p", IntentKind.TERMINATE, T0 + timedelta(days=2), instance_ids=("i-2",))
+        store.prune(T0 + timedelta(days=1))
+        assert [i.id for i in store.intents("p")] == [old_open, recent]
