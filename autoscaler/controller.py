@@ -180,6 +180,8 @@ class PlannedChange:
     #: Launches only; ``{tick}`` stands for the tick id the plan is recorded under.
     token: str | None = None
     reason: str = ""
+    #: Balancer steps only: the nodes the new list leaves out to drain (a scale-in's change).
+    leaving: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """``launch 2``, ``terminate i-1 (drained)``: one clause of a shadow tick's note."""
@@ -191,7 +193,7 @@ class PlannedChange:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (kept with the tick's decision)."""
         return {"kind": self.kind.value, "ids": list(self.ids), "count": self.count, "token": self.token,
-                "reason": self.reason}
+                "reason": self.reason, "leaving": list(self.leaving)}
 
     def send(self, executor: Executor, policy: PoolPolicy, tick_id: int) -> None:
         """Hand this change to ``executor`` (a shadow executor records it; results are not used)."""
@@ -207,7 +209,7 @@ class PlannedChange:
             executor.start(pool, self.ids, tick_id=tick_id, reason=self.reason)
         else:
             # The list in force is the operator's: only a leave (a scale-in) is a change.
-            executor.apply_balancer(pool, [], tick_id=tick_id, changed=self.reason.startswith("scale-in"))
+            executor.apply_balancer(pool, [], tick_id=tick_id, changed=bool(self.leaving))
 
 
 def launch_spec(policy: PoolPolicy) -> LaunchSpec:
@@ -523,7 +525,7 @@ class Controller:
                 leaving.append(victim)
         backends = [b.instance_id for b in self.backends_for(policy, states) if b.instance_id not in leaving]
         steps.append(PlannedChange(
-            IntentKind.BALANCER, tuple(backends),
+            IntentKind.BALANCER, tuple(backends), leaving=tuple(leaving),
             reason=f"scale-in: {', '.join(leaving)} leave{'s' if len(leaving) == 1 else ''} to drain"
             if leaving else "the serving, healthy nodes",
         ))
@@ -570,9 +572,7 @@ class Controller:
         for step in steps:
             step.send(self.executor, policy, tick_id)
         outcome.nodes = {i: s.lifecycle.value for i, s in observation.states.items()}
-        changes = [
-            s.describe() for s in steps if s.kind != IntentKind.BALANCER or s.reason.startswith("scale-in")
-        ]
+        changes = [s.describe() for s in steps if s.kind != IntentKind.BALANCER or s.leaving]
         outcome.notes.append(
             f"shadow: would {'; '.join(changes) or 'change nothing'}"
             f" (real fleet: {observation.real_nodes()} nodes, shadow wants {decision.desired})"
