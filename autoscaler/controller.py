@@ -514,9 +514,10 @@ class Controller:
             if state is None:
                 continue
             if state.lifecycle == Lifecycle.STARTING and self._reusable(policy, state.instance):
-                steps.append(
-                    PlannedChange(IntentKind.STOP, (victim,), reason="scale-in: cancelled while starting")
-                )
+                if not keep_running:
+                    steps.append(
+                        PlannedChange(IntentKind.STOP, (victim,), reason="scale-in: cancelled while starting")
+                    )
             elif state.lifecycle in (Lifecycle.BOOTING, Lifecycle.STARTING):
                 steps.append(
                     PlannedChange(IntentKind.TERMINATE, (victim,), reason="scale-in: cancelled while booting")
@@ -529,12 +530,21 @@ class Controller:
             reason=f"scale-in: {', '.join(leaving)} leave{'s' if len(leaving) == 1 else ''} to drain"
             if leaving else "the serving, healthy nodes",
         ))
+        # Drains that end this tick (when the balancer takes the list): into the warm pool while it
+        # is short of its target, terminated otherwise, as ``_finish_drains`` does.
+        warm_now = sum(1 for s in states.values() if s.lifecycle in WARM_LIFECYCLES)
         for instance_id, state in states.items():
             if state.lifecycle == Lifecycle.DRAINING and state.since < now and (
                 (state.active_streams is not None and state.active_streams <= 0)
                 or now - state.since >= policy.drain.timeout
             ):
-                steps.append(PlannedChange(IntentKind.TERMINATE, (instance_id,), reason="drained"))
+                if warm_now < decision.warm_target and self._reusable(policy, state.instance):
+                    warm_now += 1
+                    if not keep_running:  # a running warm pool keeps it up: no world change
+                        why = "drained: into the warm pool"
+                        steps.append(PlannedChange(IntentKind.STOP, (instance_id,), reason=why))
+                else:
+                    steps.append(PlannedChange(IntentKind.TERMINATE, (instance_id,), reason="drained"))
         return steps
 
     def _plan_record(
