@@ -15,7 +15,7 @@ from autoscaler.clock import SystemClock
 from autoscaler.controller import Adapters, Controller, TickOutcome
 from autoscaler.domain import Instance
 from autoscaler.executor import Executor, ShadowExecutor, WorldExecutor
-from autoscaler.leader import leadership_for
+from autoscaler.leader import SingleController, leadership_for
 from autoscaler.metrics.file_sd import write_targets
 from autoscaler.metrics.prometheus import PrometheusSource
 from autoscaler.notify import Notification, WebhookNotifier
@@ -139,7 +139,9 @@ def build_runtime(
         error = watcher.last_error
         return "; ".join(error.problems) or str(error) if error else None
 
-    leadership = leadership_for(store_url, policy.pool)
+    # A shadow acts on nothing, so it never takes the pool's leader lock: on a store it shares with
+    # the acting controllers it must not make one of them a follower.
+    leadership = SingleController() if shadow else leadership_for(store_url, policy.pool)
     executor: Executor = (
         ShadowExecutor(real_store, adapters.clock)
         if shadow

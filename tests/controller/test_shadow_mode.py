@@ -118,3 +118,36 @@ scaling:
     live = [i for i in LocalProvider.for_policy(load_policy(policy)).list_instances("sh")
             if i.state != CloudState.TERMINATED]
     assert live == []
+
+
+def test_a_shadow_never_takes_the_leader_lock(tmp_path: Path) -> None:
+    """On a PostgreSQL store a shadow runtime gets no leader lock (it would make an acting controller a
+    follower); the acting runtime of the same policy does."""
+    from autoscaler.leader import PostgresLeaderLock, SingleController
+    from autoscaler.store import MemoryStore
+    from autoscaler.wiring import build_runtime
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        f"""
+pool: lead
+provider: {{kind: local, state_dir: {tmp_path / "nodes"}}}
+launch:
+  model_version: v1
+  instance_types: [{{name: local-gpu, streams: 10, price_per_hour: 0.1}}]
+balancer: {{kind: none}}
+scaling:
+  min_nodes: 1
+  max_nodes: 2
+  checks:
+    - {{name: streams, type: target_tracking, query: streams_per_node, target: 7}}
+"""
+    )
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    for shadow, kind in ((True, SingleController), (False, PostgresLeaderLock)):
+        runtime = build_runtime(policy, url, store=MemoryStore(), shadow=shadow)
+        try:
+            assert isinstance(runtime.controller.leadership, kind)
+            assert runtime.controller.executor.acts is not shadow
+        finally:
+            runtime.close()
