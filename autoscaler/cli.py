@@ -78,6 +78,16 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+ShadowOption = Annotated[
+    bool,
+    typer.Option(
+        "--shadow",
+        help="Shadow mode: observe and decide every tick, record what it would do, act on nothing "
+        "(compare with the fleet's real size in `autoscaler history`).",
+    ),
+]
+
+
 def _open_store(store: str | None) -> SqlStore:
     """The store the selected pools share (one connection pool, however many pools)."""
     from autoscaler.store import open_store
@@ -89,7 +99,11 @@ def _open_store(store: str | None) -> SqlStore:
 
 
 def pool_builder(
-    store: str | None, shared_store: SqlStore, telemetry: ControllerMetrics | None = None
+    store: str | None,
+    shared_store: SqlStore,
+    telemetry: ControllerMetrics | None = None,
+    *,
+    shadow: bool = False,
 ) -> Callable[[Path], Runtime]:
     """How ``run`` and ``once`` build each selected pool's runtime: everything a run decides once for
     all its pools (store, telemetry; a mode such as shadow) is bound here."""
@@ -97,7 +111,7 @@ def pool_builder(
 
     from autoscaler.wiring import build_runtime
 
-    return partial(build_runtime, store_url=store, telemetry=telemetry, store=shared_store)
+    return partial(build_runtime, store_url=store, telemetry=telemetry, store=shared_store, shadow=shadow)
 
 
 def _selection(policies: list[Path] | None, policy: list[Path] | None, pool: list[str] | None) -> Selection:
@@ -164,12 +178,14 @@ def run(
         typer.Option(min=0.1, help="Seconds between scans of the selected files for added or removed pools."),
     ] = 2.0,
     log_json: JsonLogs = False,
+    shadow: ShadowOption = False,
 ) -> None:
     """Run the controller: every selected pool ticks every `scaling.tick`, until SIGTERM or SIGINT.
 
     Files added to a --policies directory start pools, changed files are reloaded, removed files stop
     managing their pool (its nodes are left as they are). With --metrics-port: /metrics for
     Prometheus and /healthz for a supervisor on that port.
+    With --shadow: decide and record, change nothing (beside the autoscaler that runs the fleet).
     """
     from autoscaler.errors import PoolSelectionError
     from autoscaler.pools import PoolSet
@@ -181,7 +197,8 @@ def run(
     telemetry = ControllerMetrics(health=Health(unhealthy_after=unhealthy_after))
     shared_store = _open_store(store)
     try:
-        pools = PoolSet(policies or [], policy or [], pool_builder(store, shared_store, telemetry),
+        pools = PoolSet(policies or [], policy or [],
+                        pool_builder(store, shared_store, telemetry, shadow=shadow),
                         telemetry=telemetry, only=pool or [])
     except PoolSelectionError as exc:
         shared_store.close()
@@ -259,6 +276,7 @@ def once(
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
     log_json: JsonLogs = False,
+    shadow: ShadowOption = False,
 ) -> None:
     """Run one tick of each selected pool, print what each decided and did, and exit (status 1 if
     any tick had errors or any selected file could not run).
@@ -271,7 +289,7 @@ def once(
     shared_store = _open_store(store)
     runtimes: dict[str, Runtime] = {}
     try:
-        problems = _build_all(selection, pool_builder(store, shared_store), runtimes)
+        problems = _build_all(selection, pool_builder(store, shared_store, shadow=shadow), runtimes)
         # Concurrently, so one pool's slow cloud does not hold up the others' ticks.
         with ThreadPoolExecutor(max_workers=max(1, len(runtimes))) as threads:
             futures = {name: threads.submit(r.controller.tick) for name, r in runtimes.items()}
@@ -382,7 +400,13 @@ def history(
     from datetime import UTC, datetime
 
     from autoscaler.policy.model import parse_duration
-    from autoscaler.terminal import history_rows, history_table, print_table
+    from autoscaler.terminal import (
+        history_rows,
+        history_table,
+        print_table,
+        shadow_summary,
+        shadow_summary_line,
+    )
 
     if not policy and not policies and not pool:
         _fail("say which pools: --pool NAME, --policy FILE or --policies DIR")
@@ -401,10 +425,15 @@ def history(
     finally:
         reader.close()
     rows.sort(key=lambda r: str(r["at"]), reverse=True)
+    summary = shadow_summary(rows)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+        # Shadow ticks add a summary object; an acting pool's history stays a plain list of ticks.
+        payload: Any = rows if summary is None else {"ticks": rows, "shadow_summary": summary}
+        typer.echo(json.dumps(payload, indent=2, default=str))
     else:
         print_table(*history_table(rows, with_pool=len(names) > 1))
+        if summary is not None:
+            typer.echo(shadow_summary_line(summary))
     _report_problems(problems)
     if problems:
         raise typer.Exit(1)
