@@ -8,6 +8,12 @@ import sys
 import structlog
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    """A logger on whatever ``sys.stderr`` is now: a stream bound at configure time may be closed
+    later (a test runner's capture, a daemon's redirected stderr), and logging must not fail then."""
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(*, json_lines: bool = False, level: str = "info") -> None:
     """Log to stderr; ``json_lines`` for one JSON object per event."""
     renderer: structlog.types.Processor = (
@@ -21,6 +27,6 @@ def configure_logging(*, json_lines: bool = False, level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
