@@ -40,6 +40,8 @@ def main() -> int:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(figures.to_json() if args.json else figures.table())
+    for failure in figures.failures:
+        print(f"failed request: {failure}", file=sys.stderr)
     for note in figures.notes:
         print(f"note: {note}", file=sys.stderr)
     lost = (figures.leaked + figures.duplicate_launches + figures.terminated_in_upstream + figures.above_max

@@ -118,6 +118,8 @@ class CrashFigures:
     failed_after_kill: int = 0
     request_errors: dict[str, int] = field(default_factory=dict)
     blame_s: float = 10.0
+    #: Each failed request: its error, when, and how far from a kill and from an nginx reload.
+    failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
@@ -249,7 +251,8 @@ class _Load:
     url: str
     cfg: CrashConfig
     stop: threading.Event = field(default_factory=threading.Event)
-    results: list[tuple[float, bool, str]] = field(default_factory=list)
+    #: (sent, finished, ok, error) per transcription, monotonic seconds.
+    results: list[tuple[float, float, bool, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: float = 0.0
 
@@ -272,7 +275,7 @@ class _Load:
                 except httpx.HTTPError as exc:
                     ok, error = False, type(exc).__name__
                 with self.lock:
-                    self.results.append((sent, ok, "" if ok else error))
+                    self.results.append((sent, time.monotonic(), ok, "" if ok else error))
 
     @contextmanager
     def running(self, seed: int) -> Iterator[None]:
@@ -300,7 +303,9 @@ class CrashRig:
         self.figures = CrashFigures()
         self.progress = progress
         self.controller: subprocess.Popen[bytes] | None = None
+        self.target = ""
         self.kill_times: list[float] = []
+        self.reload_times: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # What the sampler has seen.
@@ -349,7 +354,8 @@ class CrashRig:
                 for number in range(1, cfg.kills + 1):
                     phase = self._kill_once()
                     at = time.monotonic() - started
-                    self.say(f"kill {number:3d}/{cfg.kills}: {phase:9s} at {at:6.1f} s"
+                    self.say(f"kill {number:3d}/{cfg.kills}: {phase:9s} (aimed {self.target:9s})"
+                             f" at {at:6.1f} s"
                              f" | pool {self._pool_size()} serving {len(self._served)}"
                              f" | leaked {len(self._leaked)} dup {self.figures.duplicate_launches}")
                     self._start_controller()
@@ -445,6 +451,7 @@ class CrashRig:
         if rest > 0:
             time.sleep(rest)
         target = self.rng.choice(PHASES)
+        self.target = target
         phase = self._await_phase(target) if target != "timer" else None
         if phase is None:
             time.sleep(self.rng.uniform(0, 2 * cfg.tick_s))
@@ -460,9 +467,11 @@ class CrashRig:
         return phase
 
     def _await_phase(self, target: str) -> str | None:
-        """Poll (every 5 ms) for ``target`` happening; None when it does not within ``wait_s``."""
+        """Poll (every 5 ms) for a step happening: ``target`` during the first half of ``wait_s``,
+        any step after that; None when none does within ``wait_s``."""
         logs = self.state_dir / "logs"
         upstream = self.nginx.upstream_file
+        rec_path = self.state_dir / "instances.json"
 
         def log_names() -> set[str]:
             try:
@@ -481,32 +490,34 @@ class CrashRig:
             return {i for i, r in _provider_records(self.state_dir).items() if r.get("terminating_at")}
 
         names, up_stamp, up_ids = log_names(), stamp(upstream), _upstream_ids(upstream)
-        rec_path = self.state_dir / "instances.json"
         rec_stamp, ending = stamp(rec_path), terminating()
-        deadline = time.monotonic() + self.cfg.wait_s
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        while time.monotonic() - started < self.cfg.wait_s:
             time.sleep(0.005)
             if self.controller is None or self.controller.poll() is not None:
                 return None
-            if target == "launch":
-                if log_names() - names:
-                    return "launch"
-            elif target in ("join", "drain"):
-                now_stamp = stamp(upstream)
-                if now_stamp != up_stamp:
-                    ids = _upstream_ids(upstream)
-                    if target == "join" and ids - up_ids:
-                        return "join"
-                    if target == "drain" and up_ids - ids:
-                        return "drain"
-                    up_stamp, up_ids = now_stamp, ids
-            else:  # terminate
-                now_stamp = stamp(rec_path)
-                if now_stamp != rec_stamp:
-                    now_ending = terminating()
-                    if now_ending - ending:
-                        return "terminate"
-                    rec_stamp, ending = now_stamp, now_ending
+            seen: set[str] = set()
+            if log_names() - names:
+                seen.add("launch")
+            now_stamp = stamp(upstream)
+            if now_stamp != up_stamp:
+                ids = _upstream_ids(upstream)
+                if ids - up_ids:
+                    seen.add("join")
+                if up_ids - ids:
+                    seen.add("drain")
+                up_stamp, up_ids = now_stamp, ids
+            now_stamp = stamp(rec_path)
+            if now_stamp != rec_stamp:
+                now_ending = terminating()
+                if now_ending - ending:
+                    seen.add("terminate")
+                rec_stamp, ending = now_stamp, now_ending
+            names = log_names()
+            if target in seen:
+                return target
+            if seen and time.monotonic() - started > self.cfg.wait_s / 2:
+                return sorted(seen)[0]
         return None
 
     # -------------------------------------------------------------------------------------- checks
@@ -593,6 +604,7 @@ class CrashRig:
         in_file = _upstream(self.nginx.upstream_file)
         if self.reloads.poll() != reloads_before:
             self._served = in_file
+            self.reload_times.append(now)
         live = node_processes(self.state_dir)
         recorded = self._lifecycles()
         if recorded is None:
@@ -669,13 +681,20 @@ class CrashRig:
         figures.requests = len(load.results)
         figures.blame_s = self.cfg.blame_s
         errors: Counter[str] = Counter()
-        for sent, ok, error in load.results:
+        for sent, done, ok, error in load.results:
             if ok:
                 continue
             figures.failed_requests += 1
             errors[error] += 1
-            if any(0 <= sent - k <= self.cfg.blame_s for k in self.kill_times):
+            after_kill = [sent - k for k in self.kill_times if 0 <= sent - k <= self.cfg.blame_s]
+            reloads = [done - r for r in self.reload_times if -0.5 <= done - r <= 0.5]
+            if after_kill:
                 figures.failed_after_kill += 1
+            figures.failures.append(
+                f"{error}: sent {sent - load.started:.1f} s into the load, took {done - sent:.2f} s"
+                + (f", {min(after_kill):.1f} s after a kill" if after_kill else "")
+                + (f", {min(reloads, key=abs):+.2f} s from an nginx reload seen by the sampler"
+                   if reloads else ""))
         figures.request_errors = dict(errors)
 
 
