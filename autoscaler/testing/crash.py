@@ -20,8 +20,9 @@ outside, with no help from the code under test: node processes by their command 
 the upstream file and nginx's reloads (the list nginx serves is the file as of its last reload),
 the provider's record file and the store. It counts:
 
-- ``leaked``: node processes alive for more than ``orphan_grace_s`` that the store does not know,
-  or that it recorded terminated more than ``orphan_grace_s`` ago;
+- ``leaked``: node processes the store does not know although a controller started after they
+  appeared has completed its ticks (checked after each restart and at the end), or that it
+  recorded terminated more than ``orphan_grace_s`` plus the provider's 5 s kill grace ago;
 - ``duplicate_launches``: nodes launched while a leaked node was alive (a launch the controller
   would not have made had it known the leak), plus nodes beyond what their launch's tick decided
   (one token launched twice);
@@ -380,7 +381,8 @@ class CrashRig:
             time.sleep(cfg.settle_s)
             self._check_nginx()
             self._stop_controller(signal.SIGTERM)
-            time.sleep(self.cfg.orphan_grace_s + 1)  # nodes SIGTERMed at the end finish exiting
+            # Nodes SIGTERMed at the end finish exiting (the provider SIGKILLs after 5 s).
+            time.sleep(max(self.cfg.orphan_grace_s, 6.0))
             self._sample()
             self._final_check()
             self._stop.set()
@@ -570,6 +572,7 @@ class CrashRig:
             self.figures.notes.append(f"a restarted controller did not complete {wanted} ticks within 15 s")
             return
         self.figures.restarts_checked += 1
+        self._confirm_leaks(self.restarted_mono)
         self._check_nginx()
 
     def _last_recorded_backends(self) -> frozenset[str] | None:
@@ -649,21 +652,14 @@ class CrashRig:
         new = set(live) - self._seen
         self._seen |= set(live)
         figures.nodes_launched = len(self._seen)
-        # Leaks: unknown to the store, or recorded terminated, and still alive after the grace.
-        leaking_now = set()
+        # Leak suspects: unknown to the store (a confirmed leak once a controller started after it
+        # was first seen has finished its ticks without recording it; see _confirm_leaks).
         for iid in live:
-            state = recorded.get(iid)
-            if state is None or state[0] == Lifecycle.TERMINATED:
-                first = self._unknown_since.setdefault(iid, now)
-                if now - first > cfg.orphan_grace_s:
-                    leaking_now.add(iid)
-                    if iid not in self._leaked:
-                        self._leaked.add(iid)
-                        figures.leaked = len(self._leaked)
-                        figures.leaked_ids = sorted(self._leaked)
-            else:
+            if iid in recorded:
                 self._unknown_since.pop(iid, None)
-        if leaking_now and new:
+            else:
+                self._unknown_since.setdefault(iid, now)
+        if new and self._leaked & set(live):
             figures.duplicate_launches += len(new)  # launched while a leak it did not see was alive
         # Served by nginx while dead or recorded terminated.
         for iid in self._served:
@@ -682,6 +678,25 @@ class CrashRig:
             self._reached_min = True
         elif self._reached_min:
             figures.below_min += 1
+
+    def _confirm_leaks(self, controller_started: float) -> None:
+        """Live nodes the store does not know although a controller started after they appeared has
+        completed its ticks, or recorded terminated more than ``orphan_grace_s`` plus the provider's
+        5 s kill grace ago: leaked."""
+        recorded = self._lifecycles()
+        if recorded is None:
+            return
+        with self._lock:
+            now = datetime.now(UTC)
+            for iid in node_processes(self.state_dir):
+                state = recorded.get(iid)
+                unknown = state is None and self._unknown_since.get(iid, float("inf")) < controller_started
+                lingering = (state is not None and state[0] == Lifecycle.TERMINATED
+                             and (now - state[1]).total_seconds() > self.cfg.orphan_grace_s + 5.0)
+                if unknown or lingering:
+                    self._leaked.add(iid)
+            self.figures.leaked = len(self._leaked)
+            self.figures.leaked_ids = sorted(self._leaked)
 
     def _final_check(self) -> None:
         """After the last stop: every live node known to the store and not terminated; tokens honoured."""
