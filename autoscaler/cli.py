@@ -59,11 +59,23 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _runtime(policy: Path, store: str | None, telemetry: ControllerMetrics | None = None) -> Any:
+ShadowOption = Annotated[
+    bool,
+    typer.Option(
+        "--shadow",
+        help="Shadow mode: observe and decide every tick, record what it would do, act on nothing "
+        "(compare with the fleet's real size in `autoscaler history`).",
+    ),
+]
+
+
+def _runtime(
+    policy: Path, store: str | None, telemetry: ControllerMetrics | None = None, *, shadow: bool = False
+) -> Any:
     from autoscaler.wiring import build_runtime
 
     try:
-        return build_runtime(policy, store, telemetry=telemetry)
+        return build_runtime(policy, store, telemetry=telemetry, shadow=shadow)
     except PolicyError as exc:
         for problem in exc.problems or [str(exc)]:
             typer.echo(problem, err=True)
@@ -104,16 +116,18 @@ def run(
         typer.Option(min=1, help="/healthz fails (503) after this many tick periods with no good tick."),
     ] = UNHEALTHY_AFTER_TICKS,
     log_json: JsonLogs = False,
+    shadow: ShadowOption = False,
 ) -> None:
     """Run the controller: one tick every `scaling.tick`, until SIGTERM or SIGINT.
 
     With --metrics-port: /metrics for Prometheus and /healthz for a supervisor on that port.
+    With --shadow: decide and record, change nothing (beside the autoscaler that runs the fleet).
     """
     from autoscaler.service import TickService
 
     configure_logging(json_lines=log_json)
     telemetry = ControllerMetrics(health=Health(unhealthy_after=unhealthy_after))
-    runtime = _runtime(policy, store, telemetry)
+    runtime = _runtime(policy, store, telemetry, shadow=shadow)
     server = None
     if metrics_port is not None:
         try:
@@ -138,10 +152,11 @@ def once(
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
     log_json: JsonLogs = False,
+    shadow: ShadowOption = False,
 ) -> None:
     """Run one tick, print what it decided and did, and exit (status 1 if the tick had errors)."""
     configure_logging(json_lines=log_json, level="warning")
-    runtime = _runtime(policy, store)
+    runtime = _runtime(policy, store, shadow=shadow)
     try:
         outcome = runtime.controller.tick()
     finally:
@@ -226,7 +241,13 @@ def history(
     from datetime import UTC, datetime
 
     from autoscaler.policy.model import parse_duration
-    from autoscaler.terminal import history_rows, history_table, print_table
+    from autoscaler.terminal import (
+        history_rows,
+        history_table,
+        print_table,
+        shadow_summary,
+        shadow_summary_line,
+    )
 
     if policy is None and pool is None:
         _fail("say which pool: --pool NAME or --policy FILE")
@@ -244,10 +265,15 @@ def history(
         _fail(str(exc))
     finally:
         reader.close()
+    summary = shadow_summary(rows)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+        # Shadow ticks add a summary object; an acting pool's history stays a plain list of ticks.
+        payload: Any = rows if summary is None else {"ticks": rows, "shadow_summary": summary}
+        typer.echo(json.dumps(payload, indent=2, default=str))
     else:
         print_table(*history_table(rows))
+        if summary is not None:
+            typer.echo(shadow_summary_line(summary))
 
 
 @app.command()

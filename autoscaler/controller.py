@@ -1,9 +1,12 @@
-"""One tick of one pool: observe → decide → record → act → record the outcome.
+"""One tick of one pool: observe → decide → plan → execute → record the outcome.
 
 The controller depends only on the protocols in ``autoscaler.protocols``; which implementations
 it gets is ``autoscaler.wiring``'s business. The decision itself is the pure engine's
-(``autoscaler.policy.engine.decide``); everything here is about turning the world into the
-engine's inputs and the engine's answer back into calls, safely:
+(``autoscaler.policy.engine.decide``); every world change goes through the ``Executor``
+(``autoscaler.executor``), which records an intent before each call and its result after, and
+checks before each call that this controller still leads the pool. Everything here is about
+turning the world into the engine's inputs and the engine's answer into a plan the executor
+carries out, safely:
 
 - no data never removes capacity (the engine's rule, and the controller adds none of its own);
 - a node joins the balancer only after its own ``/healthz`` answers 200, and only when it runs the
@@ -19,7 +22,13 @@ engine's inputs and the engine's answer back into calls, safely:
   stock, capacity, throttling beyond the budget, an instance that vanished) is replaced by a cold
   launch in the same tick. Each lifecycle is recorded *before* the provider call it announces and
   every call is idempotent, so a controller killed between a stop or start and its record finds
-  the instance on its next tick and finishes the move instead of repeating or leaking it.
+  the instance on its next tick and finishes the move instead of repeating or leaking it;
+- the first tick a controller acts (and the first after it becomes leader) settles the intents a
+  crash left open (``Executor.reconcile``): a launch is matched by its token, and a launch found
+  short re-uses that token, so the provider's idempotency also covers a call still in flight;
+- with a ``ShadowExecutor`` (``autoscaler run --shadow``) the tick observes, decides and records
+  its plan as shadow intents beside the real fleet's node count, and writes no lifecycle: the
+  fleet belongs to whatever autoscaler runs it today.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from autoscaler.domain import (
     CloudState,
     Decision,
     Instance,
+    IntentKind,
     LaunchSpec,
     Lifecycle,
     Node,
@@ -56,6 +66,7 @@ from autoscaler.errors import (
     QuotaExceeded,
     StoreError,
 )
+from autoscaler.executor import WARM_TOKEN_SUFFIX, Executor, Settled, WorldExecutor
 from autoscaler.leader import Leadership, SingleController
 from autoscaler.metrics.history import ForecastCache, ForecastState
 from autoscaler.metrics.plausible import bounds_for, plausible, plausible_streams
@@ -70,8 +81,6 @@ log = structlog.get_logger("autoscaler.controller")
 BOOT_TIMEOUT_REASON = "not healthy within the boot timeout"
 #: How a warm instance that did not serve in time after its start is recorded when it is replaced.
 START_TIMEOUT_REASON = "not healthy within the warm start timeout"
-#: Launch tokens of instances launched to be prepared for the warm pool end with this.
-WARM_TOKEN_SUFFIX = "-warm"
 #: Lifecycles of warm-pool members: not capacity, never in the balancer or the scrape targets.
 WARM_LIFECYCLES = (Lifecycle.PREPARING, Lifecycle.STOPPED)
 #: Launches pause after this many consecutive boot failures, doubling per further failure...
@@ -133,6 +142,12 @@ class Observation:
     #: Nodes that cannot be a balancer backend (a hostile address, port or id), and why.
     refused: dict[str, str] = field(default_factory=dict)
     forecast: ForecastState | None = None
+    #: Every instance the provider listed for the pool this tick.
+    listed: list[Instance] = field(default_factory=list)
+
+    def real_nodes(self) -> int:
+        """Nodes the provider runs for the pool (pending or running: billed, whoever launched them)."""
+        return sum(1 for i in self.listed if i.state in (CloudState.PENDING, CloudState.RUNNING))
 
     def inputs(self) -> dict[str, Any]:
         """JSON-ready record of the inputs the engine decided on."""
@@ -153,6 +168,60 @@ class Observation:
             "prepared": [i.id for i in self.prepared],
             "refused": dict(self.refused),
         }
+
+
+@dataclass(frozen=True)
+class PlannedChange:
+    """One world change of a tick's plan: what the executor is asked to do, and why."""
+
+    kind: IntentKind
+    ids: tuple[str, ...] = ()
+    count: int = 0
+    #: Launches only; ``{tick}`` stands for the tick id the plan is recorded under.
+    token: str | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        """``launch 2``, ``terminate i-1 (drained)``: one clause of a shadow tick's note."""
+        what = f"{self.count}" if self.kind == IntentKind.LAUNCH else ", ".join(self.ids) or "none"
+        if self.kind == IntentKind.BALANCER:
+            return f"balancer list {what} ({self.reason})"
+        return f"{self.kind.value} {what} ({self.reason})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (kept with the tick's decision)."""
+        return {"kind": self.kind.value, "ids": list(self.ids), "count": self.count, "token": self.token,
+                "reason": self.reason}
+
+    def send(self, executor: Executor, policy: PoolPolicy, tick_id: int) -> None:
+        """Hand this change to ``executor`` (a shadow executor records it; results are not used)."""
+        pool = policy.pool
+        if self.kind == IntentKind.LAUNCH:
+            executor.launch(pool, launch_spec(policy), self.count, (self.token or "").format(tick=tick_id),
+                            tick_id=tick_id)
+        elif self.kind == IntentKind.TERMINATE:
+            executor.terminate(pool, self.ids, tick_id=tick_id, reason=self.reason)
+        elif self.kind == IntentKind.STOP:
+            executor.stop(pool, self.ids, tick_id=tick_id, reason=self.reason)
+        elif self.kind == IntentKind.START:
+            executor.start(pool, self.ids, tick_id=tick_id, reason=self.reason)
+        else:
+            # The list in force is the operator's: only a leave (a scale-in) is a change.
+            executor.apply_balancer(pool, [], tick_id=tick_id, changed=self.reason.startswith("scale-in"))
+
+
+def launch_spec(policy: PoolPolicy) -> LaunchSpec:
+    """What the provider is asked to launch for ``policy``."""
+    launch = policy.launch
+    return LaunchSpec(
+        pool=policy.pool,
+        image=launch.image.id or "",
+        model_version=launch.model_version,
+        instance_types=tuple(t.name for t in launch.instance_types),
+        port=launch.port,
+        user_data=launch.user_data,
+        tags=dict(launch.tags),
+    )
 
 
 @dataclass
@@ -230,10 +299,19 @@ class Controller:
         telemetry: ControllerMetrics | None = None,
         policy_error: Callable[[], str | None] | None = None,
         leadership: Leadership | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self._policy = policy
         #: Whether this controller is the pool's one actor (a PostgreSQL lock; always with SQLite).
         self.leadership: Leadership = leadership or SingleController()
+        #: The one thing that changes the world (and fences it by ``leadership``), or a shadow of it.
+        self.executor: Executor = executor or WorldExecutor(
+            adapters.provider, adapters.balancer, adapters.store, adapters.clock, self.leadership
+        )
+        #: False until this controller, as the actor, has settled the intents a crash left open.
+        self._reconciled = False
+        #: Launch tokens a reconcile found short, per kind (warm or not), with how many exist under each.
+        self._carried: dict[bool, tuple[str, int]] = {}
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
         self.telemetry = telemetry or ControllerMetrics()
@@ -262,9 +340,12 @@ class Controller:
             if leader:
                 self._tick(policy, now, outcome)
             else:
+                self._reconciled = False  # a future leadership starts by settling open intents again
                 self._follow(policy, now, outcome)
         except StoreError as exc:
             # Nothing is done that the store could not record: the tick stops where the store failed.
+            # An intent it could not complete stays open: settle it again once the store is back.
+            self._reconciled = False
             outcome.errors.append(f"StoreError: {exc}")
             self.telemetry.store_error(policy.pool)
             log.error("store_fault", pool=policy.pool, error=str(exc))
@@ -293,7 +374,12 @@ class Controller:
 
     def _tick(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
         store = self.adapters.store
+        if not self._reconciled:
+            self._reconcile(policy, now, outcome)
         observation = self.observe(policy, now)
+        if not self.executor.acts:
+            self._shadow_tick(policy, observation, now, outcome)
+            return
         states = observation.states
         # Lifecycle changes the observation found (writes only: a store that cannot take them stops
         # the tick here, before anything in the world changed).
@@ -323,26 +409,27 @@ class Controller:
             outcome.errors.append("lost the pool's leader lock before acting: nothing recorded or done")
             log.error("leadership_lost_before_acting", pool=policy.pool)
             return
-        # ---- record the intent (the decision, and the nodes to replace) before any world change: a
-        # store that cannot record it acts on nothing. The launch's client token names this record.
+        # ---- plan, and record the decision with its plan before any world change: a store that
+        # cannot record it acts on nothing. The launch's client token names this record.
         tick_id = store.record_tick(
             policy.pool,
             now,
             observation.inputs(),
-            decision_record(decision),
+            decision_record(decision) | self._plan_record(policy, decision, observation, now),
             evaluation.memory.model_dump(mode="json"),
         )
         outcome.tick_id = tick_id
-        # Nodes that failed to boot (or run another model version) are replaced, unless paused.
-        for instance, reason in [] if policy.paused else observation.replace:
-            self._terminate(policy, instance, now, outcome, reason)
-            if reason.startswith(BOOT_TIMEOUT_REASON):
-                self.telemetry.boot_failure(policy.pool)
-        # ---- act (a paused pool is observed and recorded; nothing is acted on, nodes stay as they are)
+        # ---- execute (a paused pool is observed and recorded; nothing is acted on, nodes stay as they are)
         try:
+            # Nodes that failed to boot (or run another model version) are replaced, unless paused.
+            for instance, reason in [] if policy.paused else observation.replace:
+                self._terminate(policy, instance, now, outcome, reason)
+                if reason.startswith(BOOT_TIMEOUT_REASON):
+                    self.telemetry.boot_failure(policy.pool)
             if not policy.paused:
                 self._act(policy, decision, observation, now, tick_id, outcome)
         finally:
+            self._carried.clear()  # a token carried over from a crash serves the first acting tick only
             outcome.nodes = {i: s.lifecycle.value for i, s in states.items()}
             outcome.cost_per_hour = sum(
                 spec.price_per_hour
@@ -358,6 +445,139 @@ class Controller:
                 store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
             except StoreError as exc:
                 outcome.errors.append(f"could not record the outcome: {exc}")
+
+    # ------------------------------------------------------------------------ intents and plans
+    def _reconcile(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
+        """Settle the intents a crash (or a previous leader) left open, before observing."""
+        settled: list[Settled] = self.executor.reconcile(
+            policy.pool, lambda: self.adapters.provider.list_instances(policy.pool)
+        )
+        recorded = self.adapters.store.lifecycles(policy.pool)
+        for done in settled:
+            for instance_id, lifecycle in done.lifecycles.items():
+                if lifecycle == Lifecycle.TERMINATED or instance_id not in recorded:
+                    self.adapters.store.record_lifecycle(
+                        policy.pool, instance_id, lifecycle, now,
+                        {"reason": f"reconciled: {done.reason}", "token": done.intent.token},
+                    )
+            if done.carry_token is not None:
+                self._carried[done.carry_token.endswith(WARM_TOKEN_SUFFIX)] = (done.carry_token, done.carried)
+            outcome.notes.append(f"reconciled intent {done.intent.id}: {done.reason}")
+        self._reconciled = True
+
+    def _launch_token(self, policy: PoolPolicy, tick_id: int, *, warm: bool) -> tuple[str, int]:
+        """This tick's launch token, or the one of a launch a crash left short (re-used so the
+        provider's idempotency covers it), with how many instances already exist under it."""
+        carried = self._carried.pop(warm, None)
+        if carried is not None:
+            return carried
+        return f"{policy.pool}-tick-{tick_id}{WARM_TOKEN_SUFFIX if warm else ''}", 0
+
+    def plan(
+        self, policy: PoolPolicy, decision: Decision, observation: Observation, now: datetime
+    ) -> list[PlannedChange]:
+        """The world changes this tick's decision asks for, in the order the executor makes them.
+
+        Pure (no I/O): what a shadow controller records, and what an acting one records beside its
+        decision. An acting tick may add to it from results (a failed warm start is replaced by a
+        cold launch in the same tick; a balancer that rejects its list holds the drains).
+        """
+        if policy.paused:
+            return []
+        states = observation.states
+        steps = [PlannedChange(IntentKind.TERMINATE, (i.id,), reason=why) for i, why in observation.replace]
+        keep_running = policy.warm_pool is not None and policy.warm_pool.state == "running"
+        stops = [] if keep_running else [i.id for i in observation.prepared + observation.restop]
+        if stops:
+            steps.append(PlannedChange(IntentKind.STOP, tuple(stops), reason="into the warm pool"))
+        if observation.restart:
+            steps.append(PlannedChange(IntentKind.START, tuple(i.id for i in observation.restart),
+                                       reason="re-issued: recorded starting, still stopped"))
+        steps.extend(
+            PlannedChange(IntentKind.TERMINATE, (i,), reason="warm pool: beyond its size")
+            for i in decision.discard if i in states
+        )
+        if decision.start:
+            steps.append(
+                PlannedChange(IntentKind.START, tuple(decision.start), reason="scale-out: warm start")
+            )
+        for count, warm in ((decision.launch, False), (decision.prepare, True)):
+            if count > 0:
+                token = f"{policy.pool}-tick-{{tick}}{WARM_TOKEN_SUFFIX if warm else ''}"
+                steps.append(PlannedChange(IntentKind.LAUNCH, count=count, token=token,
+                                           reason="prepare for the warm pool" if warm else "scale-out"))
+        leaving: list[str] = []
+        for victim in decision.victims:
+            state = states.get(victim)
+            if state is None:
+                continue
+            if state.lifecycle == Lifecycle.STARTING and self._reusable(policy, state.instance):
+                steps.append(
+                    PlannedChange(IntentKind.STOP, (victim,), reason="scale-in: cancelled while starting")
+                )
+            elif state.lifecycle in (Lifecycle.BOOTING, Lifecycle.STARTING):
+                steps.append(
+                    PlannedChange(IntentKind.TERMINATE, (victim,), reason="scale-in: cancelled while booting")
+                )
+            else:
+                leaving.append(victim)
+        backends = [b.instance_id for b in self.backends_for(policy, states) if b.instance_id not in leaving]
+        steps.append(PlannedChange(
+            IntentKind.BALANCER, tuple(backends),
+            reason=f"scale-in: {', '.join(leaving)} leave{'s' if len(leaving) == 1 else ''} to drain"
+            if leaving else "the serving, healthy nodes",
+        ))
+        for instance_id, state in states.items():
+            if state.lifecycle == Lifecycle.DRAINING and state.since < now and (
+                (state.active_streams is not None and state.active_streams <= 0)
+                or now - state.since >= policy.drain.timeout
+            ):
+                steps.append(PlannedChange(IntentKind.TERMINATE, (instance_id,), reason="drained"))
+        return steps
+
+    def _plan_record(
+        self, policy: PoolPolicy, decision: Decision, observation: Observation, now: datetime
+    ) -> dict[str, Any]:
+        """What the tick record keeps beside the decision: the plan and the real fleet's size."""
+        return {
+            "plan": [step.to_dict() for step in self.plan(policy, decision, observation, now)],
+            "fleet": {"real_nodes": observation.real_nodes()},
+        }
+
+    def _shadow_tick(
+        self, policy: PoolPolicy, observation: Observation, now: datetime, outcome: TickOutcome
+    ) -> None:
+        """Shadow mode: decide on the real fleet, record the decision and its plan, act on nothing.
+
+        No lifecycle is written (the fleet belongs to the autoscaler running it), so a healthy node
+        counts as serving: the operator's balancer is assumed to send it traffic.
+        """
+        store = self.adapters.store
+        for state in observation.states.values():
+            if state.lifecycle == Lifecycle.SERVING:
+                state.joined = True
+        for name, sample in observation.samples.items():
+            self.telemetry.check_sample(policy.pool, name, sample)
+        evaluation = self.evaluate(policy, observation, now)
+        decision = outcome.decision = evaluation.decision
+        steps = self.plan(policy, decision, observation, now)
+        record = decision_record(decision) | self._plan_record(policy, decision, observation, now)
+        tick_id = store.record_tick(
+            policy.pool, now, observation.inputs(), record | {"mode": "shadow"},
+            evaluation.memory.model_dump(mode="json"),
+        )
+        outcome.tick_id = tick_id
+        for step in steps:
+            step.send(self.executor, policy, tick_id)
+        outcome.nodes = {i: s.lifecycle.value for i, s in observation.states.items()}
+        changes = [
+            s.describe() for s in steps if s.kind != IntentKind.BALANCER or s.reason.startswith("scale-in")
+        ]
+        outcome.notes.append(
+            f"shadow: would {'; '.join(changes) or 'change nothing'}"
+            f" (real fleet: {observation.real_nodes()} nodes, shadow wants {decision.desired})"
+        )
+        store.update_tick(tick_id, outcome=outcome.to_dict())
 
     def _follow(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
         """A follower's tick: observe and decide (telemetry, logs), record and change nothing."""
@@ -460,7 +680,7 @@ class Controller:
                 why = f": {state['reason']}" if state["reason"] else ""
                 paused_by = f"autoscaler pause at {state['at']}{why}"
                 policy = policy.model_copy(update={"paused": True})
-        self.telemetry.mode(policy.pool, paused=policy.paused)
+        self.telemetry.mode(policy.pool, paused=policy.paused, shadow=not self.executor.acts)
         if paused_by is not None:
             notes.append(f"paused ({paused_by}): observed and recorded, nothing acted on")
         return policy
@@ -484,7 +704,7 @@ class Controller:
         store = self.adapters.store
         instances = self.adapters.provider.list_instances(policy.pool)
         recorded = store.lifecycles(policy.pool)
-        observation = Observation()
+        observation = Observation(listed=list(instances))
         listed = {i.id for i in instances}
         for instance_id, (lifecycle, _since) in recorded.items():
             if instance_id not in listed and lifecycle != Lifecycle.TERMINATED:
@@ -738,20 +958,14 @@ class Controller:
             self._start_warm(policy, decision.start, states, now, outcome) if decision.start else (0, 0)
         )
         if decision.launch + fallback > 0:
-            self._launch(
-                policy, decision.launch + fallback, f"{policy.pool}-tick-{tick_id}", states, now, outcome
-            )
+            token, existing = self._launch_token(policy, tick_id, warm=False)
+            self._launch(policy, decision.launch + fallback + existing, token, states, now, outcome)
         # A warm instance that failed to start is still in the pool: it needs no replacement.
         prepare = max(0, decision.prepare - kept)
         if prepare > 0:
+            token, existing = self._launch_token(policy, tick_id, warm=True)
             self._launch(
-                policy,
-                prepare,
-                f"{policy.pool}-tick-{tick_id}{WARM_TOKEN_SUFFIX}",
-                states,
-                now,
-                outcome,
-                lifecycle=Lifecycle.PREPARING,
+                policy, prepare + existing, token, states, now, outcome, lifecycle=Lifecycle.PREPARING
             )
         for victim in decision.victims:
             state = states.get(victim)
@@ -822,7 +1036,9 @@ class Controller:
         if not instances:
             return
         try:
-            results = self.adapters.provider.stop([i.id for i in instances])
+            results = self.executor.stop(
+                policy.pool, [i.id for i in instances], tick_id=outcome.tick_id, reason="into the warm pool"
+            )
         except ProviderError as exc:
             outcome.errors.append(f"stop of {', '.join(i.id for i in instances)} failed: {exc}")
             return
@@ -856,7 +1072,10 @@ class Controller:
         if observation.restart:
             ids = [i.id for i in observation.restart]
             try:
-                results = self.adapters.provider.start(ids)
+                results = self.executor.start(
+                    policy.pool, ids, tick_id=outcome.tick_id,
+                    reason="re-issued: recorded starting, still stopped",
+                )
             except ProviderError as exc:
                 outcome.errors.append(f"re-issued start of {', '.join(ids)} failed: {exc}")
                 return
@@ -890,7 +1109,9 @@ class Controller:
         why = ""
         results: dict[str, StartOutcome] = {}
         try:
-            results = self.adapters.provider.start(list(ids))
+            results = self.executor.start(
+                policy.pool, ids, tick_id=outcome.tick_id, reason="scale-out: warm start"
+            )
         except InsufficientCapacity as exc:
             why = f"no stock: {exc}"
             results = dict.fromkeys(ids, StartOutcome.NO_CAPACITY)
@@ -938,19 +1159,10 @@ class Controller:
         outcome: TickOutcome,
         lifecycle: Lifecycle = Lifecycle.LAUNCHING,
     ) -> None:
-        launch = policy.launch
-        spec = LaunchSpec(
-            pool=policy.pool,
-            image=launch.image.id or "",
-            model_version=launch.model_version,
-            instance_types=tuple(t.name for t in launch.instance_types),
-            port=launch.port,
-            user_data=launch.user_data,
-            tags=dict(launch.tags),
-        )
+        spec = launch_spec(policy)
         what = "preparation launch" if lifecycle == Lifecycle.PREPARING else "launch"
         try:
-            result = self.adapters.provider.launch(spec, count, token)
+            result = self.executor.launch(policy.pool, spec, count, token, tick_id=outcome.tick_id)
         except QuotaExceeded as exc:
             outcome.errors.append(f"{what} blocked by quota, no further scale-out this tick: {exc}")
             return
@@ -1026,7 +1238,8 @@ class Controller:
             log.error("balancer_list_unreadable", pool=policy.pool, error=str(exc))
             before = None
         try:
-            self.adapters.balancer.apply(backends)
+            changed = before is None or {b.instance_id for b in backends} != before
+            self.executor.apply_balancer(policy.pool, backends, tick_id=outcome.tick_id, changed=changed)
         except BalancerError as exc:
             outcome.errors.append(f"balancer rejected the change, previous backends still serve: {exc}")
             self.telemetry.balancer_error(policy.pool)
@@ -1080,7 +1293,9 @@ class Controller:
         self, policy: PoolPolicy, instance: Instance, now: datetime, outcome: TickOutcome, reason: str
     ) -> None:
         try:
-            result = self.adapters.provider.terminate([instance.id])
+            result = self.executor.terminate(
+                policy.pool, [instance.id], tick_id=outcome.tick_id, reason=reason
+            )
         except ProviderError as exc:
             outcome.errors.append(f"terminate {instance.id} failed ({reason}): {exc}")
             return

@@ -318,3 +318,65 @@ class PruneResult:
 
     ticks: int
     instance_events: int
+
+
+class IntentKind(StrEnum):
+    """What world change an intent announces (``autoscaler.executor``)."""
+
+    LAUNCH = "launch"
+    TERMINATE = "terminate"
+    STOP = "stop"
+    START = "start"
+    #: A new backend list put in force on the balancer (joins and leaves).
+    BALANCER = "balancer"
+
+
+class IntentStatus(StrEnum):
+    """Where an intent is: recorded before its call (``OPEN``), completed after it, or settled later."""
+
+    OPEN = "open"
+    OK = "ok"
+    FAILED = "failed"
+    #: Found open after a crash and settled against the provider's inventory (``reason`` says how).
+    RECONCILED = "reconciled"
+    #: Recorded by a shadow-mode controller: what it would have done; never called.
+    SHADOW = "shadow"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One world change as the store keeps it: announced before the call, completed after it."""
+
+    id: int
+    pool: str
+    kind: IntentKind
+    created_at: datetime
+    status: IntentStatus = IntentStatus.OPEN
+    tick_id: int | None = None
+    instance_ids: tuple[str, ...] = ()
+    #: The launch's client token (launches only): the provider's idempotency key and its tag.
+    token: str | None = None
+    count: int = 0
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    #: What the provider or balancer returned (ok), or how a reconcile settled it.
+    result: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    closed_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``history --json``, logs)."""
+        return {
+            "id": self.id,
+            "pool": self.pool,
+            "kind": self.kind.value,
+            "status": self.status.value,
+            "tick_id": self.tick_id,
+            "instance_ids": list(self.instance_ids),
+            "token": self.token,
+            "count": self.count,
+            "detail": dict(self.detail),
+            "result": dict(self.result),
+            "error": self.error,
+            "created_at": self.created_at.isoformat(),
+            "closed_at": self.closed_at.isoformat() if self.closed_at else None,
+        }

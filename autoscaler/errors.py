@@ -70,3 +70,7 @@ class BalancerError(AutoscalerError):
 
 class StoreError(AutoscalerError):
     """The decision store could not be read or written."""
+
+
+class LeadershipLost(AutoscalerError):
+    """This controller no longer holds the pool's leader lock: it must not change the world (fencing)."""

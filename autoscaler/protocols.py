@@ -14,6 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 from autoscaler.domain import (
     Backend,
     Instance,
+    Intent,
+    IntentKind,
+    IntentStatus,
     LaunchResult,
     LaunchSpec,
     Lifecycle,
@@ -238,4 +241,26 @@ class Store(Protocol):
     def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
         """Delete ticks recorded before ``before`` (of ``pool`` or all pools) and the records of
         instances terminated before it; keep the engine memory and live instances' records."""
+        ...
+
+    # Intents (``autoscaler.executor``): written before each world-changing call, completed after it.
+    # ``open_intent`` is durable when it returns (a crash after it leaves the intent open for the
+    # next start's reconcile); ``StoreError`` means nothing was written and the call must not be made.
+    def open_intent(self, pool: str, kind: IntentKind, at: datetime, *, tick_id: int | None = None,
+                    instance_ids: tuple[str, ...] = (), token: str | None = None, count: int = 0,
+                    detail: Mapping[str, Any] | None = None,
+                    status: IntentStatus = IntentStatus.OPEN) -> int:
+        """Record an intent (``OPEN``, or ``SHADOW`` for a change a shadow controller did not make);
+        return its id."""
+        ...
+
+    def close_intent(self, intent_id: int, status: IntentStatus, at: datetime, *,
+                     result: Mapping[str, Any] | None = None, error: str | None = None) -> None:
+        """Complete an intent with what happened; ``StoreError`` if it does not exist."""
+        ...
+
+    def intents(self, pool: str, *, open_only: bool = False, tick_id: int | None = None,
+                limit: int | None = None) -> list[Intent]:
+        """Intents of ``pool``, oldest first (the newest ``limit`` of them): only open ones, or only
+        one tick's, when asked."""
         ...

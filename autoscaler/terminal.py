@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from importlib import metadata
+from itertools import pairwise
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -82,9 +83,55 @@ def history_rows(ticks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "reason": final_reason(t["decision"]),
             "outcome": t["decision"].get("outcome", {}),
             "error": t.get("error"),
+            "mode": t["decision"].get("mode", "acting"),
+            "real_nodes": t["decision"].get("fleet", {}).get("real_nodes"),
+            "plan": t["decision"].get("plan", []),
         }
         for t in ticks
     ]
+
+
+def shadow_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Shadow against reality over the rows' window: node-hours each, and ticks where the shadow
+    wanted more or fewer nodes than the fleet had. None when no row is a shadow tick.
+
+    Each tick stands for the time until the next one (the last, for the median interval): the
+    shadow's node-hours are its desired count over that time, the real ones the provider's count.
+    """
+    shadow = sorted(
+        (r for r in rows if r.get("mode") == "shadow" and r.get("real_nodes") is not None
+         and r.get("desired") is not None),
+        key=lambda r: r["at"],
+    )
+    if not shadow:
+        return None
+    times = [datetime.fromisoformat(r["at"]) for r in shadow]
+    gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
+    last = sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+    spans = [*gaps, last]
+    real_h = sum(r["real_nodes"] * dt for r, dt in zip(shadow, spans, strict=True)) / 3600
+    shadow_h = sum(r["desired"] * dt for r, dt in zip(shadow, spans, strict=True)) / 3600
+    return {
+        "ticks": len(shadow),
+        "from": shadow[0]["at"],
+        "to": shadow[-1]["at"],
+        "node_hours_real": round(real_h, 3),
+        "node_hours_shadow": round(shadow_h, 3),
+        "ticks_shadow_wanted_more": sum(1 for r in shadow if r["desired"] > r["real_nodes"]),
+        "ticks_shadow_wanted_fewer": sum(1 for r in shadow if r["desired"] < r["real_nodes"]),
+        "ticks_same": sum(1 for r in shadow if r["desired"] == r["real_nodes"]),
+    }
+
+
+def shadow_summary_line(summary: dict[str, Any]) -> str:
+    """``shadow over N ticks: ...`` for the foot of ``history``."""
+    return (
+        f"shadow over {summary['ticks']} ticks "
+        f"({_short_time(summary['from'])} to {_short_time(summary['to'])}): "
+        f"{summary['node_hours_shadow']:.2f} node-hours wanted vs {summary['node_hours_real']:.2f} real; "
+        f"wanted more in {summary['ticks_shadow_wanted_more']} ticks, fewer in "
+        f"{summary['ticks_shadow_wanted_fewer']}, the same in {summary['ticks_same']}"
+    )
 
 
 def _short_time(iso: str | None) -> str:
@@ -118,9 +165,39 @@ def status_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
 
 def history_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Columns and cells of ``history``."""
+    if any(r.get("mode") == "shadow" for r in rows):
+        # Shadow ticks: what it wanted beside the real fleet's size, and what it would have done.
+        columns = ["at", "tick", "shadow wants", "real nodes", "decision", "would do", "error"]
+        cells = [
+            [
+                _short_time(r["at"]),
+                f"#{r['id']}",
+                "-" if r.get("desired") is None else str(r["desired"]),
+                "-" if r.get("real_nodes") is None else str(r["real_nodes"]),
+                r["summary"],
+                _would_do(r.get("plan", [])),
+                r["error"] or "",
+            ]
+            for r in rows
+        ]
+        return columns, cells
     columns = ["at", "tick", "decision", "error"]
     cells = [[_short_time(r["at"]), f"#{r['id']}", r["summary"], r["error"] or ""] for r in rows]
     return columns, cells
+
+
+def _would_do(plan: Sequence[dict[str, Any]]) -> str:
+    """``launch 2, terminate i-1``: a plan's changes (the balancer step only when someone leaves)."""
+    parts = []
+    for step in plan:
+        if step["kind"] == "launch":
+            parts.append(f"launch {step['count']}")
+        elif step["kind"] == "balancer":
+            if str(step.get("reason", "")).startswith("scale-in"):
+                parts.append(str(step["reason"]).removeprefix("scale-in: "))
+        else:
+            parts.append(f"{step['kind']} {', '.join(step['ids'])}")
+    return ", ".join(parts) or "nothing"
 
 
 def print_table(

@@ -14,6 +14,7 @@ from typing import Any
 from autoscaler.clock import SystemClock
 from autoscaler.controller import Adapters, Controller, TickOutcome
 from autoscaler.domain import Instance
+from autoscaler.executor import Executor, ShadowExecutor, WorldExecutor
 from autoscaler.leader import leadership_for
 from autoscaler.metrics.file_sd import write_targets
 from autoscaler.metrics.prometheus import PrometheusSource
@@ -107,8 +108,12 @@ def build_runtime(
     clock: Clock | None = None,
     telemetry: ControllerMetrics | None = None,
     store: Store | None = None,
+    shadow: bool = False,
 ) -> Runtime:
     """Everything ``run``/``once``/``explain`` need for one policy file.
+
+    ``shadow``: the controller gets a ``ShadowExecutor`` (decides and records its plan, changes
+    nothing) instead of the ``WorldExecutor``; nothing else differs.
 
     Adapters follow the policy as loaded at start; a reloaded policy changes the rules, not the
     adapters (changing provider or balancer kind needs a restart, as it would in any controller).
@@ -135,8 +140,14 @@ def build_runtime(
         return "; ".join(error.problems) or str(error) if error else None
 
     leadership = leadership_for(store_url, policy.pool)
+    executor: Executor = (
+        ShadowExecutor(real_store, adapters.clock)
+        if shadow
+        else WorldExecutor(adapters.provider, adapters.balancer, real_store, adapters.clock, leadership)
+    )
     controller = Controller(
-        watcher.current, adapters, telemetry=telemetry, policy_error=policy_error, leadership=leadership
+        watcher.current, adapters, telemetry=telemetry, policy_error=policy_error, leadership=leadership,
+        executor=executor,
     )
     closers: list[Any] = [metrics, probe, leadership]
     if hasattr(real_store, "close"):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from autoscaler.domain import Lifecycle, PruneResult
+from autoscaler.domain import Intent, IntentKind, IntentStatus, Lifecycle, PruneResult
 from autoscaler.errors import StoreError
 
 
@@ -21,6 +22,8 @@ class MemoryStore:
         self.next_error: Exception | None = None
         self._last_id = 0
         self.pauses: dict[str, dict[str, Any]] = {}
+        #: Every intent recorded, by id (``open_intent``/``close_intent``).
+        self.intent_log: dict[int, Intent] = {}
 
     def _maybe_fail(self) -> None:
         if self.next_error is not None:
@@ -130,6 +133,13 @@ class MemoryStore:
         }
         events = [e for e in self.events if (e["pool"], e["instance_id"]) not in gone]
         removed_events, self.events = len(self.events) - len(events), events
+        # Completed intents go with the ticks they belong to; an open one is kept for reconcile.
+        self.intent_log = {
+            k: i for k, i in self.intent_log.items()
+            if (pool is not None and i.pool != pool)
+            or i.created_at >= before
+            or i.status == IntentStatus.OPEN
+        }
         return PruneResult(ticks=removed_ticks, instance_events=removed_events)
 
     def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
@@ -145,3 +155,57 @@ class MemoryStore:
     def pools(self) -> list[str]:
         """Every pool with a recorded tick or instance, sorted."""
         return sorted({t["pool"] for t in self.ticks} | {e["pool"] for e in self.events})
+
+    def open_intent(
+        self,
+        pool: str,
+        kind: IntentKind,
+        at: datetime,
+        *,
+        tick_id: int | None = None,
+        instance_ids: tuple[str, ...] = (),
+        token: str | None = None,
+        count: int = 0,
+        detail: Mapping[str, Any] | None = None,
+        status: IntentStatus = IntentStatus.OPEN,
+    ) -> int:
+        """Record an intent; return its id."""
+        self._maybe_fail()
+        intent_id = max(self.intent_log, default=0) + 1
+        self.intent_log[intent_id] = Intent(
+            id=intent_id, pool=pool, kind=IntentKind(kind), created_at=at, status=IntentStatus(status),
+            tick_id=tick_id, instance_ids=tuple(instance_ids), token=token, count=count,
+            detail=copy.deepcopy(dict(detail or {})),
+        )
+        return intent_id
+
+    def close_intent(
+        self,
+        intent_id: int,
+        status: IntentStatus,
+        at: datetime,
+        *,
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Complete an intent."""
+        self._maybe_fail()
+        intent = self.intent_log.get(intent_id)
+        if intent is None:
+            raise StoreError(f"intent {intent_id} does not exist")
+        self.intent_log[intent_id] = replace(
+            intent, status=IntentStatus(status), result=copy.deepcopy(dict(result or {})), error=error,
+            closed_at=at,
+        )
+
+    def intents(
+        self, pool: str, *, open_only: bool = False, tick_id: int | None = None, limit: int | None = None
+    ) -> list[Intent]:
+        """Intents of ``pool``, oldest first."""
+        found = [
+            i for i in self.intent_log.values()
+            if i.pool == pool
+            and (not open_only or i.status == IntentStatus.OPEN)
+            and (tick_id is None or i.tick_id == tick_id)
+        ]
+        return found if limit is None else found[-limit:] if limit else []

@@ -1,8 +1,9 @@
 """The decision store on sqlmodel: a SQLite file by default, PostgreSQL when controllers share state.
 
-Three tables: ``tick`` (every tick's inputs, decision, reasons and error), ``instance_event`` (each
-lifecycle transition of each instance) and ``engine_memory`` (the engine's memory per pool, written
-in the same transaction as the tick it follows). The schema is Alembic's (``store/migrations``):
+Tables: ``tick`` (every tick's inputs, decision, reasons and error), ``instance_event`` (each
+lifecycle transition of each instance), ``engine_memory`` (the engine's memory per pool, written
+in the same transaction as the tick it follows), ``pool_pause`` and ``intent`` (each world change,
+recorded before the executor's call and completed after it). The schema is Alembic's (``store/migrations``):
 opening a store for writing brings it to the newest revision; ``prune`` bounds its size.
 
 SQLite serves one controller: nothing stops two processes on one file from both acting. Several
@@ -24,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from autoscaler.domain import Lifecycle, PruneResult
+from autoscaler.domain import Intent, IntentKind, IntentStatus, Lifecycle, PruneResult
 from autoscaler.errors import StoreError
 
 #: The file name of the default SQLite store inside its state directory.
@@ -118,6 +119,38 @@ class PoolPauseRow(SQLModel, table=True):
     paused: bool
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     at: datetime
+
+
+class IntentRow(SQLModel, table=True):
+    """One world change: recorded before the executor's call, completed after it."""
+
+    __tablename__ = "intent"
+    __table_args__ = (Index("ix_intent_pool_status", "pool", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pool: str
+    kind: str
+    status: str
+    tick_id: int | None = Field(default=None, index=True)
+    instance_ids: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    token: str | None = None
+    count: int = 0
+    detail: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    result: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime
+    closed_at: datetime | None = None
+
+    def intent(self) -> Intent:
+        """The domain value."""
+        assert self.id is not None  # read back from the database
+        return Intent(
+            id=self.id, pool=self.pool, kind=IntentKind(self.kind), status=IntentStatus(self.status),
+            tick_id=self.tick_id, instance_ids=tuple(json.loads(self.instance_ids)), token=self.token,
+            count=self.count, detail=json.loads(self.detail), result=json.loads(self.result),
+            error=self.error, created_at=_utc(self.created_at),
+            closed_at=_utc(self.closed_at) if self.closed_at else None,
+        )
 
 
 def _dumps(value: Mapping[str, Any]) -> str:
@@ -381,6 +414,13 @@ class SqlStore:
                     )
                 )
                 removed_events += result.rowcount or 0  # type: ignore[attr-defined]
+            # Completed intents go with the ticks they belong to; an open one is kept for reconcile.
+            intents = delete(IntentRow).where(
+                col(IntentRow.created_at) < cutoff, col(IntentRow.status) != IntentStatus.OPEN.value
+            )
+            if pool is not None:
+                intents = intents.where(col(IntentRow.pool) == pool)
+            session.execute(intents)
         return PruneResult(ticks=removed_ticks, instance_events=removed_events)
 
     def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
@@ -406,6 +446,65 @@ class SqlStore:
             ticked = session.exec(select(TickRow.pool).distinct()).all()
             instances = session.exec(select(InstanceEventRow.pool).distinct()).all()
             return sorted({*ticked, *instances})
+
+    def open_intent(
+        self,
+        pool: str,
+        kind: IntentKind,
+        at: datetime,
+        *,
+        tick_id: int | None = None,
+        instance_ids: tuple[str, ...] = (),
+        token: str | None = None,
+        count: int = 0,
+        detail: Mapping[str, Any] | None = None,
+        status: IntentStatus = IntentStatus.OPEN,
+    ) -> int:
+        """Record an intent (committed when this returns); return its id."""
+        row = IntentRow(
+            pool=pool, kind=IntentKind(kind).value, status=IntentStatus(status).value, tick_id=tick_id,
+            instance_ids=json.dumps(list(instance_ids)), token=token, count=count,
+            detail=_dumps(detail or {}), created_at=_utc(at),
+        )
+        with self._session("open_intent") as session:
+            session.add(row)
+            session.flush()
+            assert row.id is not None  # set by flush
+            return row.id
+
+    def close_intent(
+        self,
+        intent_id: int,
+        status: IntentStatus,
+        at: datetime,
+        *,
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Complete an intent with what happened."""
+        with self._session("close_intent") as session:
+            row = session.get(IntentRow, intent_id)
+            if row is None:
+                raise StoreError(f"intent {intent_id} does not exist")
+            row.status = IntentStatus(status).value
+            row.result = _dumps(result or {})
+            row.error = error
+            row.closed_at = _utc(at)
+
+    def intents(
+        self, pool: str, *, open_only: bool = False, tick_id: int | None = None, limit: int | None = None
+    ) -> list[Intent]:
+        """Intents of ``pool``, oldest first (the newest ``limit``)."""
+        query = select(IntentRow).where(IntentRow.pool == pool)
+        if open_only:
+            query = query.where(IntentRow.status == IntentStatus.OPEN.value)
+        if tick_id is not None:
+            query = query.where(IntentRow.tick_id == tick_id)
+        query = query.order_by(col(IntentRow.id).desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session("intents") as session:
+            return [row.intent() for row in reversed(session.exec(query).all())]
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from autoscaler.domain import Lifecycle
+from autoscaler.domain import IntentKind, IntentStatus, Lifecycle
 from autoscaler.errors import StoreError
 from autoscaler.protocols import Store
 
@@ -112,3 +112,45 @@ class StoreContract:
         assert latest["i-1"] == (Lifecycle.SERVING, T0 + timedelta(seconds=60))
         assert latest["i-2"][0] == Lifecycle.DRAINING
         assert store.lifecycles("q") == {}
+
+    def test_intent_is_open_until_closed(self, store: Store) -> None:
+        """An intent is listed open (with its token, ids and tick) until closed with a status and result."""
+        launch = store.open_intent("p", IntentKind.LAUNCH, T0, tick_id=7, token="p-tick-7", count=2,
+                                   detail={"types": ["gpu"]})
+        stop = store.open_intent("p", IntentKind.STOP, T0, tick_id=7, instance_ids=("i-1", "i-2"))
+        store.open_intent("other", IntentKind.TERMINATE, T0, instance_ids=("i-9",))
+        opened = store.intents("p", open_only=True)
+        assert [(i.id, i.kind, i.token, i.count, i.instance_ids) for i in opened] == [
+            (launch, IntentKind.LAUNCH, "p-tick-7", 2, ()),
+            (stop, IntentKind.STOP, None, 0, ("i-1", "i-2")),
+        ]
+        assert opened[0].detail == {"types": ["gpu"]} and opened[0].created_at == T0
+        store.close_intent(launch, IntentStatus.OK, T0 + timedelta(seconds=1), result={"instances": ["i-3"]})
+        store.close_intent(stop, IntentStatus.FAILED, T0 + timedelta(seconds=1), error="throttled")
+        assert store.intents("p", open_only=True) == []
+        done = {i.id: i for i in store.intents("p", tick_id=7)}
+        assert done[launch].status == IntentStatus.OK and done[launch].result == {"instances": ["i-3"]}
+        assert done[stop].status == IntentStatus.FAILED and done[stop].error == "throttled"
+        assert done[stop].closed_at == T0 + timedelta(seconds=1)
+
+    def test_shadow_intents_are_never_open(self, store: Store) -> None:
+        """An intent recorded with the shadow status is listed for its tick, never as open work."""
+        store.open_intent("p", IntentKind.LAUNCH, T0, tick_id=3, count=1, status=IntentStatus.SHADOW)
+        assert store.intents("p", open_only=True) == []
+        assert [i.status for i in store.intents("p", tick_id=3)] == [IntentStatus.SHADOW]
+        assert len(store.intents("p", limit=1)) == 1
+
+    def test_close_of_unknown_intent_raises(self, store: Store) -> None:
+        """Closing an intent that does not exist raises StoreError."""
+        with pytest.raises(StoreError):
+            store.close_intent(987654, IntentStatus.OK, T0)
+
+    def test_prune_drops_old_completed_intents_and_keeps_open_ones(self, store: Store) -> None:
+        """prune deletes completed intents older than the cutoff; an open one (for reconcile) and recent
+        ones stay."""
+        old_done = store.open_intent("p", IntentKind.STOP, T0, instance_ids=("i-1",))
+        store.close_intent(old_done, IntentStatus.OK, T0)
+        old_open = store.open_intent("p", IntentKind.LAUNCH, T0, token="t", count=1)
+        recent = store.open_intent("p", IntentKind.TERMINATE, T0 + timedelta(days=2), instance_ids=("i-2",))
+        store.prune(T0 + timedelta(days=1))
+        assert [i.id for i in store.intents("p")] == [old_open, recent]

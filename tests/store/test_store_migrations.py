@@ -11,7 +11,7 @@ from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
 from autoscaler.cli import app
-from autoscaler.domain import Lifecycle
+from autoscaler.domain import IntentKind, Lifecycle
 from autoscaler.store import SqlStore
 from autoscaler.store.migrate import current_revision, head_revision, upgrade
 
@@ -97,7 +97,7 @@ def test_first_release_store_is_upgraded_on_open_keeping_its_records(empty_datab
     assert "ix_tick_pool_at" not in _indexes(empty_database, "tick")
     store = SqlStore(empty_database)
     try:
-        assert current_revision(store.engine) == head_revision() == "0003"
+        assert current_revision(store.engine) == head_revision() == "0004"
         assert [t["decision"]["summary"] for t in store.recent_ticks("asr")] == ["out 2→3"]
         assert store.lifecycles("asr") == {"i-1": (Lifecycle.SERVING, T0)}
         assert store.load_memory("asr") == {"n": 1}
@@ -115,11 +115,11 @@ def test_store_upgrade_command_from_the_baseline_revision(empty_database: str) -
     runner = CliRunner()
     first = runner.invoke(app, ["store", "upgrade", "--store", empty_database])
     assert first.exit_code == 0, first.output
-    assert "from revision 0001 to 0003" in first.stdout
+    assert "from revision 0001 to 0004" in first.stdout
     again = runner.invoke(app, ["store", "upgrade", "--store", empty_database])
-    assert again.exit_code == 0 and "already at revision 0003" in again.stdout
+    assert again.exit_code == 0 and "already at revision 0004" in again.stdout
     revision = runner.invoke(app, ["store", "revision", "--store", empty_database])
-    assert "store: 0003; this release: 0003" in revision.stdout
+    assert "store: 0004; this release: 0004" in revision.stdout
 
 
 def test_migrations_at_head_match_the_models(empty_database: str) -> None:
@@ -167,3 +167,35 @@ def test_prune_command_older_than(empty_database: str) -> None:
     reader = SqlStore(empty_database, readonly=True)
     assert [t["desired"] for t in reader.recent_ticks("asr", None)] == [1, 29]
     reader.close()
+
+
+def test_upgrade_from_0003_adds_the_intent_table_keeping_records(empty_database: str) -> None:
+    """A store at revision 0003 (pause, no intents) is upgraded to 0004 on open: its ticks and pauses
+    stay, and intents can be recorded and read back."""
+    engine = sqlalchemy.create_engine(empty_database)
+    upgrade(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO tick (pool, at, direction, desired, launch, summary, inputs, decision) "
+                "VALUES ('asr', :at, 'out', 3, 1, 'out 2→3', '{}', '{}')"
+            ),
+            {"at": T0},
+        )
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO pool_pause (pool, paused, reason, at) VALUES ('asr', true, 'x', :at)"
+            ),
+            {"at": T0},
+        )
+    assert "intent" not in sqlalchemy.inspect(engine).get_table_names()
+    engine.dispose()
+    store = SqlStore(empty_database)
+    try:
+        assert current_revision(store.engine) == "0004"
+        assert [t["summary"] for t in store.recent_ticks("asr")] == ["out 2→3"]
+        assert (store.pause_state("asr") or {}).get("paused") is True
+        intent = store.open_intent("asr", IntentKind.TERMINATE, T0, instance_ids=("i-1",))
+        assert [i.id for i in store.intents("asr", open_only=True)] == [intent]
+    finally:
+        store.close()
