@@ -382,7 +382,9 @@ class CrashRig:
             self._check_nginx()
             self._stop_controller(signal.SIGTERM)
             # Nodes SIGTERMed at the end finish exiting (the provider SIGKILLs after 5 s).
-            time.sleep(max(self.cfg.orphan_grace_s, 6.0))
+            deadline = time.monotonic() + max(self.cfg.orphan_grace_s, 6.0)
+            while time.monotonic() < deadline and self._leaving():
+                time.sleep(0.2)
             self._sample()
             self._final_check()
             self._stop.set()
@@ -697,6 +699,12 @@ class CrashRig:
                     self._leaked.add(iid)
             self.figures.leaked = len(self._leaked)
             self.figures.leaked_ids = sorted(self._leaked)
+
+    def _leaving(self) -> bool:
+        """True while a live node is recorded terminated or unknown to the store."""
+        recorded = self._lifecycles() or {}
+        return any(recorded.get(i, (Lifecycle.TERMINATED, None))[0] == Lifecycle.TERMINATED
+                   for i in node_processes(self.state_dir))
 
     def _final_check(self) -> None:
         """After the last stop: every live node known to the store and not terminated; tokens honoured."""
