@@ -23,9 +23,10 @@ the provider's record file and the store. It counts:
 - ``leaked``: node processes the store does not know although a controller started after they
   appeared has completed its ticks (checked after each restart and at the end), or that it
   recorded terminated more than ``orphan_grace_s`` plus the provider's 5 s kill grace ago;
-- ``duplicate_launches``: nodes launched while a leaked node was alive (a launch the controller
-  would not have made had it known the leak), plus nodes beyond what their launch's tick decided
-  (one token launched twice);
+- ``duplicate_launches``: leaked nodes that saw another node launched while they ran (two live
+  instances for one launch slot: the leak and its replacement), plus nodes beyond what their
+  launch's tick decided (one token launched twice); ``launched_while_leaked`` counts every node
+  launched while some leak ran;
 - ``terminated_in_upstream``: nodes recorded terminated or dead while nginx still served them;
 - ``above_max`` / ``below_min``: samples where the pool's live nodes (not being terminated)
   were outside ``[min_nodes, max_nodes]`` (below min only counts once the pool reached min);
@@ -121,6 +122,7 @@ class CrashFigures:
     leaked: int = 0
     leaked_ids: list[str] = field(default_factory=list)
     duplicate_launches: int = 0
+    launched_while_leaked: int = 0
     terminated_in_upstream: int = 0
     terminated_in_upstream_ids: list[str] = field(default_factory=list)
     max_pool: int = 0
@@ -149,6 +151,7 @@ class CrashFigures:
             ("ticks scaling out / in", f"{self.scale_out_ticks} / {self.scale_in_ticks}"),
             ("leaked instances", f"{self.leaked}" + (f" {self.leaked_ids}" if self.leaked_ids else "")),
             ("duplicate launches", str(self.duplicate_launches)),
+            ("nodes launched while a leak ran", str(self.launched_while_leaked)),
             ("terminated while in nginx", f"{self.terminated_in_upstream}"
              + (f" {self.terminated_in_upstream_ids}" if self.terminated_in_upstream_ids else "")),
             ("pool size max seen", str(self.max_pool)),
@@ -330,6 +333,8 @@ class CrashRig:
         self._served: dict[str, str] = {}
         self._unknown_since: dict[str, float] = {}
         self._leaked: set[str] = set()
+        #: Leaks that saw a node launched while they were alive (their slot was filled twice).
+        self._replaced: set[str] = set()
         self._seen: set[str] = set()
         self._dead_in_upstream: set[str] = set()
         self._reached_min = False
@@ -374,7 +379,7 @@ class CrashRig:
                     self.say(f"kill {number:3d}/{cfg.kills}: {phase:9s} (aimed {self.target:9s})"
                              f" at {at:6.1f} s"
                              f" | pool {self._pool_size()} serving {len(self._served)}"
-                             f" | leaked {len(self._leaked)} dup {self.figures.duplicate_launches}")
+                             f" | leaked {len(self._leaked)} replaced {len(self._replaced)}")
                     self._start_controller()
                     self._check_after_restart()
             self.say("load stopped; letting the controller settle")
@@ -661,8 +666,11 @@ class CrashRig:
                 self._unknown_since.pop(iid, None)
             else:
                 self._unknown_since.setdefault(iid, now)
-        if new and self._leaked & set(live):
-            figures.duplicate_launches += len(new)  # launched while a leak it did not see was alive
+        live_leaks = self._leaked & set(live)
+        if new and live_leaks:
+            # A launch while a leak was alive: the leak and that launch fill one slot twice.
+            figures.launched_while_leaked += len(new)
+            self._replaced |= live_leaks
         # Served by nginx while dead or recorded terminated.
         for iid in self._served:
             state = recorded.get(iid)
@@ -718,7 +726,8 @@ class CrashRig:
                 self._leaked.add(iid)
         self.figures.leaked = len(self._leaked)
         self.figures.leaked_ids = sorted(self._leaked)
-        # One token launched more nodes than its tick decided.
+        # A leak whose slot was filled again, and one token launched more nodes than its tick decided.
+        self.figures.duplicate_launches = len(self._replaced)
         by_token = Counter(self._tokens.values())
         ticks = {f"{POOL}-tick-{t['id']}": t for t in self._store.recent_ticks(POOL, limit=None)}
         for token, count in by_token.items():
