@@ -8,7 +8,7 @@ restarted after each kill, and a load generator through nginx swinging between 2
 concurrent transcriptions every 30 s. See ``autoscaler/testing/crash.py`` for how kills are aimed
 and what each figure counts. Prints progress, then the table (or JSON with ``--json``); exits 1
 when anything was leaked, launched twice, terminated while nginx served it, out of bounds,
-mismatched, or a request failed within 10 s after a kill.
+mismatched, or a request failed within 30 s after a kill.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class CrashConfig:
     #: Least time a restarted controller runs before it may be killed again.
     min_uptime_s: float = 1.0
     orphan_grace_s: float = 4.0
-    blame_s: float = 10.0
+    blame_s: float = 30.0
     #: Start each controller ahead of time (``STANDBY``) so a restart costs no import time.
     standby: bool = True
     #: Completed ticks a restarted controller records before the nginx check (and the next kill).
@@ -135,7 +135,7 @@ class CrashFigures:
     failed_requests: int = 0
     failed_after_kill: int = 0
     request_errors: dict[str, int] = field(default_factory=dict)
-    blame_s: float = 10.0
+    blame_s: float = 30.0
     #: Each failed request: its error, when, and how far from a kill and from an nginx reload.
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
