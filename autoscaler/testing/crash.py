@@ -57,6 +57,7 @@ from typing import Any
 
 import httpx
 import psutil
+import sqlalchemy
 
 from autoscaler.balancers.nginx import parse_upstream
 from autoscaler.domain import Lifecycle
@@ -729,6 +730,7 @@ class CrashRig:
         # A leak whose slot was filled again, and one token launched more nodes than its tick decided.
         self.figures.duplicate_launches = len(self._replaced)
         by_token = Counter(self._tokens.values())
+        asked = self._launch_intent_counts()
         ticks = {f"{POOL}-tick-{t['id']}": t for t in self._store.recent_ticks(POOL, limit=None)}
         for token, count in by_token.items():
             tick = ticks.get(token)
@@ -736,11 +738,28 @@ class CrashRig:
                 continue
             decision = tick["decision"]
             wanted = int(decision.get("launch", 0)) + len(decision.get("start", []))
+            # A later tick may re-use a short launch's token for its own launch (an intent log
+            # that carries the token): then the largest count ever asked under it is the limit.
+            wanted = max(wanted, asked.get(token, 0))
             self.figures.duplicate_launches += max(0, count - wanted)
         for tick in ticks.values():
             outcome = tick["decision"].get("outcome", {})
             self.figures.scale_out_ticks += bool(outcome.get("launched"))
             self.figures.scale_in_ticks += bool(outcome.get("drained"))
+
+    def _launch_intent_counts(self) -> dict[str, int]:
+        """The largest count each launch token was asked for, from the store's intent log when it
+        has one (none before the intent log existed)."""
+        engine = sqlalchemy.create_engine(self.store_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(sqlalchemy.text(
+                    "SELECT token, MAX(count) FROM intent WHERE kind = 'launch' GROUP BY token")).all()
+        except sqlalchemy.exc.SQLAlchemyError:
+            return {}
+        finally:
+            engine.dispose()
+        return {str(token): int(count) for token, count in rows if token}
 
     def _count_requests(self, load: _Load) -> None:
         figures = self.figures
