@@ -105,6 +105,8 @@ class CrashConfig:
     standby: bool = True
     #: Completed ticks a restarted controller records before the nginx check (and the next kill).
     ticks_after_restart: int = 2
+    #: How long a restarted controller gets for those ticks before the rig goes on unchecked.
+    restart_timeout_s: float = 30.0
     #: Ticks the controller runs after the last kill, with the load stopped, before the final check.
     settle_s: float = 12.0
 
@@ -567,7 +569,7 @@ class CrashRig:
     def _check_after_restart(self) -> None:
         """Once the restarted controller completed its ticks: does nginx serve its recorded list?"""
         since = self.restarted_at
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + self.cfg.restart_timeout_s
         wanted = self.cfg.ticks_after_restart
         while self._ticks_since(since) < wanted and time.monotonic() < deadline:
             if self.controller is not None and self.controller.poll() is not None:
@@ -577,7 +579,8 @@ class CrashRig:
                 since = self.restarted_at
             time.sleep(0.1)
         if self._ticks_since(since) < wanted:
-            self.figures.notes.append(f"a restarted controller did not complete {wanted} ticks within 15 s")
+            self.figures.notes.append(f"a restarted controller did not complete {wanted} ticks within "
+                                      f"{self.cfg.restart_timeout_s:g} s")
             return
         self.figures.restarts_checked += 1
         self._confirm_leaks(self.restarted_mono)
