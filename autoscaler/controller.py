@@ -180,6 +180,8 @@ class PlannedChange:
     #: Launches only; ``{tick}`` stands for the tick id the plan is recorded under.
     token: str | None = None
     reason: str = ""
+    #: Balancer steps only: the nodes the new list leaves out to drain (a scale-in's change).
+    leaving: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """``launch 2``, ``terminate i-1 (drained)``: one clause of a shadow tick's note."""
@@ -191,7 +193,7 @@ class PlannedChange:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (kept with the tick's decision)."""
         return {"kind": self.kind.value, "ids": list(self.ids), "count": self.count, "token": self.token,
-                "reason": self.reason}
+                "reason": self.reason, "leaving": list(self.leaving)}
 
     def send(self, executor: Executor, policy: PoolPolicy, tick_id: int) -> None:
         """Hand this change to ``executor`` (a shadow executor records it; results are not used)."""
@@ -207,7 +209,7 @@ class PlannedChange:
             executor.start(pool, self.ids, tick_id=tick_id, reason=self.reason)
         else:
             # The list in force is the operator's: only a leave (a scale-in) is a change.
-            executor.apply_balancer(pool, [], tick_id=tick_id, changed=self.reason.startswith("scale-in"))
+            executor.apply_balancer(pool, [], tick_id=tick_id, changed=bool(self.leaving))
 
 
 def launch_spec(policy: PoolPolicy) -> LaunchSpec:
@@ -515,9 +517,10 @@ class Controller:
             if state is None:
                 continue
             if state.lifecycle == Lifecycle.STARTING and self._reusable(policy, state.instance):
-                steps.append(
-                    PlannedChange(IntentKind.STOP, (victim,), reason="scale-in: cancelled while starting")
-                )
+                if not keep_running:
+                    steps.append(
+                        PlannedChange(IntentKind.STOP, (victim,), reason="scale-in: cancelled while starting")
+                    )
             elif state.lifecycle in (Lifecycle.BOOTING, Lifecycle.STARTING):
                 steps.append(
                     PlannedChange(IntentKind.TERMINATE, (victim,), reason="scale-in: cancelled while booting")
@@ -526,16 +529,25 @@ class Controller:
                 leaving.append(victim)
         backends = [b.instance_id for b in self.backends_for(policy, states) if b.instance_id not in leaving]
         steps.append(PlannedChange(
-            IntentKind.BALANCER, tuple(backends),
+            IntentKind.BALANCER, tuple(backends), leaving=tuple(leaving),
             reason=f"scale-in: {', '.join(leaving)} leave{'s' if len(leaving) == 1 else ''} to drain"
             if leaving else "the serving, healthy nodes",
         ))
+        # Drains that end this tick (when the balancer takes the list): into the warm pool while it
+        # is short of its target, terminated otherwise, as ``_finish_drains`` does.
+        warm_now = sum(1 for s in states.values() if s.lifecycle in WARM_LIFECYCLES)
         for instance_id, state in states.items():
             if state.lifecycle == Lifecycle.DRAINING and state.since < now and (
                 (state.active_streams is not None and state.active_streams <= 0)
                 or now - state.since >= policy.drain.timeout
             ):
-                steps.append(PlannedChange(IntentKind.TERMINATE, (instance_id,), reason="drained"))
+                if warm_now < decision.warm_target and self._reusable(policy, state.instance):
+                    warm_now += 1
+                    if not keep_running:  # a running warm pool keeps it up: no world change
+                        why = "drained: into the warm pool"
+                        steps.append(PlannedChange(IntentKind.STOP, (instance_id,), reason=why))
+                else:
+                    steps.append(PlannedChange(IntentKind.TERMINATE, (instance_id,), reason="drained"))
         return steps
 
     def _plan_record(
@@ -573,9 +585,7 @@ class Controller:
         for step in steps:
             step.send(self.executor, policy, tick_id)
         outcome.nodes = {i: s.lifecycle.value for i, s in observation.states.items()}
-        changes = [
-            s.describe() for s in steps if s.kind != IntentKind.BALANCER or s.reason.startswith("scale-in")
-        ]
+        changes = [s.describe() for s in steps if s.kind != IntentKind.BALANCER or s.leaving]
         outcome.notes.append(
             f"shadow: would {'; '.join(changes) or 'change nothing'}"
             f" (real fleet: {observation.real_nodes()} nodes, shadow wants {decision.desired})"

@@ -193,8 +193,8 @@ def _would_do(plan: Sequence[dict[str, Any]]) -> str:
         if step["kind"] == "launch":
             parts.append(f"launch {step['count']}")
         elif step["kind"] == "balancer":
-            if str(step.get("reason", "")).startswith("scale-in"):
-                parts.append(str(step["reason"]).removeprefix("scale-in: "))
+            if step.get("leaving"):
+                parts.append(f"drain {', '.join(step['leaving'])}")
         else:
             parts.append(f"{step['kind']} {', '.join(step['ids'])}")
     return ", ".join(parts) or "nothing"

@@ -24,6 +24,9 @@ class MemoryStore:
         self.pauses: dict[str, dict[str, Any]] = {}
         #: Every intent recorded, by id (``open_intent``/``close_intent``).
         self.intent_log: dict[int, Intent] = {}
+        self._last_intent = 0
+        #: Ids of the intents still open: reconcile and every changed balancer apply look them up.
+        self._open_intents: set[int] = set()
 
     def _maybe_fail(self) -> None:
         if self.next_error is not None:
@@ -171,7 +174,10 @@ class MemoryStore:
     ) -> int:
         """Record an intent; return its id."""
         self._maybe_fail()
-        intent_id = max(self.intent_log, default=0) + 1
+        self._last_intent += 1
+        intent_id = self._last_intent
+        if status == IntentStatus.OPEN:
+            self._open_intents.add(intent_id)
         self.intent_log[intent_id] = Intent(
             id=intent_id, pool=pool, kind=IntentKind(kind), created_at=at, status=IntentStatus(status),
             tick_id=tick_id, instance_ids=tuple(instance_ids), token=token, count=count,
@@ -193,6 +199,7 @@ class MemoryStore:
         intent = self.intent_log.get(intent_id)
         if intent is None:
             raise StoreError(f"intent {intent_id} does not exist")
+        self._open_intents.discard(intent_id)
         self.intent_log[intent_id] = replace(
             intent, status=IntentStatus(status), result=copy.deepcopy(dict(result or {})), error=error,
             closed_at=at,
@@ -202,10 +209,7 @@ class MemoryStore:
         self, pool: str, *, open_only: bool = False, tick_id: int | None = None, limit: int | None = None
     ) -> list[Intent]:
         """Intents of ``pool``, oldest first."""
-        found = [
-            i for i in self.intent_log.values()
-            if i.pool == pool
-            and (not open_only or i.status == IntentStatus.OPEN)
-            and (tick_id is None or i.tick_id == tick_id)
-        ]
+        open_ones = (self.intent_log[k] for k in sorted(self._open_intents))
+        candidates = open_ones if open_only else self.intent_log.values()
+        found = [i for i in candidates if i.pool == pool and (tick_id is None or i.tick_id == tick_id)]
         return found if limit is None else found[-limit:] if limit else []

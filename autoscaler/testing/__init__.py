@@ -49,3 +49,22 @@ def read_metric(url: str, name: str, /, **labels: str) -> float:
     if len(values) != 1:
         raise AssertionError(f"expected one sample of {name}{labels or ''} at {url}, found {values}")
     return values[0]
+
+
+def read_counter(url: str, name: str, /, **labels: str) -> float:
+    """Like ``read_metric`` for a labelled counter, but 0 while no sample matches yet.
+
+    A ``prometheus_client`` counter child appears only at its first increment: before a node served
+    its first request, "no sample" means zero, not a broken exporter.
+    """
+    try:
+        return read_metric(url, name, **labels)
+    except AssertionError:
+        text = httpx.get(f"{url.rstrip('/')}/metrics", timeout=5.0).text
+        if any(
+            sample.name == name and labels.items() <= sample.labels.items()
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ):
+            raise  # several samples match: that is a real ambiguity
+        return 0.0

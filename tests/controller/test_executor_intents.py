@@ -20,7 +20,7 @@ from autoscaler.errors import LeadershipLost, QuotaExceeded, StoreError
 from autoscaler.executor import WorldExecutor
 from autoscaler.providers.fake import FakeProvider
 from autoscaler.store import MemoryStore
-from autoscaler.testing.controller_rig import STREAMS_QUERY, Rig
+from autoscaler.testing.controller_rig import POLICY, STREAMS_QUERY, Rig, make_rig
 
 
 class LateLeader:
@@ -208,7 +208,8 @@ def test_open_balancer_change_is_closed_by_the_first_apply(rig: Rig) -> None:
 
 
 def test_every_world_change_of_a_scale_out_and_in_has_a_completed_intent(rig: Rig) -> None:
-    """Launch, join and terminate of a scale-out then scale-in each leave one ok intent; none stays open."""
+    """Launch, join and terminate of a scale-out then scale-in each leave one ok intent, none stays open,
+    and each tick's recorded plan names the same provider changes its intents record."""
     rig.metrics.set(STREAMS_QUERY, 14.0)
     for _ in range(4):
         rig.controller.tick()
@@ -218,7 +219,45 @@ def test_every_world_change_of_a_scale_out_and_in_has_a_completed_intent(rig: Ri
     for _ in range(4):
         rig.controller.tick()
         rig.clock.advance(400)
+    _assert_plans_match_intents(rig)
     kinds = [i.kind for i in rig.store.intents("unit") if i.status == IntentStatus.OK]
     assert {IntentKind.LAUNCH, IntentKind.BALANCER, IntentKind.TERMINATE} <= set(kinds)
     assert rig.store.intents("unit", open_only=True) == []
     assert len([c for c in rig.provider.terminate_calls]) == kinds.count(IntentKind.TERMINATE)
+
+
+def _assert_plans_match_intents(rig: Rig) -> None:
+    """Each tick's recorded plan names exactly the provider changes its intents record."""
+    for tick in rig.store.recent_ticks("unit", limit=None):
+        planned = sorted(
+            (step["kind"], step["count"] if step["kind"] == "launch" else tuple(step["ids"]))
+            for step in tick["decision"]["plan"] if step["kind"] != "balancer"
+        )
+        done = sorted(
+            (i.kind.value, i.count if i.kind == IntentKind.LAUNCH else i.instance_ids)
+            for i in rig.store.intents("unit", tick_id=tick["id"]) if i.kind != IntentKind.BALANCER
+        )
+        assert planned == done, tick["decision"]["summary"]
+
+
+def test_warm_pool_plans_match_what_was_done() -> None:
+    """With a warm pool (prepare, stop, warm start, cold launch, drain into the pool) every tick's
+    plan names the same stops, starts, launches and terminates its intents record."""
+    rig = make_rig(policy_text=POLICY + "\nwarm_pool:\n  size: 2\n  start_timeout: 60s\n")
+
+    def tick(load: float) -> None:
+        rig.metrics.set(STREAMS_QUERY, load)
+        outcome = rig.controller.tick()
+        assert outcome.ok, outcome.errors
+        rig.serve(*(i.id for i in rig.running()))
+        rig.clock.advance(15)
+
+    for load in (0.0, 0.0, 0.0, 0.0, 21.0, 7.0, 7.0, 7.0):
+        tick(load)
+    stopped = [i.id for i in rig.provider.list_instances("unit") if i.state == CloudState.STOPPED]
+    rig.provider.set_state(stopped[0], CloudState.TERMINATED)  # the pool one short: a drain refills it
+    for load in (7.0 * 2 / 3, 7.0 * 2 / 3, 7.0 * 2 / 3):
+        tick(load)
+    kinds = {i.kind for i in rig.store.intents("unit")}
+    assert {IntentKind.LAUNCH, IntentKind.STOP, IntentKind.START} <= kinds
+    _assert_plans_match_intents(rig)

@@ -25,7 +25,7 @@ from autoscaler.balancers.nginx import parse_upstream
 from autoscaler.controller import TickOutcome
 from autoscaler.embedded import EmbeddedNginx, EmbeddedPrometheus
 from autoscaler.providers.local import LocalProvider
-from autoscaler.testing import read_metric, wait_until
+from autoscaler.testing import read_counter, read_metric, wait_until
 from autoscaler.testing.embedded_fixtures import require_binary
 from autoscaler.testing.gradio_asr import transcript
 from autoscaler.wiring import Runtime, build_runtime
@@ -247,7 +247,7 @@ def test_the_autoscaler_scales_a_pool_of_real_nodes(pool: Pool, wavs: dict[str, 
             time.sleep(1.0)
         [second] = [i for i in pool.serving() if i not in pool.seen[0].nodes]
         second_url = pool.node_urls()[second]
-        wait_until(lambda: read_metric(second_url, "asr_requests_total",
+        wait_until(lambda: read_counter(second_url, "asr_requests_total",
                                        route="POST /gradio_api/api/predict/", code="200") > 0,
                    timeout_s=60, message="the new node serving transcriptions through nginx")
         for _ in range(3):  # the load spread over both nodes
