@@ -8,7 +8,8 @@ restarted after each kill, and a load generator through nginx swinging between 2
 concurrent transcriptions every 30 s. See ``autoscaler/testing/crash.py`` for how kills are aimed
 and what each figure counts. Prints progress, then the table (or JSON with ``--json``); exits 1
 when anything was leaked, launched twice, terminated while nginx served it, out of bounds,
-mismatched, or a request failed within 30 s after a kill.
+mismatched, or a request failed (other than an idle keep-alive connection nginx closed at a reload,
+which is counted and printed apart).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main() -> int:
     for note in figures.notes:
         print(f"note: {note}", file=sys.stderr)
     lost = (figures.leaked + figures.duplicate_launches + figures.terminated_in_upstream + figures.above_max
-            + figures.below_min + figures.nginx_mismatch + figures.failed_after_kill)
+            + figures.below_min + figures.nginx_mismatch + figures.failed_requests - figures.closed_at_reload)
     return 1 if lost else 0
 
 

@@ -32,8 +32,10 @@ the provider's record file and the store. It counts:
   were outside ``[min_nodes, max_nodes]`` (below min only counts once the pool reached min);
 - ``nginx_mismatch``: checks, after each restart (once the new controller finished two ticks) and
   at the end, where the list nginx serves differed from the backends of the last recorded tick;
-- ``failed_requests``: transcriptions through nginx that did not answer 200, and how many of
-  them started within ``blame_s`` seconds after a kill.
+- ``failed_requests``: transcriptions through nginx that did not answer 200; of them,
+  ``closed_at_reload`` were sent on an idle keep-alive connection that nginx closed (no response)
+  within 0.5 s of a reload, and ``failed_after_kill`` are the others sent within ``blame_s``
+  seconds after a kill.
 """
 
 from __future__ import annotations
@@ -137,6 +139,8 @@ class CrashFigures:
     requests: int = 0
     failed_requests: int = 0
     failed_after_kill: int = 0
+    #: Failed requests that were an idle keep-alive connection closed by nginx at a reload.
+    closed_at_reload: int = 0
     request_errors: dict[str, int] = field(default_factory=dict)
     blame_s: float = 30.0
     #: Each failed request: its error, when, and how far from a kill and from an nginx reload.
@@ -162,7 +166,8 @@ class CrashFigures:
             ("nginx list != last recorded", f"{self.nginx_mismatch} of {self.nginx_checks} checks"),
             ("requests through nginx", str(self.requests)),
             ("failed requests", f"{self.failed_requests} ({self.failed_after_kill} within "
-             f"{self.blame_s:g} s after a kill)"
+             f"{self.blame_s:g} s after a kill, {self.closed_at_reload} idle connections closed at "
+             "an nginx reload)"
              + (f" {self.request_errors}" if self.request_errors else "")),
         ]
         width = max(len(k) for k, _ in rows)
@@ -294,6 +299,11 @@ class _Load:
                 try:
                     response = client.post(self.url, json={"data": [audio, [], "zh", True]})
                     ok, error = response.status_code == 200, f"HTTP {response.status_code}"
+                except httpx.RemoteProtocolError as exc:
+                    # "Server disconnected without sending a response": an idle keep-alive
+                    # connection closed as the request went out (told apart below).
+                    silent = "without sending a response" in str(exc)
+                    ok, error = False, "closed-idle-connection" if silent else type(exc).__name__
                 except httpx.HTTPError as exc:
                     ok, error = False, type(exc).__name__
                 with self.lock:
@@ -776,7 +786,12 @@ class CrashRig:
             errors[error] += 1
             after_kill = [sent - k for k in self.kill_times if 0 <= sent - k <= self.cfg.blame_s]
             reloads = [done - r for r in self.reload_times if -0.5 <= done - r <= 0.5]
-            if after_kill:
+            if error == "closed-idle-connection" and reloads:
+                # nginx's graceful reload retires the old worker, which closes its idle keep-alive
+                # connections; a request sent on one at that instant gets no response. A reload
+                # race of HTTP keep-alive, counted apart (each restart's first apply reloads once).
+                figures.closed_at_reload += 1
+            elif after_kill:
                 figures.failed_after_kill += 1
             figures.failures.append(
                 f"{error}: sent {sent - load.started:.1f} s into the load, took {done - sent:.2f} s"

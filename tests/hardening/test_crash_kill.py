@@ -20,7 +20,9 @@ def assert_nothing_lost(figures: CrashFigures, state_dir: Path) -> None:
     assert figures.terminated_in_upstream == 0, figures.terminated_in_upstream_ids
     assert figures.above_max == 0 and figures.below_min == 0
     assert figures.nginx_mismatch == 0, figures.notes
-    assert figures.failed_after_kill == 0, figures.failures
+    # The one failure allowed is nginx closing an idle keep-alive connection at a reload (reported
+    # in the figures); a 5xx, a reset mid-response or a refused connection is not.
+    assert figures.failed_requests == figures.closed_at_reload, figures.failures
     assert figures.requests > 0 and figures.restarts_checked == figures.kills
     assert node_processes(state_dir) == {}
 
