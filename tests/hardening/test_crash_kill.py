@@ -51,6 +51,7 @@ def test_five_kills_under_load_lose_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.long
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # 9-16 minutes on the loaded 2-core build machine
 @pytest.mark.usefixtures("require_nginx_and_prometheus")
 def test_fifty_kills_across_every_step_lose_nothing(tmp_path: Path) -> None:
     """Fifty SIGKILLs aimed at launch, join, drain, terminate and random moments, under load, with
