@@ -76,7 +76,9 @@ class Executor(Protocol):
       recorded, when this process no longer holds the pool's leader lock.
     - ``reconcile`` settles the pool's open intents (left by a crash) against ``instances``, the
       provider's inventory, re-issuing idempotent calls where the world is not yet as intended; it
-      returns one ``Settled`` per intent it closed. Balancer intents are closed by the next
+      returns one ``Settled`` per intent it closed. A re-issue the provider refuses closes its
+      intent as failed (the tick's own level-triggered checks finish the move); ``LeadershipLost``
+      and ``StoreError`` propagate. Balancer intents are closed by the next
       successful ``apply_balancer`` (which puts the whole list in force), not by ``reconcile``.
     """
 
@@ -296,7 +298,18 @@ class WorldExecutor:
         live = {i.id: i for i in instances() if i.state != CloudState.TERMINATED}
         settled: list[Settled] = []
         for intent in pending:
-            done = self._settle(pool, intent, live)
+            try:
+                done = self._settle(pool, intent, live)
+            except ProviderError as exc:
+                # A re-issue that fails must not block every later tick: the intent is closed as
+                # failed and the level-triggered tick (a draining node, a recorded start or stop)
+                # finishes the move on its own.
+                failure = f"{type(exc).__name__}: {exc}"
+                reason = f"{intent.kind.value}: re-issue failed ({failure}); left to the tick"
+                self.store.close_intent(intent.id, IntentStatus.FAILED, self.clock.now(), error=reason)
+                log.error("intent_settle_failed", pool=pool, intent=intent.id, reason=reason)
+                settled.append(Settled(intent, reason))
+                continue
             self.store.close_intent(
                 intent.id,
                 IntentStatus.RECONCILED,

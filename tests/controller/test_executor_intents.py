@@ -16,7 +16,7 @@ from autoscaler.domain import (
     Lifecycle,
     TerminateOutcome,
 )
-from autoscaler.errors import LeadershipLost, QuotaExceeded, StoreError
+from autoscaler.errors import LeadershipLost, QuotaExceeded, StoreError, TransientProviderError
 from autoscaler.executor import WorldExecutor
 from autoscaler.providers.fake import FakeProvider
 from autoscaler.store import MemoryStore
@@ -261,3 +261,21 @@ def test_warm_pool_plans_match_what_was_done() -> None:
     kinds = {i.kind for i in rig.store.intents("unit")}
     assert {IntentKind.LAUNCH, IntentKind.STOP, IntentKind.START} <= kinds
     _assert_plans_match_intents(rig)
+
+
+def test_a_reissue_the_provider_refuses_does_not_block_the_tick(rig: Rig) -> None:
+    """An open terminate whose re-issue fails (throttled) is closed as failed with the error, and the
+    tick goes on (it launches the pool's floor)."""
+    result = rig.provider.launch(launch_spec(rig.policy), 1, "manual")
+    (instance,) = result.instances
+    rig.provider.set_state(instance.id, CloudState.RUNNING)
+    rig.store.record_lifecycle("unit", instance.id, Lifecycle.DRAINING, rig.clock.now())
+    rig.store.open_intent("unit", IntentKind.TERMINATE, rig.clock.now(), instance_ids=(instance.id,))
+    rig.provider.next_terminate_error = TransientProviderError("throttled")
+    rig.metrics.set(STREAMS_QUERY, 0.0)
+    outcome = _restarted(rig).tick()
+    assert outcome.ok, outcome.errors
+    first = rig.store.intents("unit")[0]
+    assert first.status == IntentStatus.FAILED and "TransientProviderError: throttled" in (first.error or "")
+    assert any("re-issue failed" in n for n in outcome.notes)
+    assert len(outcome.launched) == 1
