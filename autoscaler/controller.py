@@ -317,6 +317,9 @@ class Controller:
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
         self.telemetry = telemetry or ControllerMetrics()
+        #: When this process's first balancer apply succeeded: drains are counted from then at
+        #: the earliest (see ``_apply_balancer``).
+        self._in_force_since: datetime | None = None
         #: Failed health checks in a row per serving node (the grace count of ``health.unhealthy_after``).
         self._failed_probes: dict[str, int] = {}
         #: The pool's seasonal forecast, re-read from history at most every ``forecast.refresh``.
@@ -1256,6 +1259,18 @@ class Controller:
             log.error("balancer_error", pool=policy.pool, error=str(exc))
             return False
         outcome.backends = [b.endpoint for b in backends]
+        if self._in_force_since is None:
+            # This process's first apply puts the list in force (nginx reloads even when the file
+            # already matches). A predecessor killed between writing the file and reloading left
+            # its draining nodes in nginx until now: their drain is counted from now.
+            self._in_force_since = now
+            restarted = sorted(i for i, s in states.items() if s.lifecycle == Lifecycle.DRAINING)
+            if restarted:
+                outcome.notes.append(f"drain of {', '.join(restarted)} counted from this controller's "
+                                     "first balancer apply")
+        for draining in states.values():
+            if draining.lifecycle == Lifecycle.DRAINING:
+                draining.since = max(draining.since, self._in_force_since)
         for backend in backends:
             state = states.get(backend.instance_id)
             new = backend.instance_id not in before if before is not None else not (state and state.joined)

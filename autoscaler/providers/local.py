@@ -10,6 +10,13 @@ A record whose process is gone counts as terminated and is dropped the next time
 liveness is checked against ``/proc`` (the pid must still run a node with that instance id), so a
 recycled pid is not mistaken for a node.
 
+The record file is not the only memory: every node process carries its own record in its
+environment (``AUTOSCALER_LOCAL_NODE``, with the state dir in ``AUTOSCALER_LOCAL_STATE_DIR``), the
+way a cloud VM carries its tags. Each read of the state looks for such processes with psutil and
+adopts any the file does not know (a controller killed between spawning a node and writing the
+file), so such a node is listed, terminated or stopped like any other, never leaked. The file is
+also written right after each spawn, not only when the lock is released.
+
 ``stop`` ends a node's process but keeps its record and its "disk", ``<state_dir>/disks/<id>/``,
 where the node wrote a model-cache file once its model had loaded; ``start`` runs the node again
 with the same id and (when free) the same port, and the node finds the cache and loads in
@@ -37,6 +44,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel, Field, ValidationError
 
 from autoscaler.clock import SystemClock
@@ -69,6 +77,9 @@ MODEL_CACHE = "model.cache"
 #: Streams of an instance type the provider was not told about (the reference node's ~10).
 DEFAULT_STREAMS = 10
 ZONE = "local"
+#: The environment variables a node process carries its own record and its fleet's state dir in.
+ENV_NODE_RECORD = "AUTOSCALER_LOCAL_NODE"
+ENV_STATE_DIR = "AUTOSCALER_LOCAL_STATE_DIR"
 
 # Children started by this interpreter, kept so their exit can be reaped (a dead child stays a
 # zombie, which still answers kill(pid, 0), until its parent waits for it). Module-level because
@@ -149,6 +160,33 @@ def process_alive(pid: int, instance_id: str) -> bool:
     if stat.rpartition(")")[2].split()[:1] == ["Z"]:
         return False
     return instance_id.encode() in args
+
+
+def tagged_processes(state_dir: Path) -> dict[str, _Record]:
+    """Live node processes spawned for the fleet in ``state_dir``, by instance id, from their tags.
+
+    A process qualifies when it runs ``autoscaler.node`` and its environment names ``state_dir``
+    and carries a valid record; zombies and other users' processes (unreadable) are skipped.
+    """
+    wanted = str(state_dir.resolve())
+    found: dict[str, _Record] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if "autoscaler.node" not in cmdline or "--instance-id" not in cmdline:
+                continue
+            environ = proc.environ()
+            if environ.get(ENV_STATE_DIR) != wanted or ENV_NODE_RECORD not in environ:
+                continue
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            record = _Record.model_validate_json(environ[ENV_NODE_RECORD])
+        except (psutil.Error, ValidationError):
+            continue  # gone meanwhile, not ours to read, or not a record this version wrote
+        # An orphan may be a child of this interpreter (spawned by a provider object whose record
+        # was lost): the pid is the process's own, whatever the record says.
+        found[record.id] = record.model_copy(update={"pid": proc.pid})
+    return found
 
 
 def _signal_group(pid: int, signum: signal.Signals) -> None:
@@ -250,6 +288,8 @@ class LocalProvider:
                     break
                 record = self._start(spec, client_token, state)
                 state.instances[record.id] = record
+                # On disk before the next spawn: a crash leaves at most one node only its tags know.
+                self._write(state)
                 have.append(record)
         if not have and shortfall:
             raise QuotaExceeded(notes[-1])
@@ -344,9 +384,10 @@ class LocalProvider:
                                       tags=dict(record.tags))
                     taken = {r.port for r in state.instances.values() if r.id != iid and r.has_process}
                     fresh = self._start(spec, record.launch_token, state, instance_id=iid,
-                                        port=record.port if self._port_free(record.port, taken) else None)
-                    state.instances[iid] = fresh.model_copy(update={"launched_at": record.launched_at,
-                                                                    "tags": record.tags})
+                                        port=record.port if self._port_free(record.port, taken) else None,
+                                        launched_at=record.launched_at, tags=record.tags)
+                    state.instances[iid] = fresh
+                    self._write(state)
                     outcomes[iid] = StartOutcome.STARTING
         return outcomes
 
@@ -397,7 +438,8 @@ class LocalProvider:
         return True
 
     def _start(self, spec: LaunchSpec, client_token: str, state: _State, *, instance_id: str | None = None,
-               port: int | None = None) -> _Record:
+               port: int | None = None, launched_at: datetime | None = None,
+               tags: Mapping[str, str] | None = None) -> _Record:
         instance_type = spec.instance_types[0]
         streams = self._streams_by_type.get(instance_type, DEFAULT_STREAMS)
         instance_id = instance_id or f"local-{secrets.token_hex(6)}"
@@ -419,23 +461,29 @@ class LocalProvider:
             command += ["--server-command", json.dumps(cfg.server_command),
                         "--server-probe-path", cfg.server_probe_path]
         log_path = self.log_path(instance_id)
+        if tags is None:
+            tags = {**spec.tags, TAG_POOL: spec.pool, TAG_MODEL_VERSION: spec.model_version,
+                    TAG_LAUNCH_TOKEN: client_token, TAG_MANAGED_BY: MANAGED_BY_VALUE}
+        record = _Record(
+            id=instance_id, pool=spec.pool, instance_type=instance_type, model_version=spec.model_version,
+            image=spec.image, launch_token=client_token, launched_at=launched_at or self._clock.now(),
+            port=port, pid=0, streams=streams, tags=dict(tags), log_path=str(log_path),
+        )
+        # The node carries its own record (its "tags"): a controller killed before the state file
+        # is written still finds it (``tagged_processes``).
+        env = {**os.environ, ENV_STATE_DIR: str(self.state_dir.resolve()),
+               ENV_NODE_RECORD: record.model_dump_json()}
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("ab") as log:
                 child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
         except OSError as exc:
             raise ProviderError(f"cannot start local node {instance_id}: {exc}") from exc
         with _CHILDREN_LOCK:
             _CHILDREN[child.pid] = child
         logger.info("started local node %s (pid %d) on %s:%d", instance_id, child.pid, cfg.host, port)
-        tags = {**spec.tags, TAG_POOL: spec.pool, TAG_MODEL_VERSION: spec.model_version,
-                TAG_LAUNCH_TOKEN: client_token, TAG_MANAGED_BY: MANAGED_BY_VALUE}
-        return _Record(
-            id=instance_id, pool=spec.pool, instance_type=instance_type, model_version=spec.model_version,
-            image=spec.image, launch_token=client_token, launched_at=self._clock.now(), port=port,
-            pid=child.pid, streams=streams, tags=tags, log_path=str(log_path),
-        )
+        return record.model_copy(update={"pid": child.pid})
 
     def _free_port(self, taken: set[int]) -> int:
         # The node binds right after it starts; skipping ports of recorded nodes avoids handing
@@ -463,8 +511,12 @@ class LocalProvider:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
             state = self._read()
             before = state.model_dump_json()
+            live = self._adopt_tagged(state)
             for iid, record in list(state.instances.items()):
                 if not record.has_process or process_alive(record.pid, iid):
+                    continue
+                if iid in live:  # its recorded pid died, but the node runs again under another
+                    record.pid = live[iid].pid
                     continue
                 if record.stopped_at is not None and record.terminating_at is None:
                     record.pid = 0  # stopped: the machine and its disk stay until started or terminated
@@ -477,6 +529,22 @@ class LocalProvider:
                 # Written even when the body failed: nodes started before the failure stay recorded.
                 if state.model_dump_json() != before:
                     self._write(state)
+
+    def _adopt_tagged(self, state: _State) -> dict[str, _Record]:
+        """Merge live tagged node processes the state does not know into it; return them all."""
+        live = tagged_processes(self.state_dir)
+        for iid, found in live.items():
+            known = state.instances.get(iid)
+            if known is None:
+                logger.warning("adopted local node %s (pid %d, token %s): running but not in %s",
+                               iid, found.pid, found.launch_token, STATE_FILE)
+                state.instances[iid] = found
+            elif not known.has_process:
+                # Recorded stopped, but a start spawned it and died before recording: running again.
+                logger.warning("local node %s (pid %d) runs although recorded stopped; adopted as started",
+                               iid, found.pid)
+                state.instances[iid] = found
+        return live
 
     def _read(self) -> _State:
         path = self.state_dir / STATE_FILE

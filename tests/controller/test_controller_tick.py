@@ -223,3 +223,23 @@ def test_invalid_policy_edit_keeps_last_valid_policy(rig: Rig, tmp_path: Path) -
     path.write_text(POLICY.replace("max_nodes: 5", "max_nodes: 4"))
     assert controller.tick().notes == []
     assert controller.telemetry.registry.get_sample_value("autoscaler_policy_valid", {"pool": "unit"}) == 1
+
+
+def test_a_restarted_controller_restarts_the_drain_of_a_node_still_busy(
+    rig: Rig, serving_pool: Callable[[int], list[str]]
+) -> None:
+    """A node recorded draining before a restart gets a whole drain timeout from the new process's
+    first balancer apply (a killed predecessor may have left it in nginx), not from the old record."""
+    ids = serving_pool(2)
+    rig.probe.streams.update({ids[0]: 3, ids[1]: 1})
+    rig.metrics.set(STREAMS_QUERY, 2.0)
+    assert rig.controller.tick().drained == [ids[1]]
+    rig.clock.advance(301)  # past the 300 s drain timeout while no controller ran
+    restarted = Controller(lambda: rig.policy, rig.controller.adapters)
+    outcome = restarted.tick()
+    assert outcome.terminated == {} and ids[1] not in [b.instance_id for b in rig.balancer.current()]
+    assert any(ids[1] in note for note in outcome.notes)
+    rig.clock.advance(299)
+    assert restarted.tick().terminated == {}
+    rig.clock.advance(2)
+    assert "drain timeout" in restarted.tick().terminated[ids[1]]

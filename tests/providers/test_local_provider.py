@@ -290,3 +290,67 @@ def test_starting_a_node_still_stopping_is_an_error_and_changes_nothing(
     wait_until(lambda: [i.state for i in provider.list_instances(LOCAL_POOL)] == [CloudState.STOPPED],
                timeout_s=20, message="node stopped")
     assert provider.start([inst.id]) == {inst.id: StartOutcome.STARTING}
+
+
+def test_a_node_spawned_but_never_recorded_is_still_listed(
+    local_provider: LocalProvider, make_local_provider: MakeProvider, local_config: LocalProviderConfig,
+    local_launch_spec: LaunchSpec,
+) -> None:
+    """With its record file gone, a live node is found by its process tags: listed with its id, port
+    and token, honoured by a launch with that token, and terminated for real."""
+    [inst] = local_provider.launch(local_launch_spec, 1, "tok-orphan").instances
+    pid = recorded_pid(local_config, inst.id)
+    (Path(local_config.state_dir) / STATE_FILE).unlink()  # the crash lost the record
+    restarted = make_local_provider()
+    [found] = restarted.list_instances(LOCAL_POOL)
+    assert (found.id, found.port, found.launch_token, found.state) == (
+        inst.id, inst.port, "tok-orphan", CloudState.RUNNING)
+    assert found.tags[TAG_LAUNCH_TOKEN] == "tok-orphan"
+    assert recorded_pid(local_config, inst.id) == pid  # adopted into the record file
+    again = restarted.launch(local_launch_spec, 1, "tok-orphan")
+    assert [i.id for i in again.instances] == [inst.id]
+    assert restarted.terminate([inst.id]) == {inst.id: TerminateOutcome.TERMINATING}
+    wait_until(lambda: not process_alive(pid, inst.id), timeout_s=10, message="orphan terminated")
+    assert restarted.list_instances(LOCAL_POOL) == []
+
+
+def test_nodes_of_a_launch_killed_midway_are_all_listed_and_not_launched_twice(
+    make_local_provider: MakeProvider, local_config: LocalProviderConfig,
+) -> None:
+    """A controller SIGKILLed while launching 3 nodes: every node process it spawned is listed, and
+    a launch with the same token afterwards tops up to 3 instead of starting 3 more."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from datetime import timedelta
+        from autoscaler.domain import LaunchSpec
+        from autoscaler.policy.model import LocalProviderConfig
+        from autoscaler.providers import local
+        config = LocalProviderConfig(state_dir={local_config.state_dir!r}, load_delay=timedelta(seconds=0.3))
+        spec = LaunchSpec(pool={LOCAL_POOL!r}, image="local", model_version="v1", instance_types=("t",))
+        real_write = local.LocalProvider._write
+        writes = []
+        def counted_write(self, state):
+            real_write(self, state)
+            writes.append(1)
+        local.LocalProvider._write = counted_write
+        real_start = local.LocalProvider._start
+        def start_then_die(self, *args, **kwargs):
+            record = real_start(self, *args, **kwargs)
+            if len(writes) == 1:  # the second node runs, but its record never reaches the file
+                os.kill(os.getpid(), signal.SIGKILL)
+            return record
+        local.LocalProvider._start = start_then_die
+        local.LocalProvider(config, {LOCAL_POOL!r}).launch(spec, 3, "tok-killed")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    on_file = json.loads((Path(local_config.state_dir) / STATE_FILE).read_text())["instances"]
+    assert len(on_file) == 1  # only the first node was recorded before the kill
+    provider = make_local_provider()
+    listed = provider.list_instances(LOCAL_POOL)
+    assert len(listed) == 2 and {i.launch_token for i in listed} == {"tok-killed"}
+    spec = LaunchSpec(pool=LOCAL_POOL, image="local", model_version="v1", instance_types=("t",))
+    again = provider.launch(spec, 3, "tok-killed")
+    assert len(again.instances) == 3 and {i.id for i in listed} < {i.id for i in again.instances}
+    assert len(provider.list_instances(LOCAL_POOL)) == 3
