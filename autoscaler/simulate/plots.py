@@ -142,8 +142,9 @@ def to_svg(fig: Figure) -> str:
     with matplotlib.rc_context(_RC):
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
-    start = text.index("<svg")
-    svg = text[start:]
+    svg = text[text.index("<svg"):]
+    # The RDF metadata names outside vocabularies by URL; the page keeps nothing that points out.
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.DOTALL)
     # Inline SVGs scale with the page: the width and height attributes become the viewBox's ratio.
     return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 class="figure"', svg, count=1)
 

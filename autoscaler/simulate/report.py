@@ -34,7 +34,7 @@ from autoscaler.errors import ScenarioError
 from autoscaler.simulate.fleet import tick_max
 from autoscaler.simulate.plots import Line, day_strips, timeline
 from autoscaler.simulate.recommend import Recommendations, duration_text, money, recommend, schedule_zone
-from autoscaler.simulate.risk import Risk, assess
+from autoscaler.simulate.risk import Risk, assess, risk_summary
 from autoscaler.simulate.run import DryRun, Run, demand_summary
 from autoscaler.simulate.scenario import ExponentialAudio, FixedAudio, LognormalAudio
 
@@ -93,6 +93,11 @@ def write_outputs(result: DryRun, out: Path, *, measure: bool = True) -> list[Pa
     Raises ``ScenarioError`` when ``out`` cannot be created or written.
     """
     written: list[Path] = []
+    risks = _risk_of(result)
+
+    def summary_of(run: Run) -> dict[str, Any]:
+        return result.summary(run) | {"risk": risk_summary(risks[run.label])}
+
     try:
         out.mkdir(parents=True, exist_ok=True)
         compare = len(result.runs) > 1
@@ -104,24 +109,23 @@ def write_outputs(result: DryRun, out: Path, *, measure: bool = True) -> list[Pa
             for run in result.runs:
                 folder = out / run.label
                 folder.mkdir(exist_ok=True)
-                summary = result.summary(run)
+                summary = summary_of(run)
                 (folder / "summary.json").write_text(_json(summary), encoding="utf-8")
                 write_timeline(folder / "timeline.csv", run, result.demand.streams)
                 written += [folder / "summary.json", folder / "timeline.csv"]
                 combined["policies"][run.label] = {
                     k: v for k, v in summary.items() if k not in ("baselines", "demand", "scenario")
                 }
-            first = result.summary(result.runs[0])
+            first = summary_of(result.runs[0])
             combined["baselines"] = first["baselines"]
             combined["scenario"] = first["scenario"]
             (out / "summary.json").write_text(_json(combined), encoding="utf-8")
         else:
             run = result.runs[0]
-            (out / "summary.json").write_text(_json(result.summary(run)), encoding="utf-8")
+            (out / "summary.json").write_text(_json(summary_of(run)), encoding="utf-8")
             write_timeline(out / "timeline.csv", run, result.demand.streams)
             written.append(out / "timeline.csv")
         written.append(out / "summary.json")
-        risks = _risk_of(result)
         page = render_html(result, recommend(result, risks, measure=measure), risks)
         (out / "report.html").write_text(page, encoding="utf-8")
         written.append(out / "report.html")

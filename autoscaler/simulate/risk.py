@@ -168,3 +168,27 @@ def assess(replay: Replay, start: datetime, timezone: str = "UTC") -> Risk:
         worst_hour_label=f"{hour_start:%a %d %b %H:%M}",
         still_waiting=waits.still_waiting,
     )
+
+
+def risk_summary(risk: Risk) -> dict[str, object]:
+    """``summary.json``'s ``risk``: the whole window's figures, the worst day and hour, and per day."""
+
+    def row(r: RiskRow) -> dict[str, object]:
+        return {
+            "requests_waited": r.requests_waited,
+            "wait_p95_s": round(r.wait_p95_s, 1),
+            "wait_max_s": r.wait_max_s,
+            "queue_max": r.queue_max,
+            "violation_seconds": r.violation_seconds,
+            "unmet_stream_seconds": r.unmet_stream_seconds,
+            "drain_cuts": r.drain_cuts,
+        }
+
+    return {
+        **row(risk.total),
+        "still_waiting_at_end": risk.still_waiting,
+        "timezone": risk.timezone,
+        "worst_day": risk.worst_day_label,
+        "worst_hour": risk.worst_hour_label,
+        "per_day": [{"day": d.label, **row(d)} for d in risk.days],
+    }
