@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import matplotlib
 import numpy as np
@@ -108,9 +109,10 @@ def _num(moment: datetime) -> float:
     return (moment - _EPOCH).total_seconds() / 86_400.0
 
 
-def _time_axis(ax: Axes, start: datetime, lo: int, hi: int) -> None:
+def _time_axis(ax: Axes, start: datetime, lo: int, hi: int, zone: ZoneInfo) -> None:
     """Time ticks over seconds ``[lo, hi)`` after ``start`` that stay readable from one hour to two
-    weeks: days (with 6-hour minor ticks), hours, or minutes, on whole clock values in UTC."""
+    weeks: days (with 6-hour minor ticks), hours, or minutes, on whole clock values in ``zone`` (the
+    zone the report's tables use; its offset at ``lo`` is assumed for the whole span)."""
     span = hi - lo
     if span > 2 * 86_400:
         every, minor, fmt = 86_400, 6 * 3_600, "%a %d %b"
@@ -118,14 +120,15 @@ def _time_axis(ax: Axes, start: datetime, lo: int, hi: int) -> None:
         every, minor, fmt = 3_600 * max(1, span // (12 * 3_600)), 0, "%H:%M"
     else:
         every, minor, fmt = 60 * max(1, span // (8 * 60)), 0, "%H:%M"
-    first = start + timedelta(seconds=lo)
-    into = int((first - _EPOCH).total_seconds())
+    first = (start + timedelta(seconds=lo)).astimezone(zone)
+    offset = first.utcoffset() or timedelta(0)
+    into = int((first - _EPOCH + offset).total_seconds())
 
     def marks(step: int) -> list[datetime]:
         t = lo + (-into) % step
         out = []
         while t <= hi:
-            out.append(start + timedelta(seconds=t))
+            out.append((start + timedelta(seconds=t)).astimezone(zone))
             t += step
         return out
 
@@ -134,6 +137,7 @@ def _time_axis(ax: Axes, start: datetime, lo: int, hi: int) -> None:
     if minor:
         ax.set_xticks([_num(m) for m in marks(minor)], minor=True)
         ax.grid(True, which="minor", color="#f1f3f5")
+    ax.set_xlabel(f"time ({zone.key})")
 
 
 def to_svg(fig: Figure) -> str:
@@ -172,6 +176,7 @@ def timeline(
     difference: Sequence[Line] = (),
     ceiling: int | None = None,
     parts: int = 1_500,
+    zone: str = "UTC",
 ) -> str:
     """Demand against each schedule's ready capacity, the waiting streams, optionally the capacity's
     difference from the first schedule and each schedule's nodes by state, over seconds ``[lo, hi)``."""
@@ -231,7 +236,7 @@ def timeline(
             row += 1
         end = start + timedelta(seconds=hi)
         axes[-1].set_xlim(_num(start + timedelta(seconds=lo)), _num(end))
-        _time_axis(axes[-1], start, lo, hi)
+        _time_axis(axes[-1], start, lo, hi, ZoneInfo(zone))
     return to_svg(fig)
 
 
@@ -239,13 +244,14 @@ def day_strips(
     *,
     title: str,
     start: datetime,
-    days: Sequence[tuple[str, int, int]],
+    days: Sequence[tuple[str, int, int, float]],
     demand: NDArray[np.int64],
     capacity: Line,
     unmet: NDArray[np.int64],
     parts: int = 720,
 ) -> str:
-    """One row per day (label, first second, length), all on one streams scale and one 24-hour axis:
+    """One row per day (label, first second, length, hour of day it starts at), all on one streams
+    scale and one 24-hour axis:
     demand, ready capacity and, in red, where demand was above it. Readable for 7 or 14 days."""
     rows = max(1, len(days))
     fig, axes = _figure(rows, 0.85 * rows + 0.8)
@@ -254,12 +260,9 @@ def day_strips(
     top = float(highest) * 1.05
     with matplotlib.rc_context(_RC):
         fig.suptitle(title, fontsize=11, fontweight="bold")
-        for ax, (label, lo, length) in zip(axes, days, strict=False):
+        for ax, (label, lo, length, shift) in zip(axes, days, strict=False):
             hi = lo + length
             # Hours since the day's midnight on x, so every row shares one 24-hour axis.
-            day_start = start + timedelta(seconds=lo)
-            midnight = day_start.replace(hour=0, minute=0, second=0, microsecond=0)
-            shift = (day_start - midnight).total_seconds() / 3_600
             x, d = bucket(demand, lo, hi, parts, "max")
             hours = (x - lo) / 3_600 + shift
             _, c = bucket(capacity.values, lo, hi, parts, capacity.reduce, capacity.step_s)

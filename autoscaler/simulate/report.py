@@ -213,17 +213,18 @@ def _risk_of(result: DryRun) -> dict[str, Risk]:
     return {run.label: assess(run.replay, result.demand.replay_at, zone) for run in runs}
 
 
-def _days(result: DryRun, risk: Risk) -> list[tuple[str, int, int]]:
-    """(label, first second, length) of each calendar day of the window."""
+def _days(result: DryRun, risk: Risk) -> list[tuple[str, int, int, float]]:
+    """(label, first second, length, local hour it starts at) of each calendar day of the window."""
     out = []
     lo = 0
     length = result.demand.duration_s
     zone = ZoneInfo(risk.timezone)
     local = result.demand.replay_at.astimezone(zone)
-    first = min(length, (86_400 - (local.hour * 3600 + local.minute * 60 + local.second)) % 86_400 or 86_400)
+    into = local.hour * 3600 + local.minute * 60 + local.second
+    first = min(length, (86_400 - into) % 86_400 or 86_400)
     for row in risk.days:
         hi = first if lo == 0 else min(length, lo + 86_400)
-        out.append((row.label.split(" (")[0], lo, hi - lo))
+        out.append((row.label.split(" (")[0], lo, hi - lo, into / 3600 if lo == 0 else 0.0))
         lo = hi
     return out
 
@@ -256,8 +257,10 @@ def _figures(result: DryRun, risks: dict[str, Risk]) -> dict[str, Markup | str]:
         for r in runs
     ]
     risk = risks[result.runs[0].label]
+    zone = risk.timezone
     whole = timeline(title="The whole window", start=start, lo=0, hi=demand.duration_s, demand=demand.streams,
-                     capacity=capacity, waiting=waiting, difference=difference, ceiling=cap, parts=2_400)
+                     capacity=capacity, waiting=waiting, difference=difference, ceiling=cap, parts=2_400,
+                     zone=zone)
     strips = (
         day_strips(title=f"Day by day: {result.runs[0].label}", start=start, days=_days(result, risk),
                    demand=demand.streams, capacity=Line(result.runs[0].label, reference),
@@ -268,11 +271,11 @@ def _figures(result: DryRun, risks: dict[str, Risk]) -> dict[str, Markup | str]:
     lo, length = risk.worst_day
     day = timeline(title=f"The worst day: {risk.worst_day_label}", start=start, lo=lo, hi=lo + length,
                    demand=demand.streams, capacity=capacity[: len(runs)], waiting=waiting,
-                   difference=difference, states=states, ceiling=cap)
+                   difference=difference, states=states, ceiling=cap, zone=zone)
     lo, length = risk.worst_hour
     hour = timeline(title=f"The worst hour: {risk.worst_hour_label}", start=start, lo=lo, hi=lo + length,
                     demand=demand.streams, capacity=capacity[: len(runs)], waiting=waiting,
-                    difference=difference, ceiling=cap, parts=3_600)
+                    difference=difference, ceiling=cap, parts=3_600, zone=zone)
     return {"window_svg": Markup(whole), "strips_svg": Markup(strips) if strips else "",
             "worst_day_svg": Markup(day), "worst_hour_svg": Markup(hour)}
 
