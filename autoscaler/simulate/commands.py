@@ -82,11 +82,21 @@ def register(app: typer.Typer) -> None:
                 "when the policy says warm_pool.size: auto, else none.",
             ),
         ] = None,
+        options: Annotated[
+            bool,
+            typer.Option(
+                "--options/--no-options",
+                help="When the policy let demand wait, replay three risk options (a floor on the waiting "
+                "hours, more headroom, a bigger warm pool) and report what each costs and removes.",
+            ),
+        ] = True,
     ) -> None:
         """Replay a scenario's demand through the policy's decision engine against a simulated fleet.
 
-        Writes report.html (plots, the summary against static-peak, HPA-like and oracle baselines,
-        recommendations), summary.json and timeline.csv. Exit status 2 on any error.
+        Writes report.html (what users would have seen: waits, queues and cut transcriptions per day
+        and hour; plots of the whole window, its worst day and hour; the summary against static-peak,
+        HPA-like and oracle baselines; recommendations with measured risk options), summary.json and
+        timeline.csv. Exit status 2 on any error.
         """
         if sweep is not None:
             if scenario is not None or compare or policies:
@@ -142,7 +152,7 @@ def register(app: typer.Typer) -> None:
                     bar.update(tasks[label], completed=done)
 
                 result = dry_run(loaded, compare=policies or (), progress=progress, warm_sizes=sizes)
-            written = write_outputs(result, out)
+            written = write_outputs(result, out, measure=options)
         except AutoscalerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from exc

@@ -140,8 +140,28 @@ def _time_axis(ax: Axes, start: datetime, lo: int, hi: int, zone: ZoneInfo) -> N
     ax.set_xlabel(f"time ({zone.key})")
 
 
-def to_svg(fig: Figure) -> str:
-    """``fig`` as an inline ``<svg>`` element (no XML prolog), deterministic."""
+def _scoped_ids(svg: str, prefix: str) -> str:
+    """Every ``id`` in ``svg`` renamed ``<prefix>-<n>`` in order of appearance, references too.
+
+    Several SVGs inline in one page share one id space, so matplotlib's ids (``patch_1``, clip-path
+    hashes) would collide; and a clip path's id can hash an object's address, which changes between
+    runs. Numbering by order of appearance makes them unique in the page and the same every run.
+    """
+    names: dict[str, str] = {}
+    for found in re.findall(r'\sid="([^"]+)"', svg):
+        names.setdefault(found, f"{prefix}-{len(names)}")
+
+    def rename(match: re.Match[str]) -> str:
+        head, name, tail = match.group(1), match.group(2), match.group(3)
+        return f"{head}{names.get(name, name)}{tail}"
+
+    svg = re.sub(r'(\sid=")([^"]+)(")', rename, svg)
+    svg = re.sub(r"(url\(#)([^)]+)(\))", rename, svg)
+    return re.sub(r'(href="#)([^"]+)(")', rename, svg)
+
+
+def to_svg(fig: Figure, prefix: str = "fig") -> str:
+    """``fig`` as an inline ``<svg>`` element (no XML prolog, ids scoped by ``prefix``), deterministic."""
     buffer = io.StringIO()
     with matplotlib.rc_context(_RC):
         fig.savefig(buffer, format="svg", metadata={"Date": None})
@@ -150,7 +170,8 @@ def to_svg(fig: Figure) -> str:
     # The RDF metadata names outside vocabularies by URL; the page keeps nothing that points out.
     svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.DOTALL)
     # Inline SVGs scale with the page: the width and height attributes become the viewBox's ratio.
-    return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 class="figure"', svg, count=1)
+    svg = re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 class="figure"', svg, count=1)
+    return _scoped_ids(svg, prefix)
 
 
 def _figure(
@@ -177,6 +198,7 @@ def timeline(
     ceiling: int | None = None,
     parts: int = 1_500,
     zone: str = "UTC",
+    prefix: str = "timeline",
 ) -> str:
     """Demand against each schedule's ready capacity, the waiting streams, optionally the capacity's
     difference from the first schedule and each schedule's nodes by state, over seconds ``[lo, hi)``."""
@@ -237,7 +259,7 @@ def timeline(
         end = start + timedelta(seconds=hi)
         axes[-1].set_xlim(_num(start + timedelta(seconds=lo)), _num(end))
         _time_axis(axes[-1], start, lo, hi, ZoneInfo(zone))
-    return to_svg(fig)
+    return to_svg(fig, prefix)
 
 
 def day_strips(
@@ -249,6 +271,7 @@ def day_strips(
     capacity: Line,
     unmet: NDArray[np.int64],
     parts: int = 720,
+    prefix: str = "days",
 ) -> str:
     """One row per day (label, first second, length, hour of day it starts at), all on one streams
     scale and one 24-hour axis:
@@ -283,4 +306,4 @@ def day_strips(
         ]
         placing: dict[str, Any] = {"bbox_to_anchor": (0.0, 1.02), "ncols": 3}
         axes[0].legend(handles=handles, loc="lower left", **placing)
-    return to_svg(fig)
+    return to_svg(fig, prefix)

@@ -260,7 +260,7 @@ def _figures(result: DryRun, risks: dict[str, Risk]) -> dict[str, Markup | str]:
     zone = risk.timezone
     whole = timeline(title="The whole window", start=start, lo=0, hi=demand.duration_s, demand=demand.streams,
                      capacity=capacity, waiting=waiting, difference=difference, ceiling=cap, parts=2_400,
-                     zone=zone)
+                     zone=zone, prefix="whole")
     strips = (
         day_strips(title=f"Day by day: {result.runs[0].label}", start=start, days=_days(result, risk),
                    demand=demand.streams, capacity=Line(result.runs[0].label, reference),
@@ -271,11 +271,11 @@ def _figures(result: DryRun, risks: dict[str, Risk]) -> dict[str, Markup | str]:
     lo, length = risk.worst_day
     day = timeline(title=f"The worst day: {risk.worst_day_label}", start=start, lo=lo, hi=lo + length,
                    demand=demand.streams, capacity=capacity[: len(runs)], waiting=waiting,
-                   difference=difference, states=states, ceiling=cap, zone=zone)
+                   difference=difference, states=states, ceiling=cap, zone=zone, prefix="day")
     lo, length = risk.worst_hour
     hour = timeline(title=f"The worst hour: {risk.worst_hour_label}", start=start, lo=lo, hi=lo + length,
                     demand=demand.streams, capacity=capacity[: len(runs)], waiting=waiting,
-                    difference=difference, ceiling=cap, parts=3_600, zone=zone)
+                    difference=difference, ceiling=cap, parts=3_600, zone=zone, prefix="hour")
     return {"window_svg": Markup(whole), "strips_svg": Markup(strips) if strips else "",
             "worst_day_svg": Markup(day), "worst_hour_svg": Markup(hour)}
 

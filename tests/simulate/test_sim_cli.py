@@ -106,6 +106,7 @@ def test_same_scenario_and_seed_give_identical_outputs(
         str(write_scenario("seed.yaml", seed=99)),
         "--out",
         str(tmp_path / "c"),
+        "--no-options",
     )
     assert code == 0
     assert (tmp_path / "c" / "timeline.csv").read_bytes() != outputs[0]["timeline.csv"]
@@ -123,6 +124,7 @@ def test_compare_puts_policies_side_by_side_on_one_demand(
         str(write_scenario()),
         "--out",
         str(out),
+        "--no-options",
         "--compare",
         str(POLICIES / "asr-aws.yaml"),
         str(POLICIES / "asr-local.yaml"),
@@ -138,6 +140,8 @@ def test_compare_puts_policies_side_by_side_on_one_demand(
     assert aws["node_seconds"] != local["node_seconds"]
     html = (out / "report.html").read_text()
     assert "asr-aws" in html and "asr-local" in html
+    # The difference panel: each compared policy's capacity against the first's.
+    assert "Ready capacity minus asr-aws" in html and "asr-local − asr-aws" in html
 
 
 @pytest.mark.parametrize(
