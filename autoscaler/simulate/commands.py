@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from autoscaler.errors import AutoscalerError
-from autoscaler.simulate.report import write_outputs
+from autoscaler.simulate.recommend import duration_text, money
+from autoscaler.simulate.report import risk_of, write_outputs
 from autoscaler.simulate.run import dry_run
 from autoscaler.simulate.scenario import load_scenario
 
@@ -152,21 +153,24 @@ def register(app: typer.Typer) -> None:
                     bar.update(tasks[label], completed=done)
 
                 result = dry_run(loaded, compare=policies or (), progress=progress, warm_sizes=sizes)
-            written = write_outputs(result, out, measure=options)
+            risks = risk_of(result)
+            written = write_outputs(result, out, measure=options, risks=risks)
         except AutoscalerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from exc
+        currency = result.fleet.currency
         for run in result.runs:
             s = run.summary
             typer.echo(
-                f"{run.label}: {s['node_hours']:,.1f} node-hours, cost {s['cost']:,.2f}, "
+                f"{run.label}: {s['node_hours']:,.1f} node-hours, cost {money(s['cost'], currency)}, "
                 f"{s['cost_ratio']:.3f}x oracle, {s['violation_seconds']} s with demand above capacity"
             )
         for run in result.warm_frontier:
             s = run.summary
             typer.echo(
-                f"warm pool {s['warm_pool_size']}: cost {s['cost']:,.2f} (running {s['running_cost']:,.2f} + "
-                f"stopped {s['stopped_cost']:,.2f}), {s['node_hours']:,.1f} node-hours, "
+                f"warm pool {s['warm_pool_size']}: cost {money(s['cost'], currency)} (running "
+                f"{s['running_cost']:,.2f} + stopped {s['stopped_cost']:,.2f}), "
+                f"{s['node_hours']:,.1f} node-hours, "
                 f"{s['violation_seconds']} s above capacity, {s['unmet_stream_seconds']} unmet stream-s, "
                 f"{s['launches']} launches, {s['warm_starts']} warm starts"
             )
@@ -174,12 +178,20 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"recommended warm pool size: {result.recommended_warm_size}")
         if result.oracle_warm is not None:
             typer.echo(
-                f"oracle: cost {result.oracle['cost']:,.2f} cold, "
-                f"{result.oracle_warm['cost']:,.2f} with warm starts"
+                f"oracle: cost {money(result.oracle['cost'], currency)} cold, "
+                f"{money(result.oracle_warm['cost'], currency)} with warm starts"
             )
         hpa = result.hpa_like.summary
         typer.echo(
-            f"hpa_like: {hpa['node_hours']:,.1f} node-hours, cost {hpa['cost']:,.2f}, "
+            f"hpa_like: {hpa['node_hours']:,.1f} node-hours, cost {money(hpa['cost'], currency)}, "
             f"{hpa['cost_ratio']:.3f}x oracle, {hpa['violation_seconds']} s with demand above capacity"
         )
+        for label, risk in risks.items():
+            r = risk.total
+            typer.echo(
+                f"{label}: {r.requests_waited:,} requests waited ({duration_text(r.violation_seconds)} with "
+                f"waiting), p95 wait {duration_text(r.wait_p95_s)}, worst {duration_text(r.wait_max_s)}, "
+                f"worst queue {r.queue_max} streams, {r.drain_cuts} cut at the drain timeout; worst day "
+                f"{risk.worst_day_label}, worst hour {risk.worst_hour_label} ({risk.timezone})"
+            )
         typer.echo(f"wrote {', '.join(str(p) for p in written if p.parent == out)}")

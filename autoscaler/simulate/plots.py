@@ -238,7 +238,8 @@ def timeline(
                 x, y = bucket(line.values, lo, hi, parts, "mean", line.step_s)
                 ax.step(_times(start, x), y, where="post", linewidth=1.3, label=line.label, **style(index))
             ax.set_ylabel("streams")
-            ax.set_title(f"Ready capacity minus {capacity[0].label} (mean of each interval)", loc="left")
+            reference = capacity[0].label.removeprefix("ready capacity: ")
+            ax.set_title(f"Ready capacity minus {reference}'s (mean of each interval)", loc="left")
             ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
             row += 1
         for label, ready, booting, draining in states:

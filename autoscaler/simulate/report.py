@@ -85,15 +85,19 @@ def _json(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_outputs(result: DryRun, out: Path, *, measure: bool = True) -> list[Path]:
+def write_outputs(
+    result: DryRun, out: Path, *, measure: bool = True, risks: dict[str, Risk] | None = None
+) -> list[Path]:
     """Write the report, summaries and timelines into ``out`` (created if needed); return the files.
 
     ``measure`` replays the report's risk options (see ``recommend``); off, the report has none.
+    ``risks`` are ``risk_of(result)`` when the caller already has them.
 
     Raises ``ScenarioError`` when ``out`` cannot be created or written.
     """
     written: list[Path] = []
-    risks = _risk_of(result)
+    if risks is None:
+        risks = risk_of(result)
 
     def summary_of(run: Run) -> dict[str, Any]:
         return result.summary(run) | {"risk": risk_summary(risks[run.label])}
@@ -206,7 +210,7 @@ def _number(value: Any, digits: int = 0) -> str:
     return f"{float(value):,.{digits}f}"
 
 
-def _risk_of(result: DryRun) -> dict[str, Risk]:
+def risk_of(result: DryRun) -> dict[str, Risk]:
     """Every replayed schedule's risk (the runs and the HPA-like baseline), by label."""
     zone = schedule_zone(result)
     runs = [*result.runs, result.hpa_like]
@@ -282,7 +286,7 @@ def _figures(result: DryRun, risks: dict[str, Risk]) -> dict[str, Markup | str]:
 
 def render_html(result: DryRun, recs: Recommendations, risks: dict[str, Risk] | None = None) -> str:
     """The whole report page from ``templates/report.html.j2``: inline CSS and SVG, no script."""
-    risks = risks if risks is not None else _risk_of(result)
+    risks = risks if risks is not None else risk_of(result)
     spec = result.scenario.spec
     demand = result.demand
     fleet = result.fleet
