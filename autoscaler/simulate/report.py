@@ -262,9 +262,11 @@ def _figures(result: DryRun, risks: dict[str, Risk]) -> dict[str, Markup | str]:
     ]
     risk = risks[result.runs[0].label]
     zone = risk.timezone
+    # A window of a day or less is its own worst day: one figure, with the nodes by state, says it all.
+    short = demand.duration_s <= 86_400
     whole = timeline(title="The whole window", start=start, lo=0, hi=demand.duration_s, demand=demand.streams,
                      capacity=capacity, waiting=waiting, difference=difference, ceiling=cap, parts=2_400,
-                     zone=zone, prefix="whole")
+                     zone=zone, prefix="whole", states=states if short else ())
     strips = (
         day_strips(title=f"Day by day: {result.runs[0].label}", start=start, days=_days(result, risk),
                    demand=demand.streams, capacity=Line(result.runs[0].label, reference),
@@ -273,15 +275,16 @@ def _figures(result: DryRun, risks: dict[str, Risk]) -> dict[str, Markup | str]:
         else ""
     )
     lo, length = risk.worst_day
-    day = timeline(title=f"The worst day: {risk.worst_day_label}", start=start, lo=lo, hi=lo + length,
-                   demand=demand.streams, capacity=capacity[: len(runs)], waiting=waiting,
-                   difference=difference, states=states, ceiling=cap, zone=zone, prefix="day")
+    day = "" if short else timeline(
+        title=f"The worst day: {risk.worst_day_label}", start=start, lo=lo, hi=lo + length,
+        demand=demand.streams, capacity=capacity[: len(runs)], waiting=waiting, difference=difference,
+        states=states, ceiling=cap, zone=zone, prefix="day")
     lo, length = risk.worst_hour
     hour = timeline(title=f"The worst hour: {risk.worst_hour_label}", start=start, lo=lo, hi=lo + length,
                     demand=demand.streams, capacity=capacity[: len(runs)], waiting=waiting,
                     difference=difference, ceiling=cap, parts=3_600, zone=zone, prefix="hour")
     return {"window_svg": Markup(whole), "strips_svg": Markup(strips) if strips else "",
-            "worst_day_svg": Markup(day), "worst_hour_svg": Markup(hour)}
+            "worst_day_svg": Markup(day) if day else "", "worst_hour_svg": Markup(hour)}
 
 
 def render_html(result: DryRun, recs: Recommendations, risks: dict[str, Risk] | None = None) -> str:

@@ -41,7 +41,7 @@ def test_report_renders_in_headless_chromium_without_errors(
     chromium: str, write_scenario: Callable[..., Path], tmp_path: Path
 ) -> None:
     """A rendered report loads in Chromium with no JS/console error or failed load, and is not blank."""
-    scenario = write_scenario(demand={"duration": "3h"})
+    scenario = write_scenario(demand={"duration": "2h"})
     out = tmp_path / "out"
     write_outputs(dry_run(load_scenario(scenario)), out)
     check = check_page(out / "report.html", chromium=chromium, width=1280, height=1600)
