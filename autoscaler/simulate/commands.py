@@ -24,7 +24,6 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from autoscaler.errors import AutoscalerError
 from autoscaler.simulate.recommend import duration_text, money
-from autoscaler.simulate.report import risk_of, write_outputs
 from autoscaler.simulate.run import dry_run
 from autoscaler.simulate.scenario import load_scenario
 
@@ -153,6 +152,9 @@ def register(app: typer.Typer) -> None:
                     bar.update(tasks[label], completed=done)
 
                 result = dry_run(loaded, compare=policies or (), progress=progress, warm_sizes=sizes)
+            # Imported here: matplotlib and Jinja2 cost every other autoscaler command a second to load.
+            from autoscaler.simulate.report import risk_of, write_outputs
+
             risks = risk_of(result)
             written = write_outputs(result, out, measure=options, risks=risks)
         except AutoscalerError as exc:

@@ -20,6 +20,7 @@ byte-identical files.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +33,6 @@ from markupsafe import Markup
 
 from autoscaler.errors import ScenarioError
 from autoscaler.simulate.fleet import tick_max
-from autoscaler.simulate.plots import Line, day_strips, timeline
 from autoscaler.simulate.recommend import Recommendations, duration_text, money, recommend, schedule_zone
 from autoscaler.simulate.risk import Risk, assess, risk_summary
 from autoscaler.simulate.run import DryRun, Run, demand_summary
@@ -193,12 +193,17 @@ div.figure{background:#fff;border:1px solid #e3e6ea;margin:6px 0 14px;padding:4p
 tr.bad td{background:#fdecea}td.text{text-align:left}table.options td:nth-child(2){text-align:left}
 tr.baseline td{color:#4a5568}
 """
-_TEMPLATES = Environment(
-    loader=PackageLoader("autoscaler.simulate", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-)
+
+
+@functools.cache
+def _templates() -> Environment:
+    """The report's Jinja2 environment (built once, on first use)."""
+    return Environment(
+        loader=PackageLoader("autoscaler.simulate", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
 
 
 def _number(value: Any, digits: int = 0) -> str:
@@ -235,6 +240,9 @@ def _days(result: DryRun, risk: Risk) -> list[tuple[str, int, int, float]]:
 
 def _figures(result: DryRun, risks: dict[str, Risk]) -> dict[str, Markup | str]:
     """The report's figures as inline SVG: whole window, day strips, worst day and worst hour."""
+    # Imported here: matplotlib takes a second to load, and the sweep imports this module for its CSS.
+    from autoscaler.simulate.plots import Line, day_strips, timeline
+
     demand = result.demand
     start = demand.replay_at
     runs = [*result.runs, result.hpa_like]
@@ -344,7 +352,7 @@ def render_html(result: DryRun, recs: Recommendations, risks: dict[str, Risk] | 
     tables = [{"label": run.label, "risk": risks[run.label]} for run in [*result.runs, result.hpa_like]]
     reference = result.runs[0].label
     ref_risk = risks[reference]
-    env = _TEMPLATES.overlay()
+    env = _templates().overlay()
     env.filters["money"] = lambda v, signed=False: (
         "–" if v is None else (f"{float(v):+,.2f}" if signed else f"{float(v):,.2f}")
     )
