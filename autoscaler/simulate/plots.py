@@ -114,7 +114,10 @@ def _time_axis(ax: Axes, start: datetime, lo: int, hi: int, zone: ZoneInfo) -> N
     weeks: days (with 6-hour minor ticks), hours, or minutes, on whole clock values in ``zone`` (the
     zone the report's tables use; its offset at ``lo`` is assumed for the whole span)."""
     span = hi - lo
-    if span > 2 * 86_400:
+    if span > 8 * 86_400:
+        # Two weeks of "Mon 01 Jan" labels run into each other at this width.
+        every, minor, fmt = 86_400, 6 * 3_600, "%a\n%d %b"
+    elif span > 2 * 86_400:
         every, minor, fmt = 86_400, 6 * 3_600, "%a %d %b"
     elif span > 3 * 3_600:
         every, minor, fmt = 3_600 * max(1, span // (12 * 3_600)), 0, "%H:%M"
