@@ -294,6 +294,24 @@ def _option_line(option: Option, currency: str) -> str:
     )
 
 
+def _drain_cut_line(result: DryRun, run: Run, risk: Risk) -> str | None:
+    """What the drain timeout cut, against how long the workload's transcriptions run (from its law)."""
+    cuts = risk.total.drain_cuts
+    if not cuts:
+        return None
+    timeout = result.fleet.drain_timeout_s
+    if timeout is None:
+        timeout = int(run.replay.policy.drain.timeout.total_seconds())
+    law = ServiceLaw(result.scenario.spec.workload)
+    share = float(law.survival(timeout + 1)[timeout])
+    return (
+        f"{cuts:,} transcriptions were cut when scale-in drains hit the {timeout} s drain timeout. By the "
+        f"workload's law, {share:.1%} of transcriptions run longer than {timeout} s and 1 in 1,000 runs "
+        f"{duration_text(law.quantile_s(0.999))} or more: a drain.timeout that long (or a slower "
+        "scale-in) would spare them; estimated from the law, not replayed."
+    )
+
+
 def recommend(
     result: DryRun, risks: dict[str, Risk] | None = None, *, measure: bool = True
 ) -> Recommendations:
@@ -361,6 +379,9 @@ def recommend(
         )
     options = risk_options(result, first, base) if measure else []
     lines += [_option_line(option, currency) for option in options]
+    cut_line = _drain_cut_line(result, first, base)
+    if cut_line:
+        lines.append(cut_line)
     oracle_cost = result.oracle["cost"]
     days = result.demand.duration_s / _DAY
     for run in result.runs:

@@ -85,6 +85,8 @@ def test_a_day_that_waited_gets_risk_options_not_no_floor_needed(
         assert option.extra_cost == pytest.approx(option.cost - run.summary["cost"])
         # Replayed, not copied: a changed policy changes the bill.
         assert option.cost != run.summary["cost"]
+    if risk.total.drain_cuts:
+        assert f"{risk.total.drain_cuts:,} transcriptions were cut" in text
     assert "EUR" in text and "USD" not in text
     html = render_html(result, recs)
     assert "cost (EUR)" in html and "USD" not in html
