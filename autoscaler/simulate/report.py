@@ -14,6 +14,11 @@ and draining nodes during the tick (after the tick's moves), ``desired_nodes`` (
 ``capacity_streams`` (ready capacity at the tick's start: serving nodes × C plus streams finishing
 on draining nodes) and ``unmet_streams`` (the most streams waiting at any second inside the tick).
 
+``report.html`` is rendered from ``templates/report.html.j2`` (Jinja2, autoescaped) with figures
+from ``plots`` (matplotlib, inline SVG); every figure it shows is computed here, in ``risk`` (what
+users would have seen: waits, queue, drain cuts per day and hour) and in ``recommend``. Each
+``summary.json`` carries the run's ``risk`` too.
+
 Nothing in the outputs depends on the time they were written, so the same scenario and seed give
 byte-identical files.
 """
