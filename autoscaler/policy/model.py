@@ -225,6 +225,11 @@ class LaunchConfig(StrictModel):
     model_version: str = Field(min_length=1, description="Every node must serve this version.")
     image: ImageSpec = Field(default_factory=lambda: ImageSpec(id="local"))
     instance_types: list[InstanceTypeSpec] = Field(min_length=1)
+    currency: str = Field(
+        default="USD",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code of every price_per_hour (and so of every cost the dry run reports).",
+    )
     port: int = Field(default=7860, gt=0, lt=65536)
     user_data: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)

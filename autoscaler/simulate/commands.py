@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from autoscaler.errors import AutoscalerError
-from autoscaler.simulate.report import write_outputs
+from autoscaler.simulate.recommend import duration_text, money
 from autoscaler.simulate.run import dry_run
 from autoscaler.simulate.scenario import load_scenario
 
@@ -82,11 +82,21 @@ def register(app: typer.Typer) -> None:
                 "when the policy says warm_pool.size: auto, else none.",
             ),
         ] = None,
+        options: Annotated[
+            bool,
+            typer.Option(
+                "--options/--no-options",
+                help="When the policy let demand wait, replay three risk options (a floor on the waiting "
+                "hours, more headroom, a bigger warm pool) and report what each costs and removes.",
+            ),
+        ] = True,
     ) -> None:
         """Replay a scenario's demand through the policy's decision engine against a simulated fleet.
 
-        Writes report.html (plots, the summary against static-peak, HPA-like and oracle baselines,
-        recommendations), summary.json and timeline.csv. Exit status 2 on any error.
+        Writes report.html (what users would have seen: waits, queues and cut transcriptions per day
+        and hour; plots of the whole window, its worst day and hour; the summary against static-peak,
+        HPA-like and oracle baselines; recommendations with measured risk options), summary.json and
+        timeline.csv. Exit status 2 on any error.
         """
         if sweep is not None:
             if scenario is not None or compare or policies:
@@ -142,21 +152,27 @@ def register(app: typer.Typer) -> None:
                     bar.update(tasks[label], completed=done)
 
                 result = dry_run(loaded, compare=policies or (), progress=progress, warm_sizes=sizes)
-            written = write_outputs(result, out)
+            # Imported here: matplotlib and Jinja2 cost every other autoscaler command a second to load.
+            from autoscaler.simulate.report import risk_of, write_outputs
+
+            risks = risk_of(result)
+            written = write_outputs(result, out, measure=options, risks=risks)
         except AutoscalerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from exc
+        currency = result.fleet.currency
         for run in result.runs:
             s = run.summary
             typer.echo(
-                f"{run.label}: {s['node_hours']:,.1f} node-hours, cost {s['cost']:,.2f}, "
+                f"{run.label}: {s['node_hours']:,.1f} node-hours, cost {money(s['cost'], currency)}, "
                 f"{s['cost_ratio']:.3f}x oracle, {s['violation_seconds']} s with demand above capacity"
             )
         for run in result.warm_frontier:
             s = run.summary
             typer.echo(
-                f"warm pool {s['warm_pool_size']}: cost {s['cost']:,.2f} (running {s['running_cost']:,.2f} + "
-                f"stopped {s['stopped_cost']:,.2f}), {s['node_hours']:,.1f} node-hours, "
+                f"warm pool {s['warm_pool_size']}: cost {money(s['cost'], currency)} (running "
+                f"{s['running_cost']:,.2f} + stopped {s['stopped_cost']:,.2f}), "
+                f"{s['node_hours']:,.1f} node-hours, "
                 f"{s['violation_seconds']} s above capacity, {s['unmet_stream_seconds']} unmet stream-s, "
                 f"{s['launches']} launches, {s['warm_starts']} warm starts"
             )
@@ -164,12 +180,20 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"recommended warm pool size: {result.recommended_warm_size}")
         if result.oracle_warm is not None:
             typer.echo(
-                f"oracle: cost {result.oracle['cost']:,.2f} cold, "
-                f"{result.oracle_warm['cost']:,.2f} with warm starts"
+                f"oracle: cost {money(result.oracle['cost'], currency)} cold, "
+                f"{money(result.oracle_warm['cost'], currency)} with warm starts"
             )
         hpa = result.hpa_like.summary
         typer.echo(
-            f"hpa_like: {hpa['node_hours']:,.1f} node-hours, cost {hpa['cost']:,.2f}, "
+            f"hpa_like: {hpa['node_hours']:,.1f} node-hours, cost {money(hpa['cost'], currency)}, "
             f"{hpa['cost_ratio']:.3f}x oracle, {hpa['violation_seconds']} s with demand above capacity"
         )
+        for label, risk in risks.items():
+            r = risk.total
+            typer.echo(
+                f"{label}: {r.requests_waited:,} requests waited ({duration_text(r.violation_seconds)} with "
+                f"waiting), p95 wait {duration_text(r.wait_p95_s)}, worst {duration_text(r.wait_max_s)}, "
+                f"worst queue {r.queue_max} streams, {r.drain_cuts} cut at the drain timeout; worst day "
+                f"{risk.worst_day_label}, worst hour {risk.worst_hour_label} ({risk.timezone})"
+            )
         typer.echo(f"wrote {', '.join(str(p) for p in written if p.parent == out)}")

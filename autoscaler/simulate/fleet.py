@@ -83,6 +83,8 @@ class FleetModel:
     warm_start_s: int = DEFAULT_WARM_START_S
     stopped_price_per_hour: float = DEFAULT_STOPPED_PRICE
     start_failure_rate: float = 0.0
+    #: ISO 4217 code of the prices (the scenario policy's ``launch.currency``).
+    currency: str = "USD"
 
 
 def resolve_fleet(scenario: Scenario) -> FleetModel:
@@ -111,6 +113,7 @@ def resolve_fleet(scenario: Scenario) -> FleetModel:
         if fleet.stopped_price_per_hour is not None
         else DEFAULT_STOPPED_PRICE,
         start_failure_rate=fleet.start_failure_rate,
+        currency=policy.launch.currency,
     )
 
 
@@ -208,6 +211,8 @@ class Replay:
     terminations: int
     cut_streams: int
     notes: tuple[str, ...]
+    #: Streams cut at the drain timeout, per tick of the drain's start (sums to ``cut_streams``).
+    tick_cuts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     #: Ticks on which the forecast floor raised the count (``forecast_and_scale``), and on which its
     #: floor was above what the checks wanted (in either mode: what ``forecast_only`` would have done).
     forecast_raised: int = 0
@@ -418,6 +423,7 @@ def replay(
     draining_col = np.zeros(ticks, dtype=np.int64)
     desired_col = np.zeros(ticks, dtype=np.int64)
     capacity_col = np.zeros(ticks, dtype=np.int64)
+    cut_col = np.zeros(ticks, dtype=np.int64)
     memory = EngineMemory()
     forecaster = _Forecaster(policy, ticks)
     forecast_col = np.full(ticks, -1, dtype=np.int64)
@@ -586,7 +592,9 @@ def replay(
                     continue
                 held = math.floor(share + 1e-9)
                 left = residuals.draw(held)
-                cut += int(np.count_nonzero(left > drain_limit))
+                lost = int(np.count_nonzero(left > drain_limit))
+                cut += lost
+                cut_col[k] += lost
                 node.stream_ends = t + np.minimum(left, drain_limit)
                 node.drained = t
                 node.left = int(node.stream_ends.max()) if held else t
@@ -673,6 +681,7 @@ def replay(
         terminations=terminations,
         cut_streams=cut,
         notes=tuple(notes),
+        tick_cuts=cut_col,
         forecast_raised=forecast_raised,
         forecast_above=forecast_above,
         stopped_seconds=stopped_seconds,

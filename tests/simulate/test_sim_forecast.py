@@ -181,7 +181,7 @@ def test_report_and_summary_show_the_forecast(mode: str, tmp_path: Path, cli_app
         with (tmp_path / name).open("w", encoding="utf-8") as handle:
             yaml.dump(body, handle)
     result = CliRunner().invoke(cli_app, ["dry-run", "--scenario", str(tmp_path / "scenario.yaml"),
-                                          "--out", str(tmp_path / "out")])
+                                          "--out", str(tmp_path / "out"), "--no-options"])
     assert result.exit_code == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     forecast = summary["forecast"]
