@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from autoscaler.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
-UNIT = REPO / "infra" / "controller" / "autoscaler@.service"
+UNIT = REPO / "infra" / "controller" / "autoscaler.service"
 CONTAINERFILE = REPO / "infra" / "controller" / "Containerfile"
 
 
@@ -38,18 +38,19 @@ def _assert_real_run_command(argv: list[str]) -> None:
 
 
 def test_systemd_unit_verifies_and_runs_a_real_command(tmp_path: Path) -> None:
-    """`systemd-analyze verify` accepts the unit with no warning, and ExecStart uses real `run` options."""
+    """`systemd-analyze verify` accepts the unit with no warning, and ExecStart uses real `run` options
+    on a policy directory (one process for every pool)."""
     text = UNIT.read_text()
     exec_start = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart="))
     _assert_real_run_command(shlex.split(exec_start))
     assert "StateDirectory=autoscaler" in text and "KillSignal=SIGTERM" in text
+    assert "--policies" in shlex.split(exec_start)
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     executable = shutil.which("autoscaler") or str(Path(sys.executable).parent / "autoscaler")
-    (tmp_path / "autoscaler@.service").write_text(text.replace("/opt/autoscaler/bin/autoscaler", executable))
-    (tmp_path / "autoscaler@asr.service").symlink_to("autoscaler@.service")
+    (tmp_path / "autoscaler.service").write_text(text.replace("/opt/autoscaler/bin/autoscaler", executable))
     verify = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / "autoscaler@asr.service")],
+        ["systemd-analyze", "verify", str(tmp_path / "autoscaler.service")],
         capture_output=True, text=True, check=False,
     )
     output = verify.stdout + verify.stderr
