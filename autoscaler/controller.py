@@ -25,9 +25,11 @@ engine's inputs and the engine's answer back into calls, safely:
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -78,6 +80,12 @@ WARM_LIFECYCLES = (Lifecycle.PREPARING, Lifecycle.STOPPED)
 BOOT_FAILURES_BEFORE_BACKOFF = 2
 #: ...up to this long, so a broken image is not relaunched (and billed) every tick.
 MAX_BOOT_BACKOFF = timedelta(minutes=30)
+#: How many recent ticks the boot-failure streak looks back on.
+BOOT_STREAK_TICKS = 100
+
+#: One recorded tick as the boot-failure streak sees it: did a node join, how many nodes were
+#: replaced for not booting, and when.
+BootTick = tuple[bool, int, datetime]
 
 
 @dataclass(frozen=True)
@@ -220,6 +228,30 @@ def decision_record(decision: Decision) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=16384)
+def _backend_problem_of(address: str, port: int, instance_id: str) -> str | None:
+    """``backend_problem`` of one node, remembered: a tick asks it twice for every node, every tick,
+    and parsing the address each time is a good part of a big pool's tick. Bounded: nodes come and go."""
+    return backend_problem(Backend(address=address, port=port, instance_id=instance_id))
+
+
+def _boot_tick(outcome: Mapping[str, Any], at: datetime) -> BootTick:
+    failed = sum(1 for r in outcome.get("terminated", {}).values() if r.startswith(BOOT_TIMEOUT_REASON))
+    return bool(outcome.get("joined")), failed, at
+
+
+def _streak(window: Sequence[BootTick]) -> tuple[int, datetime | None]:
+    """Boot failures since a node last joined (newest tick last in ``window``), and the last one's time."""
+    failures, last = 0, None
+    for joined, failed, at in reversed(window):
+        if joined:
+            break  # a node booted fine since: the image works
+        if failed:
+            failures += failed
+            last = last or at
+    return failures, last
+
+
 class Controller:
     """Runs ticks for one pool. ``policy`` is called each tick (a ``PolicyWatcher.current``)."""
 
@@ -241,6 +273,11 @@ class Controller:
         self._failed_probes: dict[str, int] = {}
         #: The pool's seasonal forecast, re-read from history at most every ``forecast.refresh``.
         self.forecasts = ForecastCache(adapters.history)
+        #: Per pool, the last ``BOOT_STREAK_TICKS`` recorded ticks as the boot-failure back-off reads
+        #: them: loaded from the store once, then kept from this controller's own ticks, so a tick
+        #: does not re-read (and parse) a hundred full tick records of a big pool. Dropped when the
+        #: controller follows (another one records ticks meanwhile).
+        self._boot_ticks: dict[str, deque[BootTick]] = {}
 
     # ------------------------------------------------------------------------------------- tick
     def tick(self) -> TickOutcome:
@@ -358,9 +395,13 @@ class Controller:
                 store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
             except StoreError as exc:
                 outcome.errors.append(f"could not record the outcome: {exc}")
+                self._boot_ticks.pop(policy.pool, None)  # unsure what the store kept: re-read it
+            else:
+                self._remember_boot_tick(policy.pool, outcome.to_dict(), now)
 
     def _follow(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
         """A follower's tick: observe and decide (telemetry, logs), record and change nothing."""
+        self._boot_ticks.pop(policy.pool, None)  # the leader records ticks this controller does not see
         observation = self.observe(policy, now)
         for name, sample in observation.samples.items():
             self.telemetry.check_sample(policy.pool, name, sample)
@@ -369,17 +410,25 @@ class Controller:
         outcome.notes.append("follower: another controller holds the pool's leader lock; observing only")
 
     def boot_failures(self, pool: str) -> tuple[int, datetime | None]:
-        """Nodes replaced for failing to boot since a node last joined, and when the last one was."""
-        failures, last = 0, None
-        for tick in self.adapters.store.recent_ticks(pool, limit=100):
-            outcome = tick.get("decision", {}).get("outcome", {})
-            if outcome.get("joined"):
-                break  # a node booted fine since: the image works
-            failed = [r for r in outcome.get("terminated", {}).values() if r.startswith(BOOT_TIMEOUT_REASON)]
-            if failed:
-                failures += len(failed)
-                last = last or datetime.fromisoformat(tick["at"])
-        return failures, last
+        """Nodes replaced for failing to boot since a node last joined, and when the last one was
+        (read from the store's last ``BOOT_STREAK_TICKS`` ticks)."""
+        return _streak(self._read_boot_ticks(pool))
+
+    def _read_boot_ticks(self, pool: str) -> deque[BootTick]:
+        ticks = self.adapters.store.recent_ticks(pool, limit=BOOT_STREAK_TICKS)
+        return deque(
+            (
+                _boot_tick(tick.get("decision", {}).get("outcome", {}), datetime.fromisoformat(tick["at"]))
+                for tick in reversed(ticks)
+            ),
+            maxlen=BOOT_STREAK_TICKS,
+        )
+
+    def _remember_boot_tick(self, pool: str, outcome: Mapping[str, Any], at: datetime) -> None:
+        """Add a tick this controller just recorded (with its outcome) to the kept streak window."""
+        window = self._boot_ticks.get(pool)
+        if window is not None:
+            window.append(_boot_tick(outcome, at))
 
     def _hold_launches_after_boot_failures(
         self,
@@ -393,7 +442,10 @@ class Controller:
 
         ``boot_failed`` are the reasons of the nodes this tick replaces for not booting.
         """
-        failures, last = self.boot_failures(policy.pool)
+        window = self._boot_ticks.get(policy.pool)
+        if window is None:
+            window = self._boot_ticks[policy.pool] = self._read_boot_ticks(policy.pool)
+        failures, last = _streak(window)
         failures += len(boot_failed)
         if boot_failed:
             last = now
@@ -530,7 +582,7 @@ class Controller:
     def _backend_problem(instance: Instance) -> str | None:
         if not instance.address:
             return None  # no address yet: still booting
-        return backend_problem(Backend(address=instance.address, port=instance.port, instance_id=instance.id))
+        return _backend_problem_of(instance.address, instance.port, instance.id)
 
     def _observe_powered_off(
         self,
@@ -1038,6 +1090,8 @@ class Controller:
             new = backend.instance_id not in before if before is not None else not (state and state.joined)
             if new:
                 outcome.joined.append(backend.instance_id)
+            if state is not None and state.joined:
+                continue  # recorded serving already (that is what joined means): no store call per node
             self.adapters.store.record_lifecycle(policy.pool, backend.instance_id, Lifecycle.SERVING, now)
         return True
 

@@ -871,7 +871,10 @@ class PoolPolicy(StrictModel):
 
     def instance_type(self, name: str) -> InstanceTypeSpec | None:
         """The launch spec entry of ``name``, or None for a type the policy no longer lists."""
-        return next((t for t in self.launch.instance_types if t.name == name), None)
+        for spec in self.launch.instance_types:  # a plain loop: asked for every node of every tick
+            if spec.name == name:
+                return spec
+        return None
 
     def streams_of(self, instance_type: str) -> int:
         """Concurrent streams a node of ``instance_type`` serves (the first type's when unknown)."""

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from autoscaler.domain import Lifecycle, PruneResult
 from autoscaler.errors import StoreError
+
+
+def _json_copy(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON-ready mapping, as a database store would give it back (and faster than
+    ``copy.deepcopy`` on big node tables); ``default=str`` as ``SqlStore`` writes it."""
+    copied: dict[str, Any] = json.loads(json.dumps(value, default=str))
+    return copied
 
 
 class MemoryStore:
@@ -21,6 +29,9 @@ class MemoryStore:
         self.next_error: Exception | None = None
         self._last_id = 0
         self.pauses: dict[str, dict[str, Any]] = {}
+        #: Latest lifecycle per pool and instance, kept beside ``events`` so that a lookup does not
+        #: replay every event ever recorded (a tick asks once per node).
+        self._latest: dict[str, dict[str, tuple[Lifecycle, datetime]]] = {}
 
     def _maybe_fail(self) -> None:
         if self.next_error is not None:
@@ -45,8 +56,8 @@ class MemoryStore:
                 "id": tick_id,
                 "pool": pool,
                 "at": at.isoformat(),
-                "inputs": copy.deepcopy(dict(inputs)),
-                "decision": copy.deepcopy(dict(decision)),
+                "inputs": _json_copy(inputs),
+                "decision": _json_copy(decision),
                 "error": error,
                 "direction": decision.get("direction"),
                 "desired": decision.get("desired"),
@@ -81,20 +92,18 @@ class MemoryStore:
     ) -> None:
         """Append a transition unless the instance is already in ``state``."""
         self._maybe_fail()
-        current = self.lifecycles(pool).get(instance_id)
+        latest = self._latest.setdefault(pool, {})
+        current = latest.get(instance_id)
         if current is not None and current[0] == state:
             return
         self.events.append(
             {"pool": pool, "instance_id": instance_id, "state": state, "at": at, "detail": dict(detail or {})}
         )
+        latest[instance_id] = (state, at)
 
     def lifecycles(self, pool: str) -> dict[str, tuple[Lifecycle, datetime]]:
         """Latest lifecycle per instance."""
-        latest: dict[str, tuple[Lifecycle, datetime]] = {}
-        for event in self.events:
-            if event["pool"] == pool:
-                latest[event["instance_id"]] = (event["state"], event["at"])
-        return latest
+        return dict(self._latest.get(pool, {}))
 
     def instance_history(self, pool: str, instance_id: str) -> list[dict[str, Any]]:
         """Every transition of one instance, oldest first."""
@@ -108,12 +117,13 @@ class MemoryStore:
         self, pool: str, limit: int | None = 20, since: datetime | None = None
     ) -> list[dict[str, Any]]:
         """Newest ticks first; only those at or after ``since`` when given."""
-        ticks = [
-            copy.deepcopy(t)
-            for t in reversed(self.ticks)
-            if t["pool"] == pool and (since is None or datetime.fromisoformat(t["at"]) >= since)
-        ]
-        return ticks if limit is None else ticks[:limit]
+        ticks: list[dict[str, Any]] = []
+        for tick in reversed(self.ticks):
+            if limit is not None and len(ticks) >= limit:
+                break  # copy only what is returned
+            if tick["pool"] == pool and (since is None or datetime.fromisoformat(tick["at"]) >= since):
+                ticks.append(copy.deepcopy(tick))
+        return ticks
 
     def prune(self, before: datetime, pool: str | None = None) -> PruneResult:
         """Drop ticks before ``before`` and the records of instances terminated before it."""
@@ -130,6 +140,8 @@ class MemoryStore:
         }
         events = [e for e in self.events if (e["pool"], e["instance_id"]) not in gone]
         removed_events, self.events = len(self.events) - len(events), events
+        for gone_pool, instance_id in gone:
+            self._latest.get(gone_pool, {}).pop(instance_id, None)
         return PruneResult(ticks=removed_ticks, instance_events=removed_events)
 
     def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
