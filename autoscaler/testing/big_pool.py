@@ -4,7 +4,8 @@
 place (running, healthy, recorded serving, in the balancer), without ticking them up one launch at a
 time. ``BigPool.world_step`` plays the world between ticks: instances launched last tick come up
 and answer their health check, draining nodes finish their streams. ``BigPool.forget_calls`` drops
-what the recording fakes recorded, so a long run measures the controller, not the fakes' logs.
+what the recording fakes recorded (and the terminated instances the fake cloud still lists), so a
+long run measures the controller, not the fakes' logs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ scaling:
     scale_in: {{stabilization: 0s}}
   on_missing_data: {{after_ticks: 2, action: hold}}
 store: {{retention: 1h}}
+"""
+
+#: A warm pool for the pool above (``big_pool(..., warm=True)``): scale-in stops drained nodes into it.
+WARM_POOL = """
+warm_pool: {size: 2, state: stopped, reuse_on_scale_in: true, start_timeout: 120s}
 """
 
 
@@ -91,6 +97,7 @@ class BigPool:
     def forget_calls(self) -> None:
         """Drop the fakes' call logs (they record every call by design and would grow without end)."""
         provider, balancer = self.rig.provider, self.rig.balancer
+        provider.forget_terminated()
         provider.launch_calls.clear()
         provider.terminate_calls.clear()
         provider.stop_calls.clear()
@@ -100,9 +107,13 @@ class BigPool:
         self.metrics.calls.clear()
 
 
-def big_pool(nodes: int, *, store: Store | None = None, max_nodes: int | None = None) -> BigPool:
-    """A controller on fakes (``store``: the in-memory one unless given) with ``nodes`` serving nodes."""
-    rig = make_rig(policy_text=POLICY_TEMPLATE.format(max_nodes=max_nodes or 2 * nodes), store=store)
+def big_pool(
+    nodes: int, *, store: Store | None = None, max_nodes: int | None = None, warm: bool = False
+) -> BigPool:
+    """A controller on fakes (``store``: the in-memory one unless given) with ``nodes`` serving nodes
+    (and a warm pool of 2 when ``warm``)."""
+    policy_text = POLICY_TEMPLATE.format(max_nodes=max_nodes or 2 * nodes) + (WARM_POOL if warm else "")
+    rig = make_rig(policy_text=policy_text, store=store)
     now = rig.clock.now()
     backends = []
     for serial in range(1, nodes + 1):
