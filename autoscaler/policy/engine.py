@@ -107,7 +107,22 @@ class Evaluation:
     memory: EngineMemory
 
 
-@dataclass
+def trusted_memory(values: dict[str, object]) -> EngineMemory:
+    """``EngineMemory.model_construct(**values)`` for ``values`` that name every field, in field order.
+
+    What ``model_construct`` does for such values (no validation, every field set), without its
+    per-field loop over aliases and defaults: a dry run builds one memory per tick, 80,640 of them
+    for two weeks.
+    """
+    memory = EngineMemory.__new__(EngineMemory)
+    object.__setattr__(memory, "__dict__", values)
+    object.__setattr__(memory, "__pydantic_fields_set__", set(values))
+    object.__setattr__(memory, "__pydantic_extra__", None)
+    object.__setattr__(memory, "__pydantic_private__", None)
+    return memory
+
+
+@dataclass(slots=True)
 class Draft:
     """The decision being built: inputs, the count so far, and the reasons each step added.
 
@@ -656,8 +671,9 @@ def warm_pool(d: Draft) -> None:
         return
     # Oldest first: the instance that has waited longest is started (or kept) first.
     ordered = sorted(d.warm, key=lambda n: (n.launched_at, n.id))
-    outdated = [(n, why) for n in ordered if (why := _outdated(n, d.policy, d.now))]
-    usable = [n for n in ordered if not _outdated(n, d.policy, d.now)]
+    whys = [(n, _outdated(n, d.policy, d.now)) for n in ordered]  # once per node: a hot loop
+    outdated = [(n, why) for n, why in whys if why]
+    usable = [n for n, why in whys if not why]
     discard = [n.id for n, _ in outdated]
     for node, why in outdated:
         d.note("warm", node.id, f"discard warm {node.id}: {why}; never started, replaced",
@@ -785,11 +801,11 @@ def _finish(d: Draft) -> Evaluation:
     # The seed matters only while it is inside the scale-in window.
     in_window = d.policy.scaling.behavior.scale_in.stabilization
     seed = d.seed if d.seed is not None and d.seed[0] > d.now - in_window else None
-    memory = EngineMemory.model_construct(
-        recommendations=d.history, scale_events=d.events, last_scale_out=last_out, last_scale_in=last_in,
-        streaks=d.streaks, missing_ticks=d.missing_ticks, replacing=d.next_replacing, seed=seed,
-        trend=d.trend,
-    )
+    memory = trusted_memory({
+        "recommendations": d.history, "scale_events": d.events, "last_scale_out": last_out,
+        "last_scale_in": last_in, "streaks": d.streaks, "replacing": d.next_replacing,
+        "missing_ticks": d.missing_ticks, "seed": seed, "trend": d.trend,
+    })
     decision = Decision(pool=d.policy.pool, at=d.now, ready=d.ready, booting=len(d.booting),
                         draining=d.draining, desired=d.target, launch=d.launch, victims=d.victims,
                         reasons=tuple(d.reasons), start=d.starts, prepare=d.prepare, discard=d.discard,
