@@ -29,7 +29,6 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -228,13 +227,6 @@ def decision_record(decision: Decision) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=16384)
-def _backend_problem_of(address: str, port: int, instance_id: str) -> str | None:
-    """``backend_problem`` of one node, remembered: a tick asks it twice for every node, every tick,
-    and parsing the address each time is a good part of a big pool's tick. Bounded: nodes come and go."""
-    return backend_problem(Backend(address=address, port=port, instance_id=instance_id))
-
-
 def _boot_tick(outcome: Mapping[str, Any], at: datetime) -> BootTick:
     failed = sum(1 for r in outcome.get("terminated", {}).values() if r.startswith(BOOT_TIMEOUT_REASON))
     return bool(outcome.get("joined")), failed, at
@@ -271,6 +263,8 @@ class Controller:
         self.telemetry = telemetry or ControllerMetrics()
         #: Failed health checks in a row per serving node (the grace count of ``health.unhealthy_after``).
         self._failed_probes: dict[str, int] = {}
+        #: ``backend_problem`` per live instance id, with the endpoint it was checked for.
+        self._backend_problems: dict[str, tuple[tuple[str, int], str | None]] = {}
         #: The pool's seasonal forecast, re-read from history at most every ``forecast.refresh``.
         self.forecasts = ForecastCache(adapters.history)
         #: Per pool, the last ``BOOT_STREAK_TICKS`` recorded ticks as the boot-failure back-off reads
@@ -564,6 +558,8 @@ class Controller:
         live = {i.id for i in instances if i.state not in (CloudState.TERMINATED, CloudState.STOPPING)}
         for gone in set(self._failed_probes) - live:
             del self._failed_probes[gone]
+        for gone in set(self._backend_problems) - live:
+            del self._backend_problems[gone]
         for check in policy.scaling.checks:
             raw = self.adapters.metrics.query(check.query, now=now)
             low, high = bounds_for(check.signal, check.valid_min, check.valid_max)
@@ -578,11 +574,18 @@ class Controller:
             self.adapters.probe.active_streams(instance), policy.streams_of(instance.instance_type)
         )
 
-    @staticmethod
-    def _backend_problem(instance: Instance) -> str | None:
+    def _backend_problem(self, instance: Instance) -> str | None:
         if not instance.address:
             return None  # no address yet: still booting
-        return _backend_problem_of(instance.address, instance.port, instance.id)
+        # Remembered per instance while its address holds: a tick asks twice for every node, and
+        # parsing each address every time was a good part of a big pool's tick.
+        endpoint = (instance.address, instance.port)
+        known = self._backend_problems.get(instance.id)
+        if known is None or known[0] != endpoint:
+            backend = Backend(address=instance.address, port=instance.port, instance_id=instance.id)
+            known = (endpoint, backend_problem(backend))
+            self._backend_problems[instance.id] = known
+        return known[1]
 
     def _observe_powered_off(
         self,

@@ -103,13 +103,15 @@ def test_bookkeeping_does_not_grow_over_hours_of_churn() -> None:
         pool.world_step()
         pool.forget_calls()
         if k in (480, 720):  # the same phase of the wave, an hour apart
-            tables = (store.ticks, store.events, store.lifecycles("unit"), controller._failed_probes)
+            tables = (store.ticks, store.events, store.lifecycles("unit"), controller._failed_probes,
+                      controller._backend_problems)
             sizes.append(tuple(len(t) for t in tables))
     first, last = sizes
     assert all(b <= a * 1.1 + 5 for a, b in zip(first, last, strict=True)), sizes
     assert len(controller._boot_ticks["unit"]) <= 100
     live = {i.id for i in pool.rig.provider.list_instances("unit")}
     assert set(controller._failed_probes) <= live
+    assert set(controller._backend_problems) <= live
 
 
 def test_warm_discard_reasons_are_not_labelled_per_node() -> None:
