@@ -199,7 +199,7 @@ class Draft:
         draining = len(draining_nodes)
         # Replacements of outdated nodes (a rollout) run on top of the pool's size: they do not count
         # toward it, or the surge would become permanent capacity through the "hold" vote.
-        outdated = [n for n in serving if _outdated(n, policy, now)]
+        outdated = [n for n, why in zip(serving, _outdated_each(serving, policy, now), strict=True) if why]
         replacing = min(memory.replacing, len(outdated), len(serving) + len(booting) - len(outdated))
         current = len(serving) + len(booting) - replacing
         return cls(policy=policy, samples=samples, memory=memory, now=now, forecast=forecast,
@@ -541,6 +541,20 @@ def _outdated(node: Node, policy: PoolPolicy, now: datetime) -> str | None:
     return None
 
 
+def _outdated_each(nodes: Sequence[Node], policy: PoolPolicy, now: datetime) -> list[str | None]:
+    """``_outdated`` of each node, the common case (no lifetime limit, the policy's model version and
+    image) decided without the call: the engine asks for every node on every tick."""
+    if policy.scaling.behavior.max_node_lifetime is not None:
+        return [_outdated(n, policy, now) for n in nodes]
+    version = policy.launch.model_version
+    image = policy.launch.image.id
+    return [
+        None if n.model_version == version and (not image or n.image is None or n.image == image)
+        else _outdated(n, policy, now)
+        for n in nodes
+    ]
+
+
 def choose_victims(
     policy: PoolPolicy, serving: Sequence[Node], booting: Sequence[Node], *, need: int, now: datetime,
     reasons: list[Reason],
@@ -671,7 +685,7 @@ def warm_pool(d: Draft) -> None:
         return
     # Oldest first: the instance that has waited longest is started (or kept) first.
     ordered = sorted(d.warm, key=lambda n: (n.launched_at, n.id))
-    whys = [(n, _outdated(n, d.policy, d.now)) for n in ordered]  # once per node: a hot loop
+    whys = list(zip(ordered, _outdated_each(ordered, d.policy, d.now), strict=True))
     outdated = [(n, why) for n, why in whys if why]
     usable = [n for n, why in whys if not why]
     discard = [n.id for n, _ in outdated]

@@ -326,6 +326,13 @@ def _serving_view(fields: dict[str, Any], node_id: str, launched_at: datetime) -
     return node
 
 
+def _sample(value: float, at: datetime) -> Sample:
+    """``Sample(value, at)`` without the frozen dataclass's ``__init__``, as ``_serving_view``."""
+    sample = object.__new__(Sample)
+    sample.__dict__.update(value=value, observed_at=at, error=None)
+    return sample
+
+
 def replay(
     label: str,
     policy: PoolPolicy,
@@ -489,21 +496,21 @@ def replay(
             if signal is None or signal not in SIMULATED_SIGNALS:
                 samples[name] = not_simulated
             elif signal == "active_streams":
-                samples[name] = Sample(float(load - queued), now)
+                samples[name] = _sample(float(load - queued), now)
             elif signal == "queued_streams":
-                samples[name] = Sample(float(queued), now)
+                samples[name] = _sample(float(queued), now)
             elif signal == "concurrent_streams":
-                samples[name] = Sample(float(load), now)
+                samples[name] = _sample(float(load), now)
             elif ready == 0:
                 samples[name] = no_serving
             elif signal == "streams_per_node":
-                samples[name] = Sample((on_serving + queued) / ready, now)
+                samples[name] = _sample((on_serving + queued) / ready, now)
             elif signal == "gpu_memory_utilization":
                 busiest = min(cap_per_node, -(-on_serving // ready))
-                samples[name] = Sample((model_mib + busiest * stream_mib) / gpu, now)
+                samples[name] = _sample((model_mib + busiest * stream_mib) / gpu, now)
             else:  # p95_latency_seconds
                 wait = queued / (ready * cap_per_node) * mean_service
-                samples[name] = Sample(p95_service + wait, now)
+                samples[name] = _sample(p95_service + wait, now)
 
         # 3. Decide, with the nodes as the controller would see them.
         share = on_serving / ready if ready else 0.0
