@@ -1107,6 +1107,8 @@ class Controller:
         outcome: TickOutcome,
     ) -> None:
         timeout = policy.drain.timeout
+        # Counted once, then kept as drained nodes go into the pool (not recounted per drained node).
+        warm_now = sum(1 for s in states.values() if s.lifecycle in WARM_LIFECYCLES)
         for instance_id, state in list(states.items()):
             if state.lifecycle != Lifecycle.DRAINING or state.since >= now:
                 continue  # left the balancer this tick: give in-flight proxying a tick to settle
@@ -1120,7 +1122,6 @@ class Controller:
                 )
             else:
                 continue
-            warm_now = sum(1 for s in states.values() if s.lifecycle in WARM_LIFECYCLES)
             if warm_now < decision.warm_target and self._reusable(policy, state.instance):
                 self._stop_into_pool(
                     policy,
@@ -1129,6 +1130,7 @@ class Controller:
                     outcome,
                     f"{reason}; into the warm pool ({warm_now} of {decision.warm_target})",
                 )
+                warm_now += 1  # it is STOPPED now
                 continue
             self._terminate(policy, state.instance, now, outcome, reason)
             del states[instance_id]

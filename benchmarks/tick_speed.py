@@ -11,7 +11,7 @@ A ``Controller`` on the recording fakes (provider, balancer, metrics, probe) and
 
 - *steady*: the load holds the pool where it is; every tick observes every node, decides, records
   the tick and rewrites the balancer's (unchanged) list;
-- *moves*: the load alternates between 120 % and 85 % of the pool (beyond the check's ±10 %
+- *moves*: the load alternates between 105 % and 95 % of the pool (beyond the check's ±2 %
   tolerance), so ticks launch, drain and terminate nodes (the world between ticks brings launched
   nodes up and ends drains).
 
@@ -81,7 +81,7 @@ def run(nodes: int, ticks: int, store_kind: str, profile: int = 0) -> Figures:
         profiler = cProfile.Profile() if profile else None
         phases: dict[str, Callable[[int], float]] = {
             "steady": lambda _k: float(nodes),
-            "moves": lambda k: nodes * (1.2 if k % 2 == 0 else 0.85),
+            "moves": lambda k: nodes * (1.05 if k % 2 == 0 else 0.95),
         }
         for phase, load in phases.items():
             walls, cpus = [], []

@@ -38,7 +38,7 @@ scaling:
   min_nodes: 1
   max_nodes: {max_nodes}
   checks:
-    - {{name: streams, type: target_tracking, query: streams_per_node, target: 7}}
+    - {{name: streams, type: target_tracking, query: streams_per_node, target: 7, tolerance: 0.02}}
   behavior:
     scale_in: {{stabilization: 0s}}
   on_missing_data: {{after_ticks: 2, action: hold}}
