@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -58,7 +59,7 @@ def exposition(node: int, scrape: int) -> str:
 async def _serve(count: int, ports_file: Path) -> None:
     scrapes = [0] * count
 
-    def handler(node: int) -> object:
+    def handler(node: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 await reader.readuntil(b"\r\n\r\n")
@@ -77,7 +78,7 @@ async def _serve(count: int, ports_file: Path) -> None:
 
         return handle
 
-    servers = [await asyncio.start_server(handler(n), LOOPBACK, 0) for n in range(count)]  # type: ignore[arg-type]
+    servers = [await asyncio.start_server(handler(n), LOOPBACK, 0) for n in range(count)]
     ports = [server.sockets[0].getsockname()[1] for server in servers]
     partial = ports_file.with_suffix(".partial")
     partial.write_text("\n".join(str(p) for p in ports) + "\n", encoding="utf-8")
