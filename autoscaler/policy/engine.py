@@ -107,6 +107,13 @@ class Evaluation:
     memory: EngineMemory
 
 
+# Lifecycle members as module constants for ``Draft.start``'s loop over every node of every tick.
+_SERVING, _BOOTING, _LAUNCHING = Lifecycle.SERVING, Lifecycle.BOOTING, Lifecycle.LAUNCHING
+_STARTING, _DRAINING, _STOPPED, _PREPARING = (
+    Lifecycle.STARTING, Lifecycle.DRAINING, Lifecycle.STOPPED, Lifecycle.PREPARING
+)
+
+
 def trusted_memory(values: dict[str, object]) -> EngineMemory:
     """``EngineMemory.model_construct(**values)`` for ``values`` that name every field, in field order.
 
@@ -183,19 +190,14 @@ class Draft:
         warm: list[Node] = []
         preparing: list[Node] = []
         draining_nodes: list[Node] = []
+        # Launched or started but not yet serving: capacity on the way, not added twice. Terminated
+        # nodes are in no list. (A dict of the lists: reading enum members per node was most of this.)
+        lists = {_SERVING: serving, _BOOTING: booting, _LAUNCHING: booting, _STARTING: booting,
+                 _DRAINING: draining_nodes, _STOPPED: warm, _PREPARING: preparing}
         for node in nodes:
-            state = node.lifecycle
-            if state is Lifecycle.SERVING:
-                serving.append(node)
-            elif state in (Lifecycle.BOOTING, Lifecycle.LAUNCHING, Lifecycle.STARTING):
-                # Launched or started but not yet serving: capacity on the way, not added twice.
-                booting.append(node)
-            elif state is Lifecycle.DRAINING:
-                draining_nodes.append(node)
-            elif state is Lifecycle.STOPPED:
-                warm.append(node)
-            elif state is Lifecycle.PREPARING:
-                preparing.append(node)
+            bucket = lists.get(node.lifecycle)
+            if bucket is not None:
+                bucket.append(node)
         draining = len(draining_nodes)
         # Replacements of outdated nodes (a rollout) run on top of the pool's size: they do not count
         # toward it, or the surge would become permanent capacity through the "hold" vote.
