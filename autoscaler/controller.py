@@ -34,6 +34,7 @@ carries out, safely:
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -87,6 +88,12 @@ WARM_LIFECYCLES = (Lifecycle.PREPARING, Lifecycle.STOPPED)
 BOOT_FAILURES_BEFORE_BACKOFF = 2
 #: ...up to this long, so a broken image is not relaunched (and billed) every tick.
 MAX_BOOT_BACKOFF = timedelta(minutes=30)
+#: How many recent ticks the boot-failure streak looks back on.
+BOOT_STREAK_TICKS = 100
+
+#: One recorded tick as the boot-failure streak sees it: did a node join, how many nodes were
+#: replaced for not booting, and when.
+BootTick = tuple[bool, int, datetime]
 
 
 @dataclass(frozen=True)
@@ -291,6 +298,23 @@ def decision_record(decision: Decision) -> dict[str, Any]:
     }
 
 
+def _boot_tick(outcome: Mapping[str, Any], at: datetime) -> BootTick:
+    failed = sum(1 for r in outcome.get("terminated", {}).values() if r.startswith(BOOT_TIMEOUT_REASON))
+    return bool(outcome.get("joined")), failed, at
+
+
+def _streak(window: Sequence[BootTick]) -> tuple[int, datetime | None]:
+    """Boot failures since a node last joined (newest tick last in ``window``), and the last one's time."""
+    failures, last = 0, None
+    for joined, failed, at in reversed(window):
+        if joined:
+            break  # a node booted fine since: the image works
+        if failed:
+            failures += failed
+            last = last or at
+    return failures, last
+
+
 class Controller:
     """Runs ticks for one pool. ``policy`` is called each tick (a ``PolicyWatcher.current``)."""
 
@@ -322,8 +346,15 @@ class Controller:
         self._in_force_since: datetime | None = None
         #: Failed health checks in a row per serving node (the grace count of ``health.unhealthy_after``).
         self._failed_probes: dict[str, int] = {}
+        #: ``backend_problem`` per live instance id, with the endpoint it was checked for.
+        self._backend_problems: dict[str, tuple[tuple[str, int], str | None]] = {}
         #: The pool's seasonal forecast, re-read from history at most every ``forecast.refresh``.
         self.forecasts = ForecastCache(adapters.history)
+        #: Per pool, the last ``BOOT_STREAK_TICKS`` recorded ticks as the boot-failure back-off reads
+        #: them: loaded from the store once, then kept from this controller's own ticks, so a tick
+        #: does not re-read (and parse) a hundred full tick records of a big pool. Dropped when the
+        #: controller follows (another one records ticks meanwhile).
+        self._boot_ticks: dict[str, deque[BootTick]] = {}
 
     # ------------------------------------------------------------------------------------- tick
     def tick(self) -> TickOutcome:
@@ -450,6 +481,9 @@ class Controller:
                 store.update_tick(tick_id, outcome=outcome.to_dict(), error="; ".join(outcome.errors) or None)
             except StoreError as exc:
                 outcome.errors.append(f"could not record the outcome: {exc}")
+                self._boot_ticks.pop(policy.pool, None)  # unsure what the store kept: re-read it
+            else:
+                self._remember_boot_tick(policy.pool, outcome.to_dict(), now)
 
     # ------------------------------------------------------------------------ intents and plans
     def _reconcile(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
@@ -594,6 +628,7 @@ class Controller:
 
     def _follow(self, policy: PoolPolicy, now: datetime, outcome: TickOutcome) -> None:
         """A follower's tick: observe and decide (telemetry, logs), record and change nothing."""
+        self._boot_ticks.pop(policy.pool, None)  # the leader records ticks this controller does not see
         observation = self.observe(policy, now)
         for name, sample in observation.samples.items():
             self.telemetry.check_sample(policy.pool, name, sample)
@@ -602,17 +637,25 @@ class Controller:
         outcome.notes.append("follower: another controller holds the pool's leader lock; observing only")
 
     def boot_failures(self, pool: str) -> tuple[int, datetime | None]:
-        """Nodes replaced for failing to boot since a node last joined, and when the last one was."""
-        failures, last = 0, None
-        for tick in self.adapters.store.recent_ticks(pool, limit=100):
-            outcome = tick.get("decision", {}).get("outcome", {})
-            if outcome.get("joined"):
-                break  # a node booted fine since: the image works
-            failed = [r for r in outcome.get("terminated", {}).values() if r.startswith(BOOT_TIMEOUT_REASON)]
-            if failed:
-                failures += len(failed)
-                last = last or datetime.fromisoformat(tick["at"])
-        return failures, last
+        """Nodes replaced for failing to boot since a node last joined, and when the last one was
+        (read from the store's last ``BOOT_STREAK_TICKS`` ticks)."""
+        return _streak(self._read_boot_ticks(pool))
+
+    def _read_boot_ticks(self, pool: str) -> deque[BootTick]:
+        ticks = self.adapters.store.recent_ticks(pool, limit=BOOT_STREAK_TICKS)
+        return deque(
+            (
+                _boot_tick(tick.get("decision", {}).get("outcome", {}), datetime.fromisoformat(tick["at"]))
+                for tick in reversed(ticks)
+            ),
+            maxlen=BOOT_STREAK_TICKS,
+        )
+
+    def _remember_boot_tick(self, pool: str, outcome: Mapping[str, Any], at: datetime) -> None:
+        """Add a tick this controller just recorded (with its outcome) to the kept streak window."""
+        window = self._boot_ticks.get(pool)
+        if window is not None:
+            window.append(_boot_tick(outcome, at))
 
     def _hold_launches_after_boot_failures(
         self,
@@ -626,7 +669,10 @@ class Controller:
 
         ``boot_failed`` are the reasons of the nodes this tick replaces for not booting.
         """
-        failures, last = self.boot_failures(policy.pool)
+        window = self._boot_ticks.get(policy.pool)
+        if window is None:
+            window = self._boot_ticks[policy.pool] = self._read_boot_ticks(policy.pool)
+        failures, last = _streak(window)
         failures += len(boot_failed)
         if boot_failed:
             last = now
@@ -745,6 +791,8 @@ class Controller:
         live = {i.id for i in instances if i.state not in (CloudState.TERMINATED, CloudState.STOPPING)}
         for gone in set(self._failed_probes) - live:
             del self._failed_probes[gone]
+        for gone in set(self._backend_problems) - live:
+            del self._backend_problems[gone]
         for check in policy.scaling.checks:
             raw = self.adapters.metrics.query(check.query, now=now)
             low, high = bounds_for(check.signal, check.valid_min, check.valid_max)
@@ -759,11 +807,18 @@ class Controller:
             self.adapters.probe.active_streams(instance), policy.streams_of(instance.instance_type)
         )
 
-    @staticmethod
-    def _backend_problem(instance: Instance) -> str | None:
+    def _backend_problem(self, instance: Instance) -> str | None:
         if not instance.address:
             return None  # no address yet: still booting
-        return backend_problem(Backend(address=instance.address, port=instance.port, instance_id=instance.id))
+        # Remembered per instance while its address holds: a tick asks twice for every node, and
+        # parsing each address every time was a good part of a big pool's tick.
+        endpoint = (instance.address, instance.port)
+        known = self._backend_problems.get(instance.id)
+        if known is None or known[0] != endpoint:
+            backend = Backend(address=instance.address, port=instance.port, instance_id=instance.id)
+            known = (endpoint, backend_problem(backend))
+            self._backend_problems[instance.id] = known
+        return known[1]
 
     def _observe_powered_off(
         self,
@@ -1276,6 +1331,8 @@ class Controller:
             new = backend.instance_id not in before if before is not None else not (state and state.joined)
             if new:
                 outcome.joined.append(backend.instance_id)
+            if state is not None and state.joined:
+                continue  # recorded serving already (that is what joined means): no store call per node
             self.adapters.store.record_lifecycle(policy.pool, backend.instance_id, Lifecycle.SERVING, now)
         return True
 
@@ -1288,6 +1345,8 @@ class Controller:
         outcome: TickOutcome,
     ) -> None:
         timeout = policy.drain.timeout
+        # Counted once, then kept as drained nodes go into the pool (not recounted per drained node).
+        warm_now = sum(1 for s in states.values() if s.lifecycle in WARM_LIFECYCLES)
         for instance_id, state in list(states.items()):
             if state.lifecycle != Lifecycle.DRAINING or state.since >= now:
                 continue  # left the balancer this tick: give in-flight proxying a tick to settle
@@ -1301,7 +1360,6 @@ class Controller:
                 )
             else:
                 continue
-            warm_now = sum(1 for s in states.values() if s.lifecycle in WARM_LIFECYCLES)
             if warm_now < decision.warm_target and self._reusable(policy, state.instance):
                 self._stop_into_pool(
                     policy,
@@ -1310,6 +1368,7 @@ class Controller:
                     outcome,
                     f"{reason}; into the warm pool ({warm_now} of {decision.warm_target})",
                 )
+                warm_now += 1  # it is STOPPED now
                 continue
             self._terminate(policy, state.instance, now, outcome, reason)
             del states[instance_id]

@@ -36,6 +36,9 @@ FORECAST_MODES = ("forecast_only", "forecast_and_scale")
 
 #: Reason kinds named by node or pool, left out of the reasons metric to keep its cardinality low.
 _UNLABELLED_REASONS = frozenset({"victim", "final"})
+#: The fixed names of the engine's ``warm`` reasons; any other name of that kind is the id of a warm
+#: instance being discarded, counted under ``discard`` so that no label set is left behind per node.
+_WARM_REASON_NAMES = frozenset({"no-warm-pool", "start", "empty", "shrink", "prepare"})
 
 #: ``/healthz`` fails after this many tick periods without a successful tick (``--unhealthy-after``).
 UNHEALTHY_AFTER_TICKS = 3
@@ -428,7 +431,10 @@ class ControllerMetrics:
             if direction != "hold":
                 for reason in decision.reasons:
                     if reason.kind not in _UNLABELLED_REASONS:
-                        self.decision_reasons.labels(pool, direction, reason.kind, reason.name).inc()
+                        name = reason.name
+                        if reason.kind == "warm" and name not in _WARM_REASON_NAMES:
+                            name = "discard"
+                        self.decision_reasons.labels(pool, direction, reason.kind, name).inc()
         counts = {"booting": 0, "serving": 0, "draining": 0, "preparing": 0, "stopped": 0, "starting": 0}
         for lifecycle in outcome.nodes.values():
             counts[lifecycle] = counts.get(lifecycle, 0) + 1

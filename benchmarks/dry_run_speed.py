@@ -6,8 +6,10 @@ Run from the repository root::
     .venv/bin/python benchmarks/dry_run_speed.py --full       # also the HPA-like baseline and the report
 
 It prints the time of each stage (read and scale the trace into per-second streams, the tick loop
-through the decision engine, the oracle) and the ticks per second. The target is at most 10 s for
-demand + replay + oracle on one core. Numerical libraries are pinned to one thread.
+through the decision engine, the oracle), wall and CPU (``time.process_time``), and the ticks per
+second. The target is at most 10 s for demand + replay + oracle on one core; the exit status judges
+the CPU time, which on a machine shared with other work is what one core spent, where the wall
+time also counts waiting for a core. Numerical libraries are pinned to one thread.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ seed: 7
 
 
 def main() -> int:
-    """Run the benchmark and print its figures; exit status 1 when over the 10 s target."""
+    """Run the benchmark and print its figures; exit status 1 when its CPU time is over the 10 s target."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -70,10 +72,10 @@ def main() -> int:
         scenario = load_scenario(path)
         fleet = resolve_fleet(scenario)
         demand = build_demand(scenario, fleet.streams_per_node)
-        t_demand = time.perf_counter()
+        t_demand, c_demand = time.perf_counter(), time.process_time()
         policy = fit_policy(scenario.policy, fleet, min_nodes=None, max_nodes=None)
         result = replay("bench", policy, demand, fleet, ServiceLaw(scenario.spec.workload), tick_s=15, seed=7)
-        t_replay = time.perf_counter()
+        t_replay, c_replay = time.perf_counter(), time.process_time()
         best = oracle(demand.required_nodes(fleet.streams_per_node, policy.scaling.min_nodes), fleet.boot_s)
         t_oracle = time.perf_counter()
         cpu = time.process_time() - cpu_started
@@ -84,11 +86,13 @@ def main() -> int:
             f"{demand.arrivals:,} arrivals after scaling by {demand.scale:.5f}"
         )
         print(f"ticks: {ticks:,} at 15 s")
-        print(f"demand (read, scale, streams per second): {t_demand - started:6.2f} s")
         print(
-            f"replay (engine + fleet, {ticks:,} ticks):    {t_replay - t_demand:6.2f} s "
-            f"({ticks / (t_replay - t_demand):,.0f} ticks/s, "
-            f"{(t_replay - t_demand) / ticks * 1e6:.0f} µs per tick)"
+            f"demand (read, scale, streams per second): {t_demand - started:6.2f} s wall, "
+            f"{c_demand - cpu_started:6.2f} s CPU"
+        )
+        print(
+            f"replay (engine + fleet, {ticks:,} ticks):    {t_replay - t_demand:6.2f} s wall, "
+            f"{c_replay - c_demand:6.2f} s CPU ({(c_replay - c_demand) / ticks * 1e6:.0f} µs CPU per tick)"
         )
         print(
             f"oracle:                                   {t_oracle - t_replay:6.2f} s "
@@ -106,7 +110,7 @@ def main() -> int:
                 "full dry run (policy + HPA-like + oracle + report): "
                 f"{time.perf_counter() - full_started:6.2f} s"
             )
-        return 0 if total <= 10.0 else 1
+        return 0 if cpu <= 10.0 else 1
 
 
 if __name__ == "__main__":

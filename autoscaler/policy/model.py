@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -780,6 +781,25 @@ class WarmPoolConfig(StrictModel):
         return max(size, 0)
 
 
+#: Instance types by name per ``launch.instance_types`` list, keyed by the list's identity (the list
+#: is kept beside its index, so an id is never mistaken for a later list's). A controller asks for
+#: every node several times a tick; a model is frozen, so a list never changes once indexed.
+_TYPE_INDEX: dict[int, tuple[Sequence[InstanceTypeSpec], dict[str, InstanceTypeSpec]]] = {}
+_TYPE_INDEX_MAX = 256
+
+
+def _types_by_name(types: Sequence[InstanceTypeSpec]) -> dict[str, InstanceTypeSpec]:
+    entry = _TYPE_INDEX.get(id(types))
+    if entry is None or entry[0] is not types:
+        if len(_TYPE_INDEX) >= _TYPE_INDEX_MAX:
+            _TYPE_INDEX.clear()  # policies reloaded many times: start over rather than grow
+        index: dict[str, InstanceTypeSpec] = {}
+        for spec in types:
+            index.setdefault(spec.name, spec)  # the first entry of a name wins, as a scan would find
+        entry = _TYPE_INDEX[id(types)] = (types, index)
+    return entry[1]
+
+
 # ------------------------------------------------------------------------------------------------ store
 class StoreConfig(StrictModel):
     """How long the controller keeps this pool's records in the store."""
@@ -876,7 +896,7 @@ class PoolPolicy(StrictModel):
 
     def instance_type(self, name: str) -> InstanceTypeSpec | None:
         """The launch spec entry of ``name``, or None for a type the policy no longer lists."""
-        return next((t for t in self.launch.instance_types if t.name == name), None)
+        return _types_by_name(self.launch.instance_types).get(name)
 
     def streams_of(self, instance_type: str) -> int:
         """Concurrent streams a node of ``instance_type`` serves (the first type's when unknown)."""

@@ -241,6 +241,16 @@ class FakeProvider:
         with self._lock:
             self._instances[instance.id] = instance
 
+    def forget_terminated(self) -> int:
+        """Drop terminated instances from the fleet, as a cloud stops listing them after a while
+        (EC2: about an hour); return how many. Long runs call it so the fake does not grow forever."""
+        with self._lock:
+            gone = [iid for iid, inst in self._instances.items() if inst.state == CloudState.TERMINATED]
+            for iid in gone:
+                del self._instances[iid]
+                self._terminating.discard(iid)
+            return len(gone)
+
     # ---------------------------------------------------------------------------------- internals
     def _raise_injected(self, attribute: str) -> None:
         error: Exception | None = getattr(self, attribute)

@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -186,6 +188,8 @@ class _Warm:
     ready_at: int
     launched_at: datetime
     prep_from: int | None = None
+    #: The engine's view of it, kept while its lifecycle (preparing, then stopped) does not change.
+    view: Node | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,30 @@ def _forecast_floor(reasons: tuple[Reason, ...]) -> int:
     return -1
 
 
+# Lifecycle members as module constants for the replay's per-tick loops: reading a member through
+# its enum class costs several times a plain global's lookup, a dozen times per node and tick.
+_SERVING, _BOOTING, _STARTING = Lifecycle.SERVING, Lifecycle.BOOTING, Lifecycle.STARTING
+_STOPPED, _PREPARING = Lifecycle.STOPPED, Lifecycle.PREPARING
+
+
+def _serving_view(fields: dict[str, Any], node_id: str, launched_at: datetime) -> Node:
+    """``Node(**fields, id=node_id, launched_at=launched_at)`` without the frozen dataclass's
+    ``__init__`` (one ``object.__setattr__`` per field): the same object, built several times faster,
+    for the replay's hottest loop. ``fields`` holds every other field of ``Node``."""
+    node = object.__new__(Node)
+    node.__dict__.update(fields)
+    node.__dict__["id"] = node_id
+    node.__dict__["launched_at"] = launched_at
+    return node
+
+
+def _sample(value: float, at: datetime) -> Sample:
+    """``Sample(value, at)`` without the frozen dataclass's ``__init__``, as ``_serving_view``."""
+    sample = object.__new__(Sample)
+    sample.__dict__.update(value=value, observed_at=at, error=None)
+    return sample
+
+
 def replay(
     label: str,
     policy: PoolPolicy,
@@ -418,6 +446,16 @@ def replay(
         if node.reuse:
             pool.append(_Warm(id=node.id, ready_at=at, launched_at=node.launched_at))
 
+    # Every field of Node in its order (id and launched_at are set per node).
+    serving_template: dict[str, Any] = {
+        f.name: None if f.default is MISSING else f.default for f in dataclass_fields(Node)
+    } | {
+        "lifecycle": Lifecycle.SERVING,
+        "instance_type": itype,
+        "capacity_streams": cap_per_node,
+        "model_version": version,
+        "image": image,
+    }
     ready_col = np.zeros(ticks, dtype=np.int64)
     booting_col = np.zeros(ticks, dtype=np.int64)
     draining_col = np.zeros(ticks, dtype=np.int64)
@@ -442,12 +480,12 @@ def replay(
         draining: list[_SimNode] = []
         drain_streams = 0
         for node in nodes:
-            if node.state is Lifecycle.BOOTING and node.ready_at <= t:
-                node.state = Lifecycle.SERVING
+            if node.state is _BOOTING and node.ready_at <= t:
+                node.state = _SERVING
                 node.view = None
-            if node.state is Lifecycle.SERVING:
+            if node.state is _SERVING:
                 serving.append(node)
-            elif node.state is Lifecycle.BOOTING:
+            elif node.state is _BOOTING:
                 booting.append(node)
             else:
                 assert node.left is not None
@@ -470,42 +508,35 @@ def replay(
             if signal is None or signal not in SIMULATED_SIGNALS:
                 samples[name] = not_simulated
             elif signal == "active_streams":
-                samples[name] = Sample(float(load - queued), now)
+                samples[name] = _sample(float(load - queued), now)
             elif signal == "queued_streams":
-                samples[name] = Sample(float(queued), now)
+                samples[name] = _sample(float(queued), now)
             elif signal == "concurrent_streams":
-                samples[name] = Sample(float(load), now)
+                samples[name] = _sample(float(load), now)
             elif ready == 0:
                 samples[name] = no_serving
             elif signal == "streams_per_node":
-                samples[name] = Sample((on_serving + queued) / ready, now)
+                samples[name] = _sample((on_serving + queued) / ready, now)
             elif signal == "gpu_memory_utilization":
                 busiest = min(cap_per_node, -(-on_serving // ready))
-                samples[name] = Sample((model_mib + busiest * stream_mib) / gpu, now)
+                samples[name] = _sample((model_mib + busiest * stream_mib) / gpu, now)
             else:  # p95_latency_seconds
                 wait = queued / (ready * cap_per_node) * mean_service
-                samples[name] = Sample(p95_service + wait, now)
+                samples[name] = _sample(p95_service + wait, now)
 
         # 3. Decide, with the nodes as the controller would see them.
         share = on_serving / ready if ready else 0.0
         views: list[Node] = []
+        # Serving nodes are seen with this tick's share of the load: a new view each tick, built
+        # from the node's own fields (see _serving_view: the frozen dataclass's __init__ was a good
+        # part of a replay's time).
+        serving_fields = {**serving_template, "active_streams": share}
         for node in nodes:
-            if node.state is Lifecycle.SERVING:
-                views.append(
-                    Node(
-                        id=node.id,
-                        lifecycle=Lifecycle.SERVING,
-                        instance_type=itype,
-                        capacity_streams=cap_per_node,
-                        model_version=version,
-                        launched_at=node.launched_at,
-                        active_streams=share,
-                        image=image,
-                    )
-                )
+            if node.state is _SERVING:
+                views.append(_serving_view(serving_fields, node.id, node.launched_at))
             else:
                 seen = (
-                    Lifecycle.STARTING if node.warm_start and node.state is Lifecycle.BOOTING else node.state
+                    _STARTING if node.warm_start and node.state is _BOOTING else node.state
                 )
                 if node.view is None or node.view.lifecycle is not seen:
                     node.view = Node(
@@ -520,17 +551,18 @@ def replay(
                     )
                 views.append(node.view)
         for w in pool:
-            views.append(
-                Node(
+            lifecycle = _STOPPED if w.ready_at <= t else _PREPARING
+            if w.view is None or w.view.lifecycle is not lifecycle:
+                w.view = Node(
                     id=w.id,
-                    lifecycle=Lifecycle.STOPPED if w.ready_at <= t else Lifecycle.PREPARING,
+                    lifecycle=lifecycle,
                     instance_type=itype,
                     capacity_streams=cap_per_node,
                     model_version=version,
                     launched_at=w.launched_at,
                     image=image,
                 )
-            )
+            views.append(w.view)
         forecast = forecaster.forecast(now, samples)
         evaluation = decide(policy, samples, views, memory, now, forecast)
         memory = evaluation.memory
@@ -621,9 +653,9 @@ def replay(
         n_ready = n_boot = n_drain = 0
         drain_now = 0
         for node in nodes:
-            if node.state is Lifecycle.SERVING:
+            if node.state is _SERVING:
                 n_ready += 1
-            elif node.state is Lifecycle.BOOTING:
+            elif node.state is _BOOTING:
                 n_boot += 1
             else:
                 n_drain += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -11,6 +12,13 @@ from typing import Any
 
 from autoscaler.domain import Intent, IntentKind, IntentStatus, Lifecycle, PruneResult
 from autoscaler.errors import StoreError
+
+
+def _json_copy(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON-ready mapping, as a database store would give it back (and faster than
+    ``copy.deepcopy`` on big node tables); ``default=str`` as ``SqlStore`` writes it."""
+    copied: dict[str, Any] = json.loads(json.dumps(value, default=str))
+    return copied
 
 
 class MemoryStore:
@@ -28,6 +36,9 @@ class MemoryStore:
         self._last_intent = 0
         #: Ids of the intents still open: reconcile and every changed balancer apply look them up.
         self._open_intents: set[int] = set()
+        #: Latest lifecycle per pool and instance, kept beside ``events`` so that a lookup does not
+        #: replay every event ever recorded (a tick asks once per node).
+        self._latest: dict[str, dict[str, tuple[Lifecycle, datetime]]] = {}
 
     def _maybe_fail(self) -> None:
         if self.next_error is not None:
@@ -52,8 +63,8 @@ class MemoryStore:
                 "id": tick_id,
                 "pool": pool,
                 "at": at.isoformat(),
-                "inputs": copy.deepcopy(dict(inputs)),
-                "decision": copy.deepcopy(dict(decision)),
+                "inputs": _json_copy(inputs),
+                "decision": _json_copy(decision),
                 "error": error,
                 "direction": decision.get("direction"),
                 "desired": decision.get("desired"),
@@ -88,20 +99,18 @@ class MemoryStore:
     ) -> None:
         """Append a transition unless the instance is already in ``state``."""
         self._maybe_fail()
-        current = self.lifecycles(pool).get(instance_id)
+        latest = self._latest.setdefault(pool, {})
+        current = latest.get(instance_id)
         if current is not None and current[0] == state:
             return
         self.events.append(
             {"pool": pool, "instance_id": instance_id, "state": state, "at": at, "detail": dict(detail or {})}
         )
+        latest[instance_id] = (state, at)
 
     def lifecycles(self, pool: str) -> dict[str, tuple[Lifecycle, datetime]]:
         """Latest lifecycle per instance."""
-        latest: dict[str, tuple[Lifecycle, datetime]] = {}
-        for event in self.events:
-            if event["pool"] == pool:
-                latest[event["instance_id"]] = (event["state"], event["at"])
-        return latest
+        return dict(self._latest.get(pool, {}))
 
     def instance_history(self, pool: str, instance_id: str) -> list[dict[str, Any]]:
         """Every transition of one instance, oldest first."""
@@ -145,6 +154,8 @@ class MemoryStore:
             or i.created_at >= before
             or i.status == IntentStatus.OPEN
         }
+        for gone_pool, instance_id in gone:
+            self._latest.get(gone_pool, {}).pop(instance_id, None)
         return PruneResult(ticks=removed_ticks, instance_events=removed_events)
 
     def set_paused(self, pool: str, paused: bool, at: datetime, reason: str | None = None) -> None:
