@@ -141,6 +141,9 @@ class Observation:
     states: dict[str, NodeState] = field(default_factory=dict)
     samples: dict[str, Sample] = field(default_factory=dict)
     transitions: list[tuple[str, Lifecycle, dict[str, Any]]] = field(default_factory=list)
+    #: When a transition's state was really entered, where that is not this tick: a boot begins at
+    #: the launch, so a node's boot timeout runs from its launch, not from the tick that saw it booting.
+    entered_at: dict[str, datetime] = field(default_factory=dict)
     replace: list[tuple[Instance, str]] = field(default_factory=list)
     #: Warm-pool work found: prepared instances to stop now, stops and starts to (re)issue.
     prepared: list[Instance] = field(default_factory=list)
@@ -420,7 +423,8 @@ class Controller:
         # Lifecycle changes the observation found (writes only: a store that cannot take them stops
         # the tick here, before anything in the world changed).
         for instance_id, lifecycle, detail in observation.transitions:
-            store.record_lifecycle(policy.pool, instance_id, lifecycle, now, detail)
+            at = observation.entered_at.get(instance_id, now)
+            store.record_lifecycle(policy.pool, instance_id, lifecycle, at, detail)
         for instance_id, problem in observation.refused.items():
             outcome.errors.append(f"node {instance_id!r} left out of the balancer: {problem}")
         if policy.paused:  # nodes stay as they are: one that would be replaced counts as booting
@@ -975,7 +979,8 @@ class Controller:
             since = now
         elif lifecycle == Lifecycle.LAUNCHING:
             observation.transitions.append((instance.id, Lifecycle.BOOTING, {}))
-            since = instance.launched_at
+            since = min(instance.launched_at, now)
+            observation.entered_at[instance.id] = since
         boot_timeout = policy.health.boot_timeout
         if now - since > boot_timeout:
             observation.replace.append(
