@@ -344,8 +344,8 @@ class Controller:
         self._policy_error = policy_error or (lambda: None)
         self.adapters = adapters
         self.telemetry = telemetry or ControllerMetrics()
-        #: When this process's first balancer apply succeeded: drains are counted from then at
-        #: the earliest (see ``_apply_balancer``).
+        #: When an apply settled a predecessor's unconfirmed balancer change: drains are counted
+        #: from then at the earliest (see ``_apply_balancer``).
         self._in_force_since: datetime | None = None
         #: Failed health checks in a row per serving node (the grace count of ``health.unhealthy_after``).
         self._failed_probes: dict[str, int] = {}
@@ -1312,25 +1312,29 @@ class Controller:
             before = None
         try:
             changed = before is None or {b.instance_id for b in backends} != before
-            self.executor.apply_balancer(policy.pool, backends, tick_id=outcome.tick_id, changed=changed)
+            unconfirmed = self.executor.apply_balancer(
+                policy.pool, backends, tick_id=outcome.tick_id, changed=changed
+            )
         except BalancerError as exc:
             outcome.errors.append(f"balancer rejected the change, previous backends still serve: {exc}")
             self.telemetry.balancer_error(policy.pool)
             log.error("balancer_error", pool=policy.pool, error=str(exc))
             return False
         outcome.backends = [b.endpoint for b in backends]
-        if self._in_force_since is None:
-            # This process's first apply puts the list in force (nginx reloads even when the file
-            # already matches). A predecessor killed between writing the file and reloading left
-            # its draining nodes in nginx until now: their drain is counted from now.
+        if unconfirmed:
+            # A predecessor was killed between writing the list and putting it in force (its
+            # balancer intent stayed open): its draining nodes may have taken traffic until this
+            # apply, so their drain is counted from now. A predecessor whose apply completed (a
+            # cron-driven `once`, a clean restart) changes nothing here.
             self._in_force_since = now
             restarted = sorted(i for i, s in states.items() if s.lifecycle == Lifecycle.DRAINING)
             if restarted:
-                outcome.notes.append(f"drain of {', '.join(restarted)} counted from this controller's "
-                                     "first balancer apply")
-        for draining in states.values():
-            if draining.lifecycle == Lifecycle.DRAINING:
-                draining.since = max(draining.since, self._in_force_since)
+                outcome.notes.append(f"drain of {', '.join(restarted)} counted from this apply: the "
+                                     "previous balancer change was never confirmed")
+        if self._in_force_since is not None:
+            for draining in states.values():
+                if draining.lifecycle == Lifecycle.DRAINING:
+                    draining.since = max(draining.since, self._in_force_since)
         for backend in backends:
             state = states.get(backend.instance_id)
             new = backend.instance_id not in before if before is not None else not (state and state.joined)

@@ -110,9 +110,13 @@ class Executor(Protocol):
 
     def apply_balancer(
         self, pool: str, backends: Sequence[Backend], *, tick_id: int | None, changed: bool
-    ) -> None:
+    ) -> bool:
         """``Balancer.apply``; an intent is recorded when ``changed`` (joins or leaves) or on the first
-        apply of this executor (a restart's first apply puts the recorded list in force)."""
+        apply of this executor (a restart's first apply puts the recorded list in force).
+
+        Returns True when this apply settled an earlier apply that was never confirmed (a
+        predecessor killed between writing the list and putting it in force): what the balancer
+        served until now is unknown, so nodes draining since then may have had traffic until now."""
         ...
 
     def reconcile(self, pool: str, instances: Callable[[], Sequence[Instance]]) -> list[Settled]:
@@ -264,13 +268,13 @@ class WorldExecutor:
 
     def apply_balancer(
         self, pool: str, backends: Sequence[Backend], *, tick_id: int | None, changed: bool
-    ) -> None:
+    ) -> bool:
         """Put ``backends`` in force; an intent when the list changes or on this run's first apply."""
         if not changed and pool in self._applied:
             # The list in force already: an idempotent no-op by the Balancer contract, no intent.
             self._fence(pool, IntentKind.BALANCER)
             self.balancer.apply(backends)
-            return
+            return False
         earlier = [i for i in self.store.intents(pool, open_only=True) if i.kind == IntentKind.BALANCER]
         self._do(
             pool,
@@ -288,6 +292,7 @@ class WorldExecutor:
                 intent.id, IntentStatus.RECONCILED, self.clock.now(), result={"reason": reason}
             )
             log.info("intent_settled", pool=pool, intent=intent.id, kind=intent.kind.value, reason=reason)
+        return bool(earlier)
 
     # -------------------------------------------------------------------------------- reconcile
     def reconcile(self, pool: str, instances: Callable[[], Sequence[Instance]]) -> list[Settled]:
@@ -442,8 +447,8 @@ class ShadowExecutor:
 
     def apply_balancer(
         self, pool: str, backends: Sequence[Backend], *, tick_id: int | None, changed: bool
-    ) -> None:
-        """Record a changed backend list; apply nothing."""
+    ) -> bool:
+        """Record a changed backend list; apply nothing (and so never settle an earlier apply)."""
         if changed:
             self._record(
                 pool,
@@ -452,6 +457,7 @@ class ShadowExecutor:
                 ids=[b.instance_id for b in backends],
                 detail={"backends": [b.endpoint for b in backends]},
             )
+        return False
 
     def reconcile(self, pool: str, instances: Callable[[], Sequence[Instance]]) -> list[Settled]:
         """Nothing to settle: a shadow executor never leaves an intent open."""

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from autoscaler.controller import Controller
-from autoscaler.domain import CloudState, Instance, Lifecycle
+from autoscaler.domain import CloudState, Instance, IntentKind, Lifecycle
 from autoscaler.errors import BalancerError, TransientProviderError
 from autoscaler.policy.load import PolicyWatcher
 from autoscaler.testing.controller_rig import POLICY, STREAMS_QUERY, Rig
@@ -228,12 +228,15 @@ def test_invalid_policy_edit_keeps_last_valid_policy(rig: Rig, tmp_path: Path) -
 def test_a_restarted_controller_restarts_the_drain_of_a_node_still_busy(
     rig: Rig, serving_pool: Callable[[int], list[str]]
 ) -> None:
-    """A node recorded draining before a restart gets a whole drain timeout from the new process's
-    first balancer apply (a killed predecessor may have left it in nginx), not from the old record."""
+    """A node recorded draining before a crash mid-apply (its balancer intent left open: a killed
+    predecessor may have left it in nginx) gets a whole drain timeout from the new process's first
+    balancer apply, not from the old record."""
     ids = serving_pool(2)
     rig.probe.streams.update({ids[0]: 3, ids[1]: 1})
     rig.metrics.set(STREAMS_QUERY, 2.0)
     assert rig.controller.tick().drained == [ids[1]]
+    # The predecessor dies while applying a list: written, never confirmed.
+    rig.store.open_intent("unit", IntentKind.BALANCER, rig.clock.now(), instance_ids=(ids[0],))
     rig.clock.advance(301)  # past the 300 s drain timeout while no controller ran
     restarted = Controller(lambda: rig.policy, rig.controller.adapters)
     outcome = restarted.tick()
@@ -243,3 +246,22 @@ def test_a_restarted_controller_restarts_the_drain_of_a_node_still_busy(
     assert restarted.tick().terminated == {}
     rig.clock.advance(2)
     assert "drain timeout" in restarted.tick().terminated[ids[1]]
+
+
+def test_a_new_process_after_a_completed_apply_finishes_drains_as_recorded(
+    rig: Rig, serving_pool: Callable[[int], list[str]]
+) -> None:
+    """Each `once` is a new process: when the previous apply completed, a drained node (no stream in
+    flight) is terminated on the next run, and a drain timeout runs from the recorded drain."""
+    ids = serving_pool(3)
+    rig.probe.streams.update({ids[0]: 3, ids[1]: 0, ids[2]: 1})
+    rig.metrics.set(STREAMS_QUERY, 1.0)
+    drained = rig.controller.tick().drained
+    assert set(drained) == {ids[1], ids[2]}
+    rig.clock.advance(15)
+    outcome = Controller(lambda: rig.policy, rig.controller.adapters).tick()
+    assert set(outcome.terminated) == {ids[1]}
+    assert outcome.terminated[ids[1]].startswith("drained")
+    rig.clock.advance(300)
+    outcome = Controller(lambda: rig.policy, rig.controller.adapters).tick()
+    assert "drain timeout" in outcome.terminated[ids[2]]
