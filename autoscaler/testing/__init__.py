@@ -33,19 +33,24 @@ def wait_until(
         time.sleep(interval_s)
 
 
+def _samples(url: str, name: str, labels: dict[str, str]) -> list[float]:
+    """One scrape of ``url``/metrics: the values of the samples ``name`` whose labels include ``labels``."""
+    text = httpx.get(f"{url.rstrip('/')}/metrics", timeout=5.0).text
+    return [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+
+
 def read_metric(url: str, name: str, /, **labels: str) -> float:
     """Scrape ``url``/metrics and return the value of the one sample ``name`` whose labels include ``labels``.
 
     Raises ``AssertionError`` when no sample or several samples match (and ``httpx.HTTPError`` when
     the scrape itself fails, within a 5 s timeout).
     """
-    text = httpx.get(f"{url.rstrip('/')}/metrics", timeout=5.0).text
-    values = [
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    ]
+    values = _samples(url, name, labels)
     if len(values) != 1:
         raise AssertionError(f"expected one sample of {name}{labels or ''} at {url}, found {values}")
     return values[0]
@@ -55,16 +60,9 @@ def read_counter(url: str, name: str, /, **labels: str) -> float:
     """Like ``read_metric`` for a labelled counter, but 0 while no sample matches yet.
 
     A ``prometheus_client`` counter child appears only at its first increment: before a node served
-    its first request, "no sample" means zero, not a broken exporter.
+    its first request, "no sample" means zero, not a broken exporter. Several matches still raise.
     """
-    try:
-        return read_metric(url, name, **labels)
-    except AssertionError:
-        text = httpx.get(f"{url.rstrip('/')}/metrics", timeout=5.0).text
-        if any(
-            sample.name == name and labels.items() <= sample.labels.items()
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        ):
-            raise  # several samples match: that is a real ambiguity
-        return 0.0
+    values = _samples(url, name, labels)
+    if len(values) > 1:
+        raise AssertionError(f"expected at most one sample of {name}{labels} at {url}, found {values}")
+    return values[0] if values else 0.0
