@@ -338,18 +338,22 @@ def test_no_stock_anywhere_raises_insufficient_capacity(provider: AwsProvider, s
 
 
 @pytest.mark.parametrize(
-    "code", ["InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded"]
+    ("code", "asked"), [("InstanceLimitExceeded", list(TYPES)), ("VcpuLimitExceeded", [TYPES[0]]),
+                        ("MaxSpotInstanceCountExceeded", [TYPES[0]])]
 )
 def test_quota_with_nothing_launched_raises_quota_exceeded(
-    provider: AwsProvider, spec: LaunchSpec, code: str
+    provider: AwsProvider, spec: LaunchSpec, code: str, asked: list[str]
 ) -> None:
-    """A quota error stops the launch at once (no other type or zone) and raises QuotaExceeded."""
+    """A quota error skips the refused group's other zones and types and raises QuotaExceeded: the
+    per-type InstanceLimitExceeded still lets g4dn be asked once, the G-class VcpuLimitExceeded and
+    the account-wide Spot count do not."""
     answer = lambda n, _: aws_error_response(code, "You have requested more instances.")  # noqa: E731
     with RequestFaults(provider.client, "RunInstances", answer) as faults, \
             pytest.raises(QuotaExceeded) as caught:
         provider.launch(spec, 2, f"tok-{code}")
-    assert len(faults.calls) == 1
+    assert [c["InstanceType"] for c in faults.calls] == asked
     assert isinstance(caught.value.__cause__, ClientError)
+    assert "quota group" in str(caught.value)
 
 
 def test_quota_after_some_launched_reports_a_quota_shortfall(
@@ -362,7 +366,8 @@ def test_quota_after_some_launched_reports_a_quota_shortfall(
         result = provider.launch(spec, 3, "tok-partial")
     assert [i.id for i in result.instances] == [first.id]
     assert result.shortfall == "quota"
-    assert len(faults.calls) == 1 and "InstanceLimitExceeded" in result.notes[0]
+    assert len(faults.calls) == len(TYPES)  # one per type: InstanceLimitExceeded is a per-type limit
+    assert "InstanceLimitExceeded" in result.notes[0] and "quota group 'type g5.xlarge'" in result.notes[0]
 
 
 def test_capacity_after_some_launched_reports_a_capacity_shortfall(
