@@ -118,8 +118,9 @@ def test_no_stock_for_one_type_and_zone_launches_elsewhere_and_stops_asking(ecs:
 @pytest.mark.parametrize("fault", ["no-stock", "quota"])
 def test_no_stock_or_quota_anywhere_is_reported_and_backed_off(ecs: EcsEndpoint, fault: str) -> None:
     """Every offer sold out (``OperationDenied.NoStock``) or the region's instance quota at 0
-    (``QuotaExceed.ElasticQuota``, refused for each family) for 20 ticks: each tick reports it and the controller keeps
-    ticking, requests fall to a doubling pause, and once stock is back the pool fills."""
+    (``QuotaExceed.ElasticQuota``, refused for each family) for 20 ticks: each tick reports it and
+    the controller keeps ticking, requests fall to a doubling pause, and once stock is back the pool
+    fills."""
     rig = ecs_rig(ecs)
     if fault == "no-stock":
         for itype in (GPU_A, GPU_B):
