@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from cloud_fault_support import CloudRig, make_policy
 
+from autoscaler.domain import IntentKind
 from autoscaler.policy.model import AlibabaProviderConfig
 from autoscaler.providers.alibaba import AlibabaProvider
 from autoscaler.providers.offers import OfferBackoff
@@ -172,6 +173,10 @@ def test_a_family_at_quota_launches_the_other_family_and_is_not_asked_until_its_
     rig.min_nodes = 2
     first = rig.tick()
     assert asked() == [GPU_A, GPU_B] and len(first.launched) == 2 and not first.errors, first
+    # The refusal travels with the launch's record: its intent's result names the refused family.
+    [launch] = [i for i in rig.store.intents("faults", tick_id=first.tick_id) if i.kind == IntentKind.LAUNCH]
+    assert any("QuotaExceed.ElasticQuota" in n and "'family ecs.gn7i'" in n
+               for n in launch.result["notes"]), launch.result
     rig.min_nodes = 3
     second = rig.tick()
     assert asked() == [GPU_A, GPU_B, GPU_B] and len(second.launched) == 1, second

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cloud_fault_support import CloudRig, make_policy
 
-from autoscaler.domain import TAG_POOL
+from autoscaler.domain import TAG_POOL, IntentKind
 from autoscaler.policy.model import AwsProviderConfig
 from autoscaler.providers.aws import AwsProvider
 from autoscaler.providers.offers import OfferBackoff
@@ -239,6 +239,11 @@ def test_a_class_at_quota_launches_the_other_class_and_is_not_asked_until_its_pa
         first = rig.tick()
         # moto launches MinCount (1) per request, so p4d is asked once per instance.
         assert asked() == [g5, p4d, p4d] and len(first.launched) == 2 and not first.errors, first
+        # The refusal travels with the launch's record: its intent's result names the refused group.
+        [launch] = [i for i in rig.store.intents("faults", tick_id=first.tick_id)
+                    if i.kind == IntentKind.LAUNCH]
+        assert any("VcpuLimitExceeded" in n and "'On-Demand G and VT vCPUs'" in n
+                   for n in launch.result["notes"]), launch.result
         rig.min_nodes = 3
         second = rig.tick()
         assert asked() == [g5, p4d, p4d, p4d] and len(second.launched) == 1, second
