@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -354,6 +355,34 @@ def test_quota_with_nothing_launched_raises_quota_exceeded(
     assert [c["InstanceType"] for c in faults.calls] == asked
     assert isinstance(caught.value.__cause__, ClientError)
     assert "quota group" in str(caught.value)
+
+
+def test_quota_in_one_class_and_no_stock_in_the_other_sends_nothing_until_a_pause_ends(
+    provider: AwsProvider, spec: LaunchSpec, ec2_sandbox: Ec2Sandbox
+) -> None:
+    """G and VT at its vCPU quota and no p4d stock in either subnet: the first launch asks g5 once and
+    p4d in each subnet, then raises InsufficientCapacity naming both; a second launch sends no
+    RunInstances at all and says which group and offers are paused."""
+    mixed = replace(spec, instance_types=("g5.xlarge", "p4d.24xlarge"))
+
+    def answer(_: int, params: Any) -> Any:
+        if params.get("InstanceType") == "g5.xlarge":
+            return aws_error_response("VcpuLimitExceeded", "vCPU limit of the G and VT bucket")
+        return aws_error_response("InsufficientInstanceCapacity", status=500)
+
+    with RequestFaults(provider.client, "RunInstances", answer) as faults:
+        with pytest.raises(InsufficientCapacity) as first:
+            provider.launch(mixed, 2, "tok-mixed-1")
+        assert [(c["InstanceType"], c["SubnetId"]) for c in faults.calls] == [
+            ("g5.xlarge", ec2_sandbox.subnets[0]), ("p4d.24xlarge", ec2_sandbox.subnets[0]),
+            ("p4d.24xlarge", ec2_sandbox.subnets[1])]
+        assert "'On-Demand G and VT vCPUs'" in str(first.value)
+        assert "InsufficientInstanceCapacity" in str(first.value)
+        with pytest.raises(InsufficientCapacity) as second:
+            provider.launch(mixed, 2, "tok-mixed-2")
+        assert len(faults.calls) == 3
+    assert "g5.xlarge: skipped" in str(second.value) and "'On-Demand G and VT vCPUs'" in str(second.value)
+    assert "p4d.24xlarge in" in str(second.value) and "skipped" in str(second.value)
 
 
 def test_quota_after_some_launched_reports_a_quota_shortfall(
