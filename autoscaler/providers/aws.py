@@ -377,7 +377,7 @@ class AwsProvider:
             if len(have) >= count:
                 return LaunchResult(instances=tuple(have))
             blocked = [self._quota_skip(instance_type) for instance_type in spec.instance_types]
-            if all(blocked):
+            if blocked and all(blocked):
                 # Every listed type's quota group refused recently: not even the image is looked up.
                 message = (f"EC2 quota refused every type of {spec.pool} recently; no RunInstances: "
                            + "; ".join(note for note in blocked if note))
