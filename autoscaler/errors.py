@@ -66,7 +66,8 @@ class InsufficientCapacity(ProviderError):
 
 
 class QuotaExceeded(ProviderError):
-    """An account quota blocks launching; no further scale-out this tick."""
+    """Quotas block launching every listed instance type (each type's quota group refused or is
+    paused, ``autoscaler.providers.quota_groups``); no further scale-out this tick."""
 
 
 class InstanceNotFound(ProviderError):

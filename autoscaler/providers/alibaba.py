@@ -28,11 +28,15 @@ Errors (see ``docs/alibaba.md``): throttling, 5xx and connection failures are re
 exponential backoff and full jitter inside a ``RetryBudget`` (attempts from the config's
 ``max_attempts``, and a wall-clock deadline per operation), then raised as
 ``TransientProviderError``. Stock and zone errors move the launch to the next vswitch, then the
-next type; quota and account errors stop the launch (``QuotaExceeded``, or a ``"quota"``
-shortfall when some instances exist). Both are remembered (``autoscaler.providers.offers``): a
-(type, vswitch) without stock is not asked again for 30 s, doubling per refusal in a row up to
-10 min, and a quota refusal pauses every launch the same way, so a shortage costs a few requests
-instead of one per offer per tick. Anything else is an ``EcsError`` (a ``ProviderError``).
+next type; a quota error (``QuotaExceed.*``) skips every type of the refused type's instance
+family and the launch goes on with other families, while account errors (no balance, arrears,
+``OperationDenied.QuotaExceed``) skip every type (``autoscaler.providers.quota_groups``). With
+nothing launched that is ``QuotaExceeded`` (or ``InsufficientCapacity`` when stock refused too),
+else a ``"quota"``/``"capacity"`` shortfall whose notes name the groups. Both are remembered
+(``autoscaler.providers.offers``): a (type, vswitch) without stock is not asked again for 30 s,
+doubling per refusal in a row up to 10 min, and a refused quota group is paused the same way, so
+a shortage costs a few requests instead of one per offer per tick. Anything else is an
+``EcsError`` (a ``ProviderError``).
 Every raise is chained to the SDK's exception.
 
 Credentials come only from the SDK's default credential chain (``alibabacloud_credentials``:
@@ -89,6 +93,7 @@ from autoscaler.errors import (
 from autoscaler.policy.model import AlibabaProviderConfig, PoolPolicy
 from autoscaler.protocols import Clock
 from autoscaler.providers.offers import OfferBackoff
+from autoscaler.providers.quota_groups import alibaba_quota_groups, alibaba_refused_group
 from autoscaler.providers.retry import BudgetRun, RetryBudget
 
 logger = logging.getLogger(__name__)
@@ -128,7 +133,7 @@ CAPACITY_CODES = frozenset({
     "InvalidVSwitchId.IpNotEnough",
 })
 CAPACITY_PREFIXES = ("InvalidInstanceType.",)
-#: Codes that mean the account may not launch more: stop scaling out this tick.
+#: Codes that mean a quota is used up: the refused group's types wait (``quota_groups``), others are tried.
 QUOTA_CODES = frozenset({
     "InvalidAccountStatus.NotEnoughBalance", "Account.Arrearage", "OperationDenied.QuotaExceed",
 })
@@ -204,7 +209,7 @@ class AlibabaProvider:
     ``budget`` bounds each operation's retries (default: ``config.max_attempts`` attempts per
     request, 30 s per operation); ``page_size`` is ``MaxResults`` of each describe;
     ``sleep`` and ``clock`` are injectable for tests; ``offers`` pauses a (type, vswitch) that had
-    no stock, and every launch after a quota refusal (30 s doubling to 10 min by default).
+    no stock, and the types of a quota group that refused (30 s doubling to 10 min by default).
     """
 
     name = "alibaba"
@@ -289,21 +294,36 @@ class AlibabaProvider:
                 if i.state in (CloudState.PENDING, CloudState.RUNNING, CloudState.STOPPED)]
             if len(have) >= count:
                 return LaunchResult(instances=tuple(have))
-            if (left := self.offers.quota_paused_for()) > 0:
-                message = (f"ECS quota refused a launch of {spec.pool} recently ({self.offers.quota_why()}); "
-                           f"no RunInstances for {left:.0f} s more")
+            blocked = [self._quota_skip(instance_type) for instance_type in spec.instance_types]
+            if all(blocked):
+                # Every listed family's quota refused recently: not even the image is looked up.
+                message = (f"ECS quota refused every type of {spec.pool} recently; no RunInstances: "
+                           + "; ".join(blocked))
                 if not have:
                     raise QuotaExceeded(message)
-                return LaunchResult(instances=tuple(have), shortfall="quota", notes=(message,))
+                return LaunchResult(instances=tuple(have), shortfall="quota", notes=tuple(blocked))
             image = spec.image or self.image_for_model_version(spec.model_version, run=run)
             launched: list[tuple[str, str]] = []  # (instance id, instance type)
             notes: list[str] = []
             quota_error: EcsError | None = None
+            quota_skipped = False
+            quota_noted: set[str] = set()
             capacity_error: EcsError | None = None
+            offer_paused = False
             # Types in the pool's order of preference, and for each type the vswitches (zones) in order.
             for instance_type, vswitch in itertools.product(spec.instance_types, self.config.vswitches):
-                if count - len(have) - len(launched) > 0 and \
-                        (left := self.offers.paused_for(instance_type, vswitch)) > 0:
+                if count - len(have) - len(launched) <= 0:
+                    break
+                # Checked per offer, also after a refusal earlier in this launch: a family whose
+                # quota just refused is skipped in its other zones and types, other families are not.
+                if skip := self._quota_skip(instance_type):
+                    quota_skipped = True
+                    if instance_type not in quota_noted:  # one note per type, none after its own refusal
+                        quota_noted.add(instance_type)
+                        notes.append(skip)
+                    continue
+                if (left := self.offers.paused_for(instance_type, vswitch)) > 0:
+                    offer_paused = True
                     notes.append(f"{instance_type} in {vswitch}: skipped for {left:.0f} s more after "
                                  f"{self.offers.why(instance_type, vswitch)}")
                     continue
@@ -321,27 +341,30 @@ class AlibabaProvider:
                                            instance_type, vswitch, spec.pool, err.code)
                             break
                         if is_quota(err.code):
-                            notes.append(f"{instance_type} in {vswitch}: {err.code}")
+                            group = alibaba_refused_group(instance_type, err.code)
+                            notes.append(f"{instance_type} in {vswitch}: {err.code} (quota group {group!r})")
                             quota_error = err
-                            self.offers.quota(f"{err.code} for {instance_type} in {vswitch}")
-                            logger.warning("ECS quota stops the launch for pool %s: %s", spec.pool, err.code)
+                            quota_noted.add(instance_type)
+                            pause = self.offers.quota(group, f"{err.code} for {instance_type} in {vswitch}")
+                            logger.warning("ECS quota group %r refused pool %s (%s for %s); its types are "
+                                           "not asked for %.0f s, other groups are tried", group, spec.pool,
+                                           err.code, instance_type, pause)
                             break
                         raise
                     launched.extend((iid, instance_type) for iid in ids)
                     if ids:
-                        self.offers.served(instance_type, vswitch)
+                        self.offers.served(instance_type, vswitch, alibaba_quota_groups(instance_type))
                     if len(ids) < amount:
                         notes.append(f"{instance_type} in {vswitch}: {len(ids)} of {amount} in stock")
                         break
-                if quota_error is not None or count - len(have) - len(launched) <= 0:
-                    break
             new = self._launched_instances(run, launched, spec, image, client_token, tags)
         instances = tuple(have) + tuple(new)
         if len(instances) >= count:
             return LaunchResult(instances=instances, notes=tuple(notes))
-        if quota_error is not None:
+        quota_blocked = quota_error is not None or quota_skipped
+        if quota_blocked and capacity_error is None and not offer_paused:
             if not instances:
-                raise QuotaExceeded(f"ECS quota blocks launching for pool {spec.pool}: {quota_error}") \
+                raise QuotaExceeded(f"ECS quota blocks launching for pool {spec.pool}: {'; '.join(notes)}") \
                     from quota_error
             return LaunchResult(instances=instances, shortfall="quota", notes=tuple(notes))
         if not instances:
@@ -350,7 +373,15 @@ class AlibabaProvider:
                 f"{self.config.vswitches}: {'; '.join(notes)}",
                 instance_type=spec.instance_types[-1],
             ) from capacity_error
-        return LaunchResult(instances=instances, shortfall="capacity", notes=tuple(notes))
+        return LaunchResult(instances=instances, shortfall="quota" if quota_blocked else "capacity",
+                            notes=tuple(notes))
+
+    def _quota_skip(self, instance_type: str) -> str:
+        """Why ``instance_type`` is not asked now (a quota group of it is paused), or ``""``."""
+        groups = alibaba_quota_groups(instance_type)
+        if (left := self.offers.quota_paused_for(groups)) <= 0:
+            return ""
+        return f"{instance_type}: skipped for {left:.0f} s more after {self.offers.quota_why(groups)}"
 
     def terminate(self, instance_ids: Sequence[str]) -> dict[str, TerminateOutcome]:
         """Release each instance (``Force=true``), reporting ids ECS no longer knows as ALREADY_GONE."""

@@ -16,13 +16,16 @@ What a launch does (``AwsProvider.launch``):
    botocore's own retry of a request whose reply was lost returns the first reservation instead
    of launching again.
 4. **Errors**: no stock (``InsufficientInstanceCapacity``, ``Unsupported``, ...) moves on to the
-   next subnet, then the next type; an unknown type skips that type; a quota error
-   (``InstanceLimitExceeded``, ``VcpuLimitExceeded``, ``MaxSpotInstanceCountExceeded``) stops the
-   launch at once. With nothing launched these raise ``InsufficientCapacity`` / ``QuotaExceeded``;
-   otherwise ``LaunchResult.shortfall`` says ``"capacity"`` or ``"quota"``.
+   next subnet, then the next type; an unknown type skips that type; a quota error skips every
+   type of the quota group it used up (``autoscaler.providers.quota_groups``: the On-Demand vCPU
+   class for ``VcpuLimitExceeded``, the type for ``InstanceLimitExceeded``, the account for
+   ``MaxSpotInstanceCountExceeded``) and the launch goes on with the types of other groups. With
+   nothing launched these raise ``InsufficientCapacity`` / ``QuotaExceeded`` (quota only when no
+   type was refused or skipped for stock); otherwise ``LaunchResult.shortfall`` says
+   ``"capacity"`` or ``"quota"`` and ``notes`` name each refused or skipped group.
 5. **Back off** (``autoscaler.providers.offers``): a (type, subnet) that answered no stock is not
    asked again until its pause ends (30 s, doubling per refusal in a row, at most 10 min), and a
-   quota refusal pauses every launch the same way, so a shortage costs a few requests, not four
+   quota group that refused is paused the same way, so a shortage costs a few requests, not four
    per tick. A launch whose every offer is paused sends no ``RunInstances`` and raises
    ``InsufficientCapacity`` / ``QuotaExceeded`` saying when the next attempt is due.
 
@@ -87,6 +90,7 @@ from autoscaler.errors import (
 )
 from autoscaler.policy.model import AwsProviderConfig, PoolPolicy
 from autoscaler.providers.offers import OfferBackoff
+from autoscaler.providers.quota_groups import aws_quota_groups, aws_refused_group
 from autoscaler.providers.retry import BudgetRun, RetryBudget, active_run
 
 if TYPE_CHECKING:
@@ -128,7 +132,7 @@ CAPACITY_CODES = frozenset({
 })
 #: The type does not exist in this region (moto and EC2 spellings): skip the type, not just the zone.
 UNKNOWN_TYPE_CODES = frozenset({"InvalidInstanceType", "InvalidInstanceType.NotFound"})
-#: An account limit: no further scale-out this tick.
+#: A quota: the types of the group it applies to (``quota_groups.aws_refused_group``) wait; others are tried.
 QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded"})
 #: The instance id is not (or no longer) known to EC2.
 NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
@@ -288,6 +292,8 @@ class _Progress:
     capacity: ClientError | None = None
     #: Offers skipped because they refused recently (``OfferBackoff``).
     paused: list[str] = field(default_factory=list)
+    #: Types skipped because a quota group of theirs refused recently.
+    quota_paused: list[str] = field(default_factory=list)
     capacity_type: str | None = None
     other: ClientError | None = None
 
@@ -370,12 +376,14 @@ class AwsProvider:
             have = [self._to_instance(r) for r in existing]
             if len(have) >= count:
                 return LaunchResult(instances=tuple(have))
-            if (left := self.offers.quota_paused_for()) > 0:
-                message = (f"EC2 quota refused a launch of {spec.pool} recently ({self.offers.quota_why()}); "
-                           f"no RunInstances for {left:.0f} s more")
+            blocked = [self._quota_skip(instance_type) for instance_type in spec.instance_types]
+            if blocked and all(blocked):
+                # Every listed type's quota group refused recently: not even the image is looked up.
+                message = (f"EC2 quota refused every type of {spec.pool} recently; no RunInstances: "
+                           + "; ".join(note for note in blocked if note))
                 if not have:
                     raise QuotaExceeded(message)
-                return LaunchResult(instances=tuple(have), shortfall="quota", notes=(message,))
+                return LaunchResult(instances=tuple(have), shortfall="quota", notes=tuple(blocked))
             image = self._resolve_image(run, spec)
             return self._launch_missing(run, spec, image, count, client_token, have)
 
@@ -496,8 +504,15 @@ class AwsProvider:
                 TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_LAUNCH_TOKEN: client_token, TAG_PORT: str(spec.port)}
         progress = _Progress(count=count, have=have)
         for instance_type in spec.instance_types:
+            if progress.missing() <= 0:
+                break
+            # Checked per type, also after a refusal earlier in this launch: a VcpuLimitExceeded for
+            # g5.xlarge skips g4dn.xlarge (same class) but not p4d.24xlarge.
+            if skip := self._quota_skip(instance_type):
+                progress.quota_paused.append(skip)
+                continue
             for subnet in self.config.subnets:
-                if progress.missing() <= 0 or progress.quota is not None:
+                if progress.missing() <= 0:
                     break
                 if (left := self.offers.paused_for(instance_type, subnet)) > 0:
                     why = self.offers.why(instance_type, subnet)
@@ -505,24 +520,30 @@ class AwsProvider:
                                            f"after {why}")
                     continue
                 if not self._fill(run, spec, image, instance_type, subnet, tags, client_token, progress):
-                    break  # this type cannot be launched anywhere (or a quota stopped everything)
-            if progress.missing() <= 0 or progress.quota is not None:
-                break
+                    break  # this type cannot be launched anywhere (unknown type, or its quota is used up)
         instances = tuple(have + progress.launched)
-        notes = tuple(progress.notes + progress.paused)
+        notes = tuple(progress.notes + progress.quota_paused + progress.paused)
         if len(instances) >= count:
             return LaunchResult(instances=instances, notes=notes)
         tried = "; ".join(notes)
+        quota_blocked = progress.quota is not None or bool(progress.quota_paused)
         if not instances:
-            if progress.quota is not None:
+            if quota_blocked and progress.capacity is None and not progress.paused:
                 raise QuotaExceeded(f"EC2 quota blocks launching {spec.pool}: {tried}") from progress.quota
             if progress.capacity is not None or (progress.paused and progress.other is None):
                 raise InsufficientCapacity(f"no EC2 capacity for {spec.pool} in any type/subnet: {tried}",
                                            instance_type=progress.capacity_type) from progress.capacity
             raise ProviderError(f"no instance type of {spec.pool} can be launched: {tried}") \
                 from progress.other
-        shortfall = "quota" if progress.quota is not None else "capacity"
+        shortfall = "quota" if quota_blocked else "capacity"
         return LaunchResult(instances=instances, shortfall=shortfall, notes=notes)
+
+    def _quota_skip(self, instance_type: str) -> str:
+        """Why ``instance_type`` is not asked now (a quota group of it is paused), or ``""``."""
+        groups = aws_quota_groups(instance_type)
+        if (left := self.offers.quota_paused_for(groups)) <= 0:
+            return ""
+        return f"{instance_type}: skipped for {left:.0f} s more after {self.offers.quota_why(groups)}"
 
     def _fill(self, run: BudgetRun, spec: LaunchSpec, image: str, instance_type: str, subnet: str,
               tags: Mapping[str, str], client_token: str, progress: _Progress) -> bool:
@@ -544,13 +565,17 @@ class AwsProvider:
                 reply = self._run_instances(run, request)
             except ClientError as exc:
                 code = error_code(exc)
-                progress.notes.append(f"{instance_type} in {subnet}: {code}: {_message(exc)}")
                 if code in QUOTA_CODES:
+                    group = aws_refused_group(instance_type, code)
+                    progress.notes.append(f"{instance_type} in {subnet}: {code} (quota group {group!r}): "
+                                          f"{_message(exc)}")
                     progress.quota = exc
-                    pause = self.offers.quota(f"{code} for {instance_type} in {subnet}")
-                    logger.warning("EC2 quota stops launching for pool %s (%s); no RunInstances for %.0f s",
-                                   spec.pool, code, pause)
+                    pause = self.offers.quota(group, f"{code} for {instance_type} in {subnet}")
+                    logger.warning("EC2 quota group %r refused pool %s (%s for %s); its types are not asked "
+                                   "for %.0f s, other groups are tried", group, spec.pool, code,
+                                   instance_type, pause)
                     return False
+                progress.notes.append(f"{instance_type} in {subnet}: {code}: {_message(exc)}")
                 if code in CAPACITY_CODES:
                     progress.capacity, progress.capacity_type = exc, instance_type
                     pause = self.offers.no_stock(instance_type, subnet, code)
@@ -566,7 +591,7 @@ class AwsProvider:
                 progress.notes.append(f"{instance_type} in {subnet}: EC2 launched none of {missing}")
                 return True
             progress.launched.extend(got)
-            self.offers.served(instance_type, subnet)
+            self.offers.served(instance_type, subnet, aws_quota_groups(instance_type))
         return True
 
     def _run_instances(self, run: BudgetRun, request: RunInstancesRequestTypeDef) -> RunInstancesReplyTypeDef:

@@ -9,8 +9,9 @@ error shape (``Code``, ``Message``, ``RequestId``, ``HostId``) and HTTP status, 
 its ordinary ``ClientException`` / ``ServerException`` / ``ThrottlingException``.
 
 Served actions: ``RunInstances`` (``Amount``, ``MinAmount``, ``ClientToken`` idempotency, tags,
-stock per instance type and zone, an instance quota), ``DescribeInstances`` (tag, id, status,
-type and zone filters; ``PageNumber``/``PageSize`` or ``NextToken``/``MaxResults`` paging),
+stock per instance type and zone, an instance quota, instance quotas per family),
+``DescribeInstances`` (tag, id, status, type and zone filters; ``PageNumber``/``PageSize`` or
+``NextToken``/``MaxResults`` paging),
 ``DeleteInstances`` (``Force``; an unknown id fails the whole call with
 ``InvalidInstanceId.NotFound`` like ECS does), ``StopInstances`` (``StoppedMode`` ``KeepCharging`` or
 ``StopCharging``, ``ForceStop``), ``StartInstances`` (both with ``BatchOptimization``
@@ -26,9 +27,9 @@ instance from ``DescribeInstances`` for a while, the eventual consistency ECS sh
 Tests inject failures with ``inject`` (``Throttling.User`` twice, ``OperationDenied.NoStock``
 for one instance type, ...), fail a seeded fraction of all requests with ``inject_fraction``
 (throttling and 5xx answered instead, or a change carried out and its reply lost), limit capacity
-with ``set_stock`` and ``max_instances``, and read what the SDK sent with ``calls``. Signatures
-are checked for presence and form; given ``credentials`` (access key id → secret), they are
-verified too.
+with ``set_stock``, ``max_instances`` and ``set_family_quota``, and read what the SDK sent with
+``calls``. Signatures are checked for presence and form; given ``credentials`` (access key id →
+secret), they are verified too.
 
 Private addresses are handed out from the loopback range (``127.100.0.0/16`` by default): a
 test or demo that probes a launched "instance" must never send traffic off this machine.
@@ -272,6 +273,12 @@ def acs3_signature(secret: str, method: str, path: str, params: Mapping[str, str
     return hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
+def _family_of(instance_type: str) -> str:
+    """ECS's instance family of a type: ``ecs.gn7i`` for ``ecs.gn7i-c8g1.2xlarge``."""
+    prefix, _, rest = instance_type.partition(".")
+    return f"{prefix}.{rest.split('.', 1)[0].split('-', 1)[0]}" if rest else instance_type
+
+
 class EcsEndpoint:
     """An in-memory ECS region served over HTTP on 127.0.0.1; see the module docstring.
 
@@ -314,6 +321,7 @@ class EcsEndpoint:
         self._images: dict[str, EcsImage] = {}
         self._tokens: dict[str, tuple[str, list[str]]] = {}
         self._stock: dict[tuple[str, str], int] = {}
+        self._family_quotas: dict[str, int] = {}
         self._injections: list[Injection] = []
         self._fraction: FractionFaults | None = None
         self._calls: list[Call] = []
@@ -431,6 +439,18 @@ class EcsEndpoint:
                 self._stock.pop((instance_type, zone), None)
             else:
                 self._stock[(instance_type, zone)] = count
+
+    def set_family_quota(self, family: str, count: int | None) -> None:
+        """Limit the live instances of an instance family (``ecs.gn7i``) in the region (None: no limit).
+
+        A ``RunInstances`` of a type of the family that would pass it fails whole with
+        ``QuotaExceed.ElasticQuota`` naming the family, as ECS does for a family's vCPU quota.
+        """
+        with self._lock:
+            if count is None:
+                self._family_quotas.pop(family, None)
+            else:
+                self._family_quotas[family] = count
 
     def stock(self, instance_type: str, zone: str) -> int | None:
         """How many more ``instance_type`` instances ``zone`` can launch or start (None: unlimited)."""
@@ -609,6 +629,13 @@ class EcsEndpoint:
         if launch < min_amount:
             raise EcsApiError("OperationDenied.NoStock",
                               f"The requested resource ({itype} in {zone}) is sold out.", 403)
+        family = _family_of(itype)
+        limit = self._family_quotas.get(family)
+        in_family = sum(1 for i in self._instances.values() if _family_of(i.instance_type) == family)
+        if limit is not None and in_family + launch > limit:
+            raise EcsApiError("QuotaExceed.ElasticQuota",
+                              f"The quota of instance family {family} in {self.region} ({limit}) would be "
+                              "exceeded.", 403)
         if self.max_instances is not None and len(self._instances) + launch > self.max_instances:
             raise EcsApiError("QuotaExceed.ElasticQuota",
                               f"The instance quota ({self.max_instances}) would be exceeded.", 403)

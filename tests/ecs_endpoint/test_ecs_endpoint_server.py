@@ -255,6 +255,22 @@ def test_quota_rejects_a_launch_beyond_max_instances(credentials: tuple[str, str
         assert len(ecs.instances()) == 1
 
 
+def test_a_family_quota_rejects_only_launches_of_that_family(credentials: tuple[str, str]) -> None:
+    """With ecs.gn7i limited to 1, a second gn7i (any size, any zone) fails with QuotaExceed.ElasticQuota
+    naming the family, while ecs.gn6i still launches."""
+    with EcsEndpoint() as ecs:
+        ecs.set_family_quota("ecs.gn7i", 1)
+        client = ecs.sdk_client()
+        run(client, ecs, amount=1)
+        with pytest.raises(ClientException) as caught:
+            run(client, ecs, amount=1, instance_type="ecs.gn7i-c16g1.4xlarge", vswitch="vsw-b")
+        assert (caught.value.code, caught.value.status_code) == ("QuotaExceed.ElasticQuota", 403)
+        assert "ecs.gn7i" in str(caught.value.message)
+        assert len(run(client, ecs, amount=2, instance_type="ecs.gn6i-c4g1.xlarge")) == 2
+        ecs.set_family_quota("ecs.gn7i", None)
+        assert len(run(client, ecs, amount=1)) == 1
+
+
 def test_unknown_vswitch_and_image_are_not_found(client: EcsClient, ecs: EcsEndpoint) -> None:
     """A vswitch the region lacks is InvalidVSwitchId.NotFound; once images exist, an unknown one is too."""
     with pytest.raises(ClientException) as caught:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from cloud_fault_support import CloudRig, make_policy
 
+from autoscaler.domain import IntentKind
 from autoscaler.policy.model import AlibabaProviderConfig
 from autoscaler.providers.alibaba import AlibabaProvider
 from autoscaler.providers.offers import OfferBackoff
@@ -117,9 +118,10 @@ def test_no_stock_for_one_type_and_zone_launches_elsewhere_and_stops_asking(ecs:
 
 @pytest.mark.parametrize("fault", ["no-stock", "quota"])
 def test_no_stock_or_quota_anywhere_is_reported_and_backed_off(ecs: EcsEndpoint, fault: str) -> None:
-    """Every offer sold out (``OperationDenied.NoStock``) or the instance quota at 0
-    (``QuotaExceed.ElasticQuota``) for 20 ticks: each tick reports it and the controller keeps
-    ticking, requests fall to a doubling pause, and once stock is back the pool fills."""
+    """Every offer sold out (``OperationDenied.NoStock``) or the region's instance quota at 0
+    (``QuotaExceed.ElasticQuota``, refused for each family) for 20 ticks: each tick reports it and
+    the controller keeps ticking, requests fall to a doubling pause, and once stock is back the pool
+    fills."""
     rig = ecs_rig(ecs)
     if fault == "no-stock":
         for itype in (GPU_A, GPU_B):
@@ -139,7 +141,9 @@ def test_no_stock_or_quota_anywhere_is_reported_and_backed_off(ecs: EcsEndpoint,
     rounds = sum(1 for n in per_tick if n)
     print(f"\n{fault}: 20 ticks (5 min), RunInstances per tick {per_tick}; total {sum(per_tick)} in {rounds} "
           f"rounds (the first tick asked {per_tick[0]})")
-    assert per_tick[0] == (4 if fault == "no-stock" else 1)
+    # No stock: each (type, zone) once; the region's instance quota: each family once (the refusal
+    # names no family, so it is kept to the refused one; the other family is asked in turn).
+    assert per_tick[0] == (4 if fault == "no-stock" else 2)
     assert rounds <= 5 and all(n in (0, per_tick[0]) for n in per_tick), per_tick
     for itype in (GPU_A, GPU_B):
         for zone in VSWITCHES.values():
@@ -151,3 +155,43 @@ def test_no_stock_or_quota_anywhere_is_reported_and_backed_off(ecs: EcsEndpoint,
         assert recovered <= 42, rig.outcomes[-1].errors
         rig.tick()
     print(f"{fault}: stock back, pool at 2 after {recovered} ticks")
+
+
+def test_a_family_at_quota_launches_the_other_family_and_is_not_asked_until_its_pause_ends(
+    ecs: EcsEndpoint
+) -> None:
+    """GPU_A's family (ecs.gn7i) at its quota: the same tick launches GPU_B (ecs.gn6i) after one
+    refused request; the next tick (15 s later, inside the 30 s pause) does not ask ecs.gn7i at all;
+    after the pause it is asked once more; with both families at quota nothing is sent while both
+    pauses last and every tick reports the quota with both groups named."""
+    rig = ecs_rig(ecs)
+    ecs.set_family_quota("ecs.gn7i", 0)
+
+    def asked() -> list[str]:
+        return [c.params["InstanceType"] for c in ecs.calls("RunInstances")]
+
+    rig.min_nodes = 2
+    first = rig.tick()
+    assert asked() == [GPU_A, GPU_B] and len(first.launched) == 2 and not first.errors, first
+    # The refusal travels with the launch's record: its intent's result names the refused family.
+    [launch] = [i for i in rig.store.intents("faults", tick_id=first.tick_id) if i.kind == IntentKind.LAUNCH]
+    assert any("QuotaExceed.ElasticQuota" in n and "'family ecs.gn7i'" in n
+               for n in launch.result["notes"]), launch.result
+    rig.min_nodes = 3
+    second = rig.tick()
+    assert asked() == [GPU_A, GPU_B, GPU_B] and len(second.launched) == 1, second
+    ecs.set_family_quota("ecs.gn6i", 3)  # the second family is full too from now on
+    rig.min_nodes = 4
+    per_tick: list[list[str]] = []
+    for _ in range(8):
+        before = len(asked())
+        outcome = rig.tick()
+        per_tick.append(asked()[before:])
+        assert outcome.launched == [] and outcome.errors, outcome
+        assert any("quota" in e and "ecs.gn7i" in e for e in outcome.errors), outcome.errors
+    print(f"\nRunInstances per tick once both families are at quota: {per_tick}")
+    # Ticks are 15 s apart. At +30 s ecs.gn7i's first pause has ended: asked, refused again (60 s,
+    # until +90 s); ecs.gn6i refuses for the first time (30 s, until +60 s, then 60 s until +120 s).
+    # Each family is asked exactly when its own pause ends, never inside it.
+    assert per_tick == [[GPU_A, GPU_B], [], [GPU_B], [], [GPU_A], [], [GPU_B], []], per_tick
+    assert {i.instance_type for i in ecs.instances().values()} == {GPU_B}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cloud_fault_support import CloudRig, make_policy
 
-from autoscaler.domain import TAG_POOL
+from autoscaler.domain import TAG_POOL, IntentKind
 from autoscaler.policy.model import AwsProviderConfig
 from autoscaler.providers.aws import AwsProvider
 from autoscaler.providers.offers import OfferBackoff
@@ -33,14 +33,15 @@ TYPES = ("g5.xlarge", "g4dn.xlarge")
 BUDGET = RetryBudget(deadline_s=20.0, max_rounds=4, base_delay_s=0.05, max_delay_s=0.2)
 
 
-def aws_rig(sandbox: Ec2Sandbox, **options: Any) -> CloudRig:
-    """A controller on an ``AwsProvider`` in the sandbox (5 botocore attempts per request)."""
+def aws_rig(sandbox: Ec2Sandbox, types: tuple[str, ...] = TYPES, **options: Any) -> CloudRig:
+    """A controller on an ``AwsProvider`` in the sandbox (5 botocore attempts per request) for a
+    pool listing ``types`` in that order."""
     image = bake_model_image(sandbox, "fun-asr-nano-2512")
     subnets = ", ".join(sandbox.subnets)
     provider_yaml = (f"{{kind: aws, region: {sandbox.region}, endpoint_url: '{sandbox.endpoint_url}', "
                      f"subnets: [{subnets}], security_groups: [{sandbox.security_group}], max_attempts: 5}}")
-    types = ", ".join(f"{{name: {t}, streams: 10, price_per_hour: 1.0}}" for t in TYPES)
-    policy_for = make_policy(provider_yaml, image, types)
+    listed = ", ".join(f"{{name: {t}, streams: 10, price_per_hour: 1.0}}" for t in types)
+    policy_for = make_policy(provider_yaml, image, listed)
     config = policy_for(0, 6).provider
     assert isinstance(config, AwsProviderConfig)
     return CloudRig(provider=AwsProvider(config, budget=BUDGET), policy_for=policy_for, **options)
@@ -126,9 +127,9 @@ def capacity_answer(no_stock: set[tuple[str, str]]) -> Any:
     return answer
 
 
-def rig_with_movable_offers(sandbox: Ec2Sandbox) -> CloudRig:
+def rig_with_movable_offers(sandbox: Ec2Sandbox, types: tuple[str, ...] = TYPES) -> CloudRig:
     """An AWS rig whose offer backoff runs on the rig's clock (ticks 15 s apart, no waiting)."""
-    rig = aws_rig(sandbox)
+    rig = aws_rig(sandbox, types)
     assert isinstance(rig.provider, AwsProvider)
     rig.provider.offers = OfferBackoff(clock=lambda: rig.clock.now().timestamp())
     return rig
@@ -196,7 +197,10 @@ def refusals_backed_off(ec2_sandbox: Ec2Sandbox, code: str, *, ticks: int) -> No
     print(f"\n{code}: {ticks} ticks ({ticks // 4} min), RunInstances per tick {per_tick}; total "
           f"{sum(per_tick)} in {rounds} rounds (the first tick asked {per_tick[0]}, i.e. "
           f"{ticks * per_tick[0]} if every tick asked)")
-    assert per_tick[0] == (offers if status == 500 else 1)
+    # No stock: every (type, subnet); InstanceLimitExceeded is per type: each type once; the G-class
+    # vCPU quota covers both listed types (g5, g4dn): one request.
+    first_round = {"InsufficientInstanceCapacity": offers, "InstanceLimitExceeded": len(TYPES)}
+    assert per_tick[0] == first_round.get(code, 1)
     # Rounds at 0, 30, 90, 210, 450 s, then every 600 s (the pause doubles from 30 s up to 10 min).
     assert rounds <= 5 + max(0, (ticks * 15 - 450) // 600 + 1), per_tick
     assert all(n in (0, per_tick[0]) for n in per_tick), per_tick
@@ -206,3 +210,60 @@ def refusals_backed_off(ec2_sandbox: Ec2Sandbox, code: str, *, ticks: int) -> No
         assert recovered <= 42, rig.outcomes[-1].errors
         rig.tick()
     print(f"{code}: stock back, pool at 2 after {recovered} ticks")
+
+
+def test_a_class_at_quota_launches_the_other_class_and_is_not_asked_until_its_pause_ends(
+    ec2_sandbox: Ec2Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pool listing g5.xlarge then p4d.24xlarge with the G and VT vCPU quota used up: the same tick
+    launches p4d after one refused g5 request (logged with the group); the next tick, inside the
+    30 s pause, does not ask g5; with the P quota used up too, nothing is sent while both pauses
+    last and every tick reports the quota, naming both classes."""
+    caplog.set_level(logging.WARNING, logger="autoscaler.providers.aws")
+    g5, p4d = "g5.xlarge", "p4d.24xlarge"
+    rig = rig_with_movable_offers(ec2_sandbox, (g5, p4d))
+    assert isinstance(rig.provider, AwsProvider)
+    refused: set[str] = {g5}
+
+    def quota(_: int, params: dict[str, str]) -> Any:
+        if params.get("InstanceType") in refused:
+            return aws_error_response("VcpuLimitExceeded", "You have requested more vCPU capacity than your "
+                                      "current vCPU limit allows for the instance bucket.")
+        return None
+
+    with RequestFaults(rig.provider.client, "RunInstances", quota) as faults:
+        def asked() -> list[str]:
+            return [c["InstanceType"] for c in faults.calls]
+
+        rig.min_nodes = 2
+        first = rig.tick()
+        # moto launches MinCount (1) per request, so p4d is asked once per instance.
+        assert asked() == [g5, p4d, p4d] and len(first.launched) == 2 and not first.errors, first
+        # The refusal travels with the launch's record: its intent's result names the refused group.
+        [launch] = [i for i in rig.store.intents("faults", tick_id=first.tick_id)
+                    if i.kind == IntentKind.LAUNCH]
+        assert any("VcpuLimitExceeded" in n and "'On-Demand G and VT vCPUs'" in n
+                   for n in launch.result["notes"]), launch.result
+        rig.min_nodes = 3
+        second = rig.tick()
+        assert asked() == [g5, p4d, p4d, p4d] and len(second.launched) == 1, second
+        refused.add(p4d)
+        rig.min_nodes = 4
+        per_tick: list[list[str]] = []
+        errors: list[str] = []
+        for _ in range(8):
+            before = len(asked())
+            outcome = rig.tick()
+            per_tick.append(asked()[before:])
+            assert outcome.launched == [] and outcome.errors, outcome
+            errors.extend(outcome.errors)
+            assert any("quota" in e for e in outcome.errors), outcome.errors
+    print(f"\nRunInstances per tick once both classes are at quota: {per_tick}")
+    assert any("On-Demand G and VT vCPUs" in r.getMessage() for r in caplog.records), caplog.records
+    assert any("On-Demand G and VT vCPUs" in e and "On-Demand P vCPUs" in e for e in errors), errors
+    # Ticks 15 s apart; each class is asked exactly when its own pause ends (G: +30, +90 s;
+    # P: +30, +60, +120 s), never inside it.
+    assert per_tick == [[g5, p4d], [], [p4d], [], [g5], [], [p4d], []], per_tick
+    launched = {i["InstanceType"] for r in ec2_sandbox.client("ec2").describe_instances()["Reservations"]
+                for i in r["Instances"]}
+    assert g5 not in launched and p4d in launched

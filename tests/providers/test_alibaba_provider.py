@@ -463,14 +463,15 @@ def test_some_stock_then_none_is_a_capacity_shortfall(provider: AlibabaProvider,
 # ------------------------------------------------------------------------------------------ quota
 def test_quota_with_nothing_launched_raises_quota_exceeded(credentials: tuple[str, str],
                                                            spec: LaunchSpec) -> None:
-    """A quota error with no instance for the token raises QuotaExceeded and tries no other zone or type."""
+    """A quota error with no instance for the token raises QuotaExceeded; each family is asked once
+    (no other zone of a refused family), since a quota refusal is kept to the refused family."""
     with EcsEndpoint(vswitches=VSWITCHES, max_instances=2) as ecs:
         provider = AlibabaProvider(make_config(ecs), budget=FAST_BUDGET)
         with pytest.raises(QuotaExceeded) as caught:
             provider.launch(spec, 3, "tok-quota")
         assert isinstance(caught.value.__cause__, EcsError)
         assert caught.value.__cause__.code == "QuotaExceed.ElasticQuota"
-        assert len(ecs.calls("RunInstances")) == 1
+        assert [c.params["InstanceType"] for c in ecs.calls("RunInstances")] == [GPU_A, GPU_B]
         assert ecs.instances() == {}
 
 
@@ -483,19 +484,22 @@ def test_quota_after_some_launched_is_a_quota_shortfall(credentials: tuple[str, 
         result = provider.launch(spec, 3, "tok-quota-some")
         assert len(result.instances) == 1
         assert result.shortfall == "quota"
-        assert any("QuotaExceed.ElasticQuota" in note for note in result.notes)
-        assert len(ecs.calls("RunInstances")) == 2
+        assert any("QuotaExceed.ElasticQuota" in note and "'family ecs.gn7i'" in note
+                   for note in result.notes)
+        # GPU_A in H (1 in stock), GPU_A in I (refused), then the other family once (refused too).
+        assert len(ecs.calls("RunInstances")) == 3
 
 
-@pytest.mark.parametrize("code", ["InvalidAccountStatus.NotEnoughBalance", "Account.Arrearage",
-                                  "QuotaExceed.PostPaidInstance"])
+@pytest.mark.parametrize(("code", "asked"), [("InvalidAccountStatus.NotEnoughBalance", 1),
+                                             ("Account.Arrearage", 1), ("QuotaExceed.PostPaidInstance", 2)])
 def test_account_errors_count_as_quota(provider: AlibabaProvider, ecs: EcsEndpoint, spec: LaunchSpec,
-                                       code: str) -> None:
-    """Balance, arrears and other quota codes stop scale-out as QuotaExceeded."""
+                                       code: str, asked: int) -> None:
+    """Balance and arrears errors stop scale-out at once as QuotaExceeded (the whole account); a
+    QuotaExceed.* code stops its family, so the other family is asked once before QuotaExceeded."""
     ecs.inject("RunInstances", code=code, status=403, times=None)
     with pytest.raises(QuotaExceeded):
         provider.launch(spec, 1, f"tok-{code}")
-    assert len(ecs.calls("RunInstances")) == 1
+    assert len(ecs.calls("RunInstances")) == asked
 
 
 def test_quota_with_existing_token_instances_is_a_shortfall(provider: AlibabaProvider, ecs: EcsEndpoint,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -338,18 +339,50 @@ def test_no_stock_anywhere_raises_insufficient_capacity(provider: AwsProvider, s
 
 
 @pytest.mark.parametrize(
-    "code", ["InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded"]
+    ("code", "asked"), [("InstanceLimitExceeded", list(TYPES)), ("VcpuLimitExceeded", [TYPES[0]]),
+                        ("MaxSpotInstanceCountExceeded", [TYPES[0]])]
 )
 def test_quota_with_nothing_launched_raises_quota_exceeded(
-    provider: AwsProvider, spec: LaunchSpec, code: str
+    provider: AwsProvider, spec: LaunchSpec, code: str, asked: list[str]
 ) -> None:
-    """A quota error stops the launch at once (no other type or zone) and raises QuotaExceeded."""
+    """A quota error skips the refused group's other zones and types and raises QuotaExceeded: the
+    per-type InstanceLimitExceeded still lets g4dn be asked once, the G-class VcpuLimitExceeded and
+    the account-wide Spot count do not."""
     answer = lambda n, _: aws_error_response(code, "You have requested more instances.")  # noqa: E731
     with RequestFaults(provider.client, "RunInstances", answer) as faults, \
             pytest.raises(QuotaExceeded) as caught:
         provider.launch(spec, 2, f"tok-{code}")
-    assert len(faults.calls) == 1
+    assert [c["InstanceType"] for c in faults.calls] == asked
     assert isinstance(caught.value.__cause__, ClientError)
+    assert "quota group" in str(caught.value)
+
+
+def test_quota_in_one_class_and_no_stock_in_the_other_sends_nothing_until_a_pause_ends(
+    provider: AwsProvider, spec: LaunchSpec, ec2_sandbox: Ec2Sandbox
+) -> None:
+    """G and VT at its vCPU quota and no p4d stock in either subnet: the first launch asks g5 once and
+    p4d in each subnet, then raises InsufficientCapacity naming both; a second launch sends no
+    RunInstances at all and says which group and offers are paused."""
+    mixed = replace(spec, instance_types=("g5.xlarge", "p4d.24xlarge"))
+
+    def answer(_: int, params: Any) -> Any:
+        if params.get("InstanceType") == "g5.xlarge":
+            return aws_error_response("VcpuLimitExceeded", "vCPU limit of the G and VT bucket")
+        return aws_error_response("InsufficientInstanceCapacity", status=500)
+
+    with RequestFaults(provider.client, "RunInstances", answer) as faults:
+        with pytest.raises(InsufficientCapacity) as first:
+            provider.launch(mixed, 2, "tok-mixed-1")
+        assert [(c["InstanceType"], c["SubnetId"]) for c in faults.calls] == [
+            ("g5.xlarge", ec2_sandbox.subnets[0]), ("p4d.24xlarge", ec2_sandbox.subnets[0]),
+            ("p4d.24xlarge", ec2_sandbox.subnets[1])]
+        assert "'On-Demand G and VT vCPUs'" in str(first.value)
+        assert "InsufficientInstanceCapacity" in str(first.value)
+        with pytest.raises(InsufficientCapacity) as second:
+            provider.launch(mixed, 2, "tok-mixed-2")
+        assert len(faults.calls) == 3
+    assert "g5.xlarge: skipped" in str(second.value) and "'On-Demand G and VT vCPUs'" in str(second.value)
+    assert "p4d.24xlarge in" in str(second.value) and "skipped" in str(second.value)
 
 
 def test_quota_after_some_launched_reports_a_quota_shortfall(
@@ -362,7 +395,8 @@ def test_quota_after_some_launched_reports_a_quota_shortfall(
         result = provider.launch(spec, 3, "tok-partial")
     assert [i.id for i in result.instances] == [first.id]
     assert result.shortfall == "quota"
-    assert len(faults.calls) == 1 and "InstanceLimitExceeded" in result.notes[0]
+    assert len(faults.calls) == len(TYPES)  # one per type: InstanceLimitExceeded is a per-type limit
+    assert "InstanceLimitExceeded" in result.notes[0] and "quota group 'type g5.xlarge'" in result.notes[0]
 
 
 def test_capacity_after_some_launched_reports_a_capacity_shortfall(

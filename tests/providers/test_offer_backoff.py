@@ -28,17 +28,35 @@ def test_a_refused_offer_pauses_doubling_up_to_the_ceiling() -> None:
     assert offers.paused_for("g5", "a") == 0
 
 
-def test_serving_an_offer_clears_its_pause_and_the_quota_pause() -> None:
-    """An instance from an offer forgets its refusals (the next one pauses 30 s again) and the quota."""
+def test_serving_an_offer_clears_its_pause_and_its_quota_groups() -> None:
+    """An instance from an offer forgets its refusals (the next one pauses 30 s again) and the quota
+    pauses of the groups it was served under, not those of other groups."""
     clock = Clock()
     offers = OfferBackoff(clock=clock)
     offers.no_stock("g5", "a", "ICE")
     offers.no_stock("g5", "a", "ICE")
-    offers.quota("VcpuLimitExceeded")
-    assert offers.quota_paused_for() == 30 and offers.quota_why() == "VcpuLimitExceeded"
-    offers.served("g5", "a")
-    assert offers.paused_for("g5", "a") == 0 and offers.quota_paused_for() == 0
+    offers.quota("G", "VcpuLimitExceeded")
+    offers.quota("P", "VcpuLimitExceeded for p4d")
+    assert offers.quota_paused_for(["type g5", "G"]) == 30
+    assert offers.quota_why(["type g5", "G"]) == "quota group 'G': VcpuLimitExceeded"
+    offers.served("g5", "a", ["type g5", "G"])
+    assert offers.paused_for("g5", "a") == 0 and offers.quota_paused_for(["G"]) == 0
+    assert offers.quota_paused_for(["P"]) == 30
     assert offers.no_stock("g5", "a", "ICE") == 30
+
+
+def test_a_quota_pause_blocks_only_types_of_its_group_and_doubles() -> None:
+    """A refused group pauses 30, 60 s ... for types counting against it; a type of another group
+    is not paused; once the pause ends the group may be asked again and quota_why is empty."""
+    clock = Clock()
+    offers = OfferBackoff(base_s=30, max_s=600, clock=clock)
+    assert offers.quota("G", "VcpuLimitExceeded") == 30
+    assert offers.quota_paused_for(["type g5", "G", "account"]) == 30
+    assert offers.quota_paused_for(["type p4d", "P", "account"]) == 0
+    assert offers.quota_paused_for([]) == 0
+    clock.now += 30
+    assert offers.quota_paused_for(["G"]) == 0 and offers.quota_why(["G"]) == ""
+    assert offers.quota("G", "VcpuLimitExceeded") == 60
 
 
 @pytest.mark.parametrize(("base", "ceiling"), [(0, 10), (-1, 10), (20, 10)])
