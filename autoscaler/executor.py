@@ -37,7 +37,7 @@ from autoscaler.domain import (
 )
 from autoscaler.errors import BalancerError, LeadershipLost, ProviderError
 from autoscaler.leader import Leadership, SingleController
-from autoscaler.protocols import Balancer, Clock, Provider, Store
+from autoscaler.protocols import Balancer, Clock, Provider, ReloadingBalancer, Store
 
 log = structlog.get_logger("autoscaler.executor")
 
@@ -276,6 +276,15 @@ class WorldExecutor:
             self.balancer.apply(backends)
             return False
         earlier = [i for i in self.store.intents(pool, open_only=True) if i.kind == IntentKind.BALANCER]
+        if (
+            pool not in self._applied
+            and not earlier
+            and isinstance(self.balancer, ReloadingBalancer)
+            and self._last_apply_completed(pool)
+        ):
+            # The file's list is the one the last, completed apply put in force: a restart need not
+            # reload an unchanged list (a reload closes nginx's idle keep-alive connections).
+            self.balancer.assume_in_force()
         self._do(
             pool,
             IntentKind.BALANCER,
@@ -293,6 +302,11 @@ class WorldExecutor:
             )
             log.info("intent_settled", pool=pool, intent=intent.id, kind=intent.kind.value, reason=reason)
         return bool(earlier)
+
+    def _last_apply_completed(self, pool: str) -> bool:
+        """True when the newest balancer intent of ``pool`` completed ``ok`` (no crash mid-apply)."""
+        applies = [i for i in self.store.intents(pool) if i.kind == IntentKind.BALANCER]
+        return bool(applies) and applies[-1].status == IntentStatus.OK
 
     # -------------------------------------------------------------------------------- reconcile
     def reconcile(self, pool: str, instances: Callable[[], Sequence[Instance]]) -> list[Settled]:

@@ -171,6 +171,21 @@ class Balancer(Protocol):
 
 
 @runtime_checkable
+class ReloadingBalancer(Protocol):
+    """A balancer whose first ``apply`` in a process puts even an unchanged list in force (nginx
+    reloads: its file may hold a list a killed predecessor wrote but never had nginx load).
+
+    Contract: after ``assume_in_force``, an ``apply`` of the list already on file is a no-op, as
+    any later unchanged apply is. Called only when the store proves the file's list was put in
+    force: the last apply's intent completed and none is open since.
+    """
+
+    def assume_in_force(self) -> None:
+        """The list on file is in force (a recorded, completed apply put it there)."""
+        ...
+
+
+@runtime_checkable
 class NodeProbe(Protocol):
     """Asks a node itself whether it can serve and how busy it is.
 

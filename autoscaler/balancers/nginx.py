@@ -7,9 +7,10 @@ name (see ``infra/nginx/nginx.conf.template``). Every ``apply``:
    ``server`` line per backend, each ending in a ``# instance_id=...`` comment so ``current`` can
    read the file back), servers sorted so that the same set always renders the same text;
 2. does nothing when that text is already the file's content and this process has reloaded nginx
-   since it started (no reload for an unchanged list); the first ``apply`` of a process always
-   checks and reloads, so a list written by a controller that crashed before its reload is put in
-   force on restart;
+   since it started (no reload for an unchanged list); the first ``apply`` of a process checks and
+   reloads, so a list written by a controller that crashed before its reload is put in force on
+   restart, unless the executor vouches that the last apply completed (``assume_in_force``: its
+   intent closed and none is open since);
 3. writes the file atomically (temporary file, fsync, ``os.replace``), runs ``nginx -t`` on the
    whole configuration, then ``nginx -s reload`` (SIGHUP to the master: new workers take new
    connections, old workers finish the requests they hold);
@@ -173,6 +174,13 @@ class NginxBalancer:
         """
         text = self._read()
         return [] if text is None else parse_upstream(text)
+
+    def assume_in_force(self) -> None:
+        """The file's list was put in force by a completed, recorded apply (``ReloadingBalancer``):
+        an unchanged list needs no reload. A reload retires nginx's old workers, which closes their
+        idle keep-alive client connections, so a restart should not add one it does not need."""
+        with self._lock:
+            self._reloaded = True
 
     def apply(self, backends: Sequence[Backend]) -> None:
         """Put exactly ``backends`` in force with a checked, graceful reload; no-op when unchanged.

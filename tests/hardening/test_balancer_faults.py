@@ -14,12 +14,14 @@ import structlog
 
 from autoscaler.balancers.nginx import NginxBalancer, parse_upstream, render_upstream
 from autoscaler.controller import Adapters, Controller
-from autoscaler.domain import Backend, CloudState, Instance
+from autoscaler.domain import Backend, CloudState, Instance, IntentKind
 from autoscaler.embedded import EmbeddedNginx
 from autoscaler.errors import BalancerError
+from autoscaler.executor import WorldExecutor
 from autoscaler.files import atomic_write
 from autoscaler.metrics.fake import FakeMetricsSource
 from autoscaler.policy.load import parse_policy
+from autoscaler.policy.model import NginxBalancerConfig
 from autoscaler.providers.fake import FakeProvider
 from autoscaler.store import MemoryStore
 from autoscaler.testing import wait_until
@@ -72,6 +74,33 @@ def test_crash_between_write_and_reload_is_repaired_on_start(
     wait_served(embedded_nginx, {"node-new"})
     restarted.apply([backend(new)])  # from then on an unchanged list reloads nothing
     assert embedded_nginx.reload_count() == reloads + 1
+
+
+def _executor(config: NginxBalancerConfig, store: MemoryStore) -> WorldExecutor:
+    """A controller process's executor: a fresh nginx balancer, the shared store."""
+    return WorldExecutor(FakeProvider(), NginxBalancer(config), store, MovableClock())
+
+
+def test_restart_after_a_completed_apply_does_not_reload_an_unchanged_list(
+    embedded_nginx: EmbeddedNginx, start_http_backend: Callable[[str], TinyBackend],
+) -> None:
+    """The last apply's intent completed, none is open: a restarted controller's first apply of the
+    same list reloads nothing (a reload closes nginx's idle keep-alive connections). With an apply
+    left open by a crash after writing the file, the restart reloads and the written list serves."""
+    old, new = start_http_backend("node-old"), start_http_backend("node-new")
+    config, store = embedded_nginx.balancer_config(), MemoryStore()
+    _executor(config, store).apply_balancer("unit", [backend(old)], tick_id=None, changed=True)
+    wait_served(embedded_nginx, {"node-old"})
+    reloads = embedded_nginx.reload_count()
+    assert not _executor(config, store).apply_balancer("unit", [backend(old)], tick_id=None, changed=False)
+    assert embedded_nginx.reload_count() == reloads, "a confirmed list was reloaded again on restart"
+    # A crash mid-apply: the intent is recorded and the file written, nginx never reloaded.
+    store.open_intent("unit", IntentKind.BALANCER, MovableClock().now(), instance_ids=(new.name,))
+    atomic_write(embedded_nginx.upstream_file,
+                 render_upstream(config.upstream, config.zone_size, [backend(new)]))
+    assert _executor(config, store).apply_balancer("unit", [backend(new)], tick_id=None, changed=False)
+    embedded_nginx.wait_reloaded(reloads + 1)
+    wait_served(embedded_nginx, {"node-new"})
 
 
 def _instance(server: TinyBackend) -> Instance:
