@@ -395,8 +395,15 @@ def history(
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many ticks per pool.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ticks as JSON.")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Also write an HTML page comparing shadow-mode ticks with the real fleet."),
+    ] = None,
 ) -> None:
-    """Print the selected pools' recorded ticks, newest first (reads the store; never creates one)."""
+    """Print the selected pools' recorded ticks, newest first (reads the store; never creates one).
+
+    Shadow-mode ticks show what the shadow wanted beside the fleet's real size, with a summary per
+    pool; --report writes the same comparison as a page with a chart."""
     from datetime import UTC, datetime
 
     from autoscaler.policy.model import parse_duration
@@ -425,15 +432,33 @@ def history(
     finally:
         reader.close()
     rows.sort(key=lambda r: str(r["at"]), reverse=True)
-    summary = shadow_summary(rows)
+    summaries = {
+        name: found
+        for name in names
+        if (found := shadow_summary([r for r in rows if r["pool"] == name])) is not None
+    }
     if as_json:
-        # Shadow ticks add a summary object; an acting pool's history stays a plain list of ticks.
-        payload: Any = rows if summary is None else {"ticks": rows, "shadow_summary": summary}
+        # Shadow ticks add a summary (by pool when several are shown); an acting pool's history
+        # stays a plain list of ticks.
+        shown: Any = summaries if len(names) > 1 else next(iter(summaries.values()), None)
+        payload: Any = rows if not summaries else {"ticks": rows, "shadow_summary": shown}
         typer.echo(json.dumps(payload, indent=2, default=str))
     else:
         print_table(*history_table(rows, with_pool=len(names) > 1))
-        if summary is not None:
-            typer.echo(shadow_summary_line(summary))
+        for name, summary in summaries.items():
+            prefix = f"{name}: " if len(names) > 1 else ""
+            typer.echo(prefix + shadow_summary_line(summary))
+    if report is not None:
+        if not summaries:
+            _fail("--report: no shadow-mode ticks in the selection (run the controller with --shadow)")
+        from autoscaler.files import atomic_write
+        from autoscaler.shadow_report import render_shadow_report
+
+        try:
+            atomic_write(report, render_shadow_report(rows, summaries))
+        except OSError as exc:
+            _fail(f"--report: cannot write {report}: {exc}")
+        typer.echo(f"wrote {report}", err=True)
     _report_problems(problems)
     if problems:
         raise typer.Exit(1)

@@ -28,7 +28,7 @@ def _logging_back_to_default() -> Iterator[None]:
 def test_shadow_decides_on_the_real_fleet_and_changes_nothing(tmp_path: Path) -> None:
     """The test plays the current autoscaler (launching and terminating by hand); the shadow controller
     records its decision, plan and the real node count every tick, and makes zero world-changing calls,
-    writes no lifecycle, and `history` compares both."""
+    writes no lifecycle, and `history` (table, JSON and its --report page) compares both."""
     url = f"sqlite:///{tmp_path / 'shadow.db'}"
     store = SqlStore(url)
     rig = make_rig(store=store)
@@ -77,6 +77,14 @@ def test_shadow_decides_on_the_real_fleet_and_changes_nothing(tmp_path: Path) ->
     lines = table.stdout.splitlines()
     assert lines[0].split()[:6] == ["at", "tick", "shadow", "wants", "real", "nodes"]
     assert lines[-1].startswith("shadow over 6 ticks")
+    page = tmp_path / "shadow.html"
+    result = CliRunner().invoke(app, ["history", "--pool", "unit", "--store", url, "--report", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    differing = sum(w != r for w, r in zip(wanted, real, strict=True))
+    assert "<svg" in html and "shadow wanted" in html and "real fleet" in html
+    assert f"Ticks where it differed ({differing}" in html
+    assert html.count('<td class="num">') == 3 + 2 * differing  # the summary's figures, then each row's
 
 
 def test_once_shadow_on_the_local_provider_starts_no_node(tmp_path: Path) -> None:
