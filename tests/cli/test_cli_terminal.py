@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,9 +20,9 @@ from autoscaler.domain import Lifecycle
 from autoscaler.store import SqlStore
 from autoscaler.store.sql import default_store_url
 from autoscaler.terminal import print_table, version
+from autoscaler.testing.postgres import fresh_schema
 
 REPO = Path(__file__).resolve().parents[2]
-POSTGRES_URL = os.environ.get("AUTOSCALER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 runner = CliRunner()
 
 
@@ -123,24 +122,10 @@ def test_unreadable_store_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_empty_postgres_database_is_not_a_store_and_stays_empty() -> None:
     """`status` on a PostgreSQL schema without the store's tables says so and creates none."""
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
-    except sqlalchemy.exc.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
-    try:
-        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-        result = runner.invoke(app, ["status", "--store", url])
+    with fresh_schema() as schema:
+        result = runner.invoke(app, ["status", "--store", schema.url])
         assert result.exit_code == 2 and "is not an autoscaler store" in result.stderr
-        assert sqlalchemy.inspect(admin).get_table_names(schema=schema) == []
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        assert sqlalchemy.inspect(schema.admin).get_table_names(schema=schema.name) == []
 
 
 def test_default_store_location_ignores_the_current_directory(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 import uuid
@@ -18,9 +17,8 @@ from autoscaler.domain import IntentStatus
 from autoscaler.leader import PostgresLeaderLock
 from autoscaler.store import MemoryStore
 from autoscaler.testing.controller_rig import STREAMS_QUERY, make_rig
+from autoscaler.testing.postgres import POSTGRES_URL
 from autoscaler.testing.tcp_proxy import TcpProxy
-
-POSTGRES_URL = os.environ.get("AUTOSCALER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 class StoreThatCutsAfterRecording(MemoryStore):

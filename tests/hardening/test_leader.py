@@ -3,7 +3,6 @@ PostgreSQL leader lock losing its connection."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -22,9 +21,9 @@ from autoscaler.policy.load import load_policy
 from autoscaler.providers.local import LocalProvider
 from autoscaler.store import SqlStore
 from autoscaler.testing import wait_until
+from autoscaler.testing.postgres import POSTGRES_URL, fresh_schema
 from autoscaler.testing.tcp_proxy import TcpProxy
 
-POSTGRES_URL = os.environ.get("AUTOSCALER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 AUTOSCALER = str(Path(sys.executable).with_name("autoscaler"))
 TICK_S = 1.0
 
@@ -49,20 +48,8 @@ scaling:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A store URL on a fresh schema of the local PostgreSQL (dropped afterwards)."""
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
-    except sqlalchemy.exc.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with fresh_schema() as schema:
+        yield schema.url
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -23,9 +22,9 @@ from sqlalchemy import event
 
 from autoscaler.store import SqlStore
 from autoscaler.testing.controller_rig import STREAMS_QUERY, Rig, make_rig, serving_pool_of
+from autoscaler.testing.postgres import POSTGRES_URL, fresh_schema
 from autoscaler.testing.tcp_proxy import TcpProxy
 
-POSTGRES_URL = os.environ.get("AUTOSCALER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 FAULT_TICKS = 5
 
 
@@ -179,19 +178,8 @@ def sqlite_connection(db: Path) -> contextlib.closing[sqlite3.Connection]:
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh schema in the local PostgreSQL's `test` database, dropped afterwards."""
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
-    except sqlalchemy.exc.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
-    yield schema
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with fresh_schema() as schema:
+        yield schema.name
 
 
 def test_postgres_unreachable_mid_run(pg_schema: str) -> None:

@@ -11,15 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from autoscaler.cli import app
 from autoscaler.leader import PostgresLeaderLock
 from autoscaler.store import SqlStore
-
-POSTGRES_URL = os.environ.get("AUTOSCALER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from autoscaler.testing.postgres import fresh_schema
 
 #: A local pool at min 0 whose Prometheus is not there: a tick observes, records and holds.
 QUIET_POOL = """
@@ -110,22 +108,9 @@ def test_explain_and_once_with_nothing_runnable_exit_2(policies: Path, tmp_path:
 @pytest.fixture
 def pg_store() -> Iterator[str]:
     """A store on a fresh schema of the local PostgreSQL (dropped afterwards)."""
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
-    except sqlalchemy.exc.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    SqlStore(url).close()  # the tables exist: `status` only reads
-    yield url
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with fresh_schema() as schema:
+        SqlStore(schema.url).close()  # the tables exist: `status` only reads
+        yield schema.url
 
 
 def test_status_says_which_controller_leads_each_pool(pg_store: str, tmp_path: Path) -> None:

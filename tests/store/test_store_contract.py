@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-import sqlalchemy
 
 from autoscaler.errors import StoreError
 from autoscaler.store import MemoryStore, SqlStore
+from autoscaler.testing.postgres import fresh_schema
 from autoscaler.testing.store_contract import StoreContract
-
-POSTGRES_URL = os.environ.get("AUTOSCALER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 class TestMemoryStore(StoreContract):
@@ -43,22 +40,10 @@ class TestPostgresStore(StoreContract):
     @pytest.fixture
     def store(self) -> Iterator[SqlStore]:
         """A store in a new schema of the local PostgreSQL's `test` database."""
-        admin = sqlalchemy.create_engine(POSTGRES_URL)
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        try:
-            with admin.begin() as conn:
-                conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
-        except sqlalchemy.exc.OperationalError as exc:
-            if os.environ.get("CI"):
-                raise
-            pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
-        sep = "&" if "?" in POSTGRES_URL else "?"
-        store = SqlStore(f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}")
-        yield store
-        store.close()
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        with fresh_schema() as schema:
+            store = SqlStore(schema.url)
+            yield store
+            store.close()
 
 
 def test_unreachable_database_is_a_store_error() -> None:
