@@ -14,6 +14,7 @@ from typing import Any
 
 from autoscaler.simulate.plots import COLORS, DASHES, _figure, to_svg
 from autoscaler.simulate.report import _templates
+from autoscaler.terminal import shadow_ticks
 
 
 def _step_figure(pool: str, rows: Sequence[dict[str, Any]]) -> str:
@@ -37,11 +38,7 @@ def render_shadow_report(rows: Sequence[dict[str, Any]], summaries: dict[str, di
     """
     pools = []
     for pool, summary in sorted(summaries.items()):
-        shadow = sorted(
-            (r for r in rows if r["pool"] == pool and r.get("mode") == "shadow"
-             and r.get("real_nodes") is not None and r.get("desired") is not None),
-            key=lambda r: r["at"],
-        )
+        shadow = shadow_ticks([r for r in rows if r["pool"] == pool])
         differing = [r for r in reversed(shadow) if r["desired"] != r["real_nodes"]]
         pools.append({"name": pool, "summary": summary, "figure": _step_figure(pool, shadow),
                       "differing": differing[:200], "differing_total": len(differing)})

@@ -94,6 +94,16 @@ def history_rows(ticks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def shadow_ticks(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shadow-mode rows that recorded both counts (the shadow's desired and the real fleet's),
+    oldest first."""
+    return sorted(
+        (r for r in rows if r.get("mode") == "shadow" and r.get("real_nodes") is not None
+         and r.get("desired") is not None),
+        key=lambda r: r["at"],
+    )
+
+
 def shadow_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Shadow against reality over the rows' window: node-hours each, and ticks where the shadow
     wanted more or fewer nodes than the fleet had. None when no row is a shadow tick.
@@ -101,11 +111,7 @@ def shadow_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     Each tick stands for the time until the next one (the last, for the median interval): the
     shadow's node-hours are its desired count over that time, the real ones the provider's count.
     """
-    shadow = sorted(
-        (r for r in rows if r.get("mode") == "shadow" and r.get("real_nodes") is not None
-         and r.get("desired") is not None),
-        key=lambda r: r["at"],
-    )
+    shadow = shadow_ticks(rows)
     if not shadow:
         return None
     times = [datetime.fromisoformat(r["at"]) for r in shadow]
